@@ -1,0 +1,236 @@
+//! The bytes of stored files, in any `object_store` back end.
+//!
+//! One type, [`Blobs`], wraps an `Arc<dyn ObjectStore>`; every object key is built by
+//! [`Blobs::file_key`] and nowhere else. Writes are streamed (constant memory for any size)
+//! and hashed on the way, with a byte cap so that nothing the sandbox wrote can fill the store.
+
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+
+use futures::StreamExt;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::config::BlobsConfig;
+
+/// Size of the pieces a streamed write is read and uploaded in.
+const CHUNK_BYTES: usize = 256 * 1024;
+
+/// Why a blob operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    /// The store refused or failed.
+    #[error("blob store: {0}")]
+    Store(#[from] object_store::Error),
+    /// The source could not be read.
+    #[error("read blob source: {0}")]
+    Read(#[from] std::io::Error),
+    /// The source held more than the allowed bytes; nothing was stored.
+    #[error("larger than {limit} bytes")]
+    TooLarge {
+        /// The cap that was passed.
+        limit: u64,
+    },
+}
+
+/// What a streamed write stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// The object's key.
+    pub key: String,
+    /// Bytes written.
+    pub size: u64,
+    /// Lower-case hex sha256 of the bytes.
+    pub sha256: String,
+}
+
+/// The blob store.
+#[derive(Debug, Clone)]
+pub struct Blobs {
+    store: Arc<dyn ObjectStore>,
+    /// For the local back end: the folder the keys live under, so that attachments can be
+    /// hard-linked into workspaces instead of copied.
+    local_root: Option<PathBuf>,
+}
+
+impl Blobs {
+    /// Opens the configured back end; relative local paths are taken from `data_dir`.
+    pub fn open(config: &BlobsConfig, data_dir: &FsPath) -> Result<Self, BlobError> {
+        match config {
+            BlobsConfig::Local { path } => {
+                let root = path.clone().unwrap_or_else(|| data_dir.join("blobs"));
+                std::fs::create_dir_all(&root)?;
+                let root = root.canonicalize()?;
+                let store = LocalFileSystem::new_with_prefix(&root)?;
+                Ok(Self {
+                    store: Arc::new(store),
+                    local_root: Some(root),
+                })
+            }
+            BlobsConfig::Memory => Ok(Self {
+                store: Arc::new(InMemory::new()),
+                local_root: None,
+            }),
+        }
+    }
+
+    /// The key of a stored file's bytes.
+    pub fn file_key(file_id: &str) -> String {
+        format!("files/{file_id}")
+    }
+
+    /// Streams `source` into the object `key` while hashing it. If the source holds more than
+    /// `max_bytes`, the upload is aborted and nothing is stored.
+    pub async fn put_stream(
+        &self,
+        key: &str,
+        mut source: impl AsyncRead + Unpin,
+        max_bytes: u64,
+    ) -> Result<Stored, BlobError> {
+        let location = Path::from(key);
+        let upload = self.store.put_multipart(&location).await?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, 5 * 1024 * 1024);
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut buffer = vec![0u8; CHUNK_BYTES];
+        let outcome = loop {
+            let read = match source.read(&mut buffer).await {
+                Ok(0) => break Ok(()),
+                Ok(read) => read,
+                Err(error) => break Err(BlobError::Read(error)),
+            };
+            size += read as u64;
+            if size > max_bytes {
+                break Err(BlobError::TooLarge { limit: max_bytes });
+            }
+            hasher.update(&buffer[..read]);
+            writer.write(&buffer[..read]);
+            if let Err(error) = writer.wait_for_capacity(4).await {
+                break Err(error.into());
+            }
+        };
+        match outcome {
+            Ok(()) => {
+                writer.finish().await?;
+                Ok(Stored {
+                    key: key.to_owned(),
+                    size,
+                    sha256: hex::encode(hasher.finalize()),
+                })
+            }
+            Err(error) => {
+                // The upload's own failure is secondary to the reason it was abandoned.
+                if let Err(abort_error) = writer.abort().await {
+                    tracing::warn!(%key, error = %abort_error, "could not abort an upload");
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Opens the object `key` for streaming, optionally a byte range of it.
+    pub async fn get(
+        &self,
+        key: &str,
+        range: Option<std::ops::Range<u64>>,
+    ) -> Result<object_store::GetResult, BlobError> {
+        let options = object_store::GetOptions::new().with_range(range);
+        Ok(self.store.get_opts(&Path::from(key), options).await?)
+    }
+
+    /// Streams the object `key` into `sink`, returning the bytes copied.
+    pub async fn copy_to(
+        &self,
+        key: &str,
+        sink: &mut (impl tokio::io::AsyncWrite + Unpin),
+    ) -> Result<u64, BlobError> {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = self.get(key, None).await?.into_stream();
+        let mut copied = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            sink.write_all(&chunk).await?;
+            copied += chunk.len() as u64;
+        }
+        sink.flush().await?;
+        Ok(copied)
+    }
+
+    /// Deletes the object `key`; a missing object is not an error.
+    pub async fn delete(&self, key: &str) -> Result<(), BlobError> {
+        match self.store.delete(&Path::from(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// The object's file on this machine, for the local back end.
+    pub fn local_path(&self, key: &str) -> Option<PathBuf> {
+        let root = self.local_root.as_ref()?;
+        crate::workspace::join_safely(root, FsPath::new(key)).ok()
+    }
+
+    /// Checks that the store answers, for readiness probes.
+    pub async fn ping(&self) -> Result<(), BlobError> {
+        let mut listing = self.store.list(Some(&Path::from("files")));
+        match listing.next().await {
+            None | Some(Ok(_)) => Ok(()),
+            Some(Err(error)) => Err(error.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn round_trip(blobs: &Blobs) {
+        let body = vec![7u8; 3 * CHUNK_BYTES + 11];
+        let stored = blobs
+            .put_stream("files/a", body.as_slice(), 10 * 1024 * 1024)
+            .await
+            .expect("put");
+        assert_eq!(stored.size, body.len() as u64);
+        assert_eq!(stored.sha256, hex::encode(Sha256::digest(&body)));
+
+        let mut copy = Vec::new();
+        blobs.copy_to("files/a", &mut copy).await.expect("copy");
+        assert_eq!(copy, body);
+
+        let error = blobs
+            .put_stream("files/b", body.as_slice(), 1000)
+            .await
+            .expect_err("over the cap");
+        assert!(matches!(error, BlobError::TooLarge { limit: 1000 }));
+        assert!(blobs.get("files/b", None).await.is_err(), "nothing stored");
+
+        blobs.delete("files/a").await.expect("delete");
+        blobs.delete("files/a").await.expect("delete again");
+        blobs.ping().await.expect("ping");
+    }
+
+    #[tokio::test]
+    async fn local_back_end() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blobs = Blobs::open(&BlobsConfig::Local { path: None }, dir.path()).expect("open");
+        round_trip(&blobs).await;
+        blobs
+            .put_stream("files/c", &b"abc"[..], 10)
+            .await
+            .expect("put");
+        let path = blobs.local_path("files/c").expect("local");
+        assert_eq!(std::fs::read(path).expect("read"), b"abc");
+        assert_eq!(blobs.local_path("../x"), None);
+    }
+
+    #[tokio::test]
+    async fn memory_back_end() {
+        let blobs = Blobs::open(&BlobsConfig::Memory, FsPath::new("/nonexistent")).expect("open");
+        round_trip(&blobs).await;
+        assert_eq!(blobs.local_path("files/a"), None);
+    }
+}

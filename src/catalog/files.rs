@@ -1,0 +1,207 @@
+//! The `files` table: every stored file, uploaded or generated, with its owner, its place in
+//! the chat and where its bytes are. Deleting is soft: `deleted_at` hides a file at once and
+//! the reaper purges its bytes later.
+
+use serde::{Deserialize, Serialize};
+use sqlx::AnyPool;
+
+use super::{CatalogError, Owner};
+
+/// Where a stored file came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileSource {
+    /// A user uploaded it.
+    Upload,
+    /// A run wrote it.
+    CodeExecution,
+}
+
+impl FileSource {
+    /// The text stored in the catalog and shown in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Upload => "upload",
+            Self::CodeExecution => "code_execution",
+        }
+    }
+}
+
+impl TryFrom<String> for FileSource {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        match value.as_str() {
+            "upload" => Ok(Self::Upload),
+            "code_execution" => Ok(Self::CodeExecution),
+            other => Err(format!("unknown file source {other:?}")),
+        }
+    }
+}
+
+/// One stored file.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct FileRecord {
+    /// Opaque id (`file_...`).
+    pub id: String,
+    /// The owner's tenant.
+    pub tenant: String,
+    /// The owner.
+    pub user_id: String,
+    /// The chat it belongs to, if any.
+    pub chat_id: Option<String>,
+    /// The message it belongs to, if any.
+    pub message_id: Option<String>,
+    /// The run that wrote it (generated files only).
+    pub run_id: Option<String>,
+    /// The file's name as the user or the code gave it (not sanitized: display only).
+    pub name: String,
+    /// Where the code sees it: `/mnt/data/<relative path>`.
+    pub path: String,
+    /// Size in bytes.
+    pub size: i64,
+    /// MIME type guessed from the name.
+    pub content_type: String,
+    /// Lower-case hex sha256 of the bytes.
+    pub sha256: String,
+    /// Upload or generated.
+    #[sqlx(try_from = "String")]
+    pub source: FileSource,
+    /// The input this file replaced, when the code overwrote an attachment.
+    pub derived_from: Option<String>,
+    /// The blob store key of the bytes.
+    pub blob_key: String,
+    /// When it was stored.
+    pub created_at: String,
+    /// When it was deleted, if it was.
+    pub deleted_at: Option<String>,
+}
+
+/// Accessor for the `files` table.
+pub struct Files<'a> {
+    pool: &'a AnyPool,
+}
+
+const COLUMNS: &str = "id, tenant, user_id, chat_id, message_id, run_id, name, path, size, \
+    content_type, sha256, source, derived_from, blob_key, created_at, deleted_at";
+
+impl<'a> Files<'a> {
+    pub(super) fn new(pool: &'a AnyPool) -> Self {
+        Self { pool }
+    }
+
+    /// Records a stored file.
+    pub async fn insert(&self, file: &FileRecord) -> Result<(), CatalogError> {
+        let sql = format!(
+            "INSERT INTO files ({COLUMNS}) VALUES \
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&file.id)
+            .bind(&file.tenant)
+            .bind(&file.user_id)
+            .bind(&file.chat_id)
+            .bind(&file.message_id)
+            .bind(&file.run_id)
+            .bind(&file.name)
+            .bind(&file.path)
+            .bind(file.size)
+            .bind(&file.content_type)
+            .bind(&file.sha256)
+            .bind(file.source.as_str())
+            .bind(&file.derived_from)
+            .bind(&file.blob_key)
+            .bind(&file.created_at)
+            .bind(&file.deleted_at)
+            .execute(self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The live file `id` if `owner` owns it; another owner's file is `None`, as is a deleted one.
+    pub async fn get(&self, owner: &Owner, id: &str) -> Result<Option<FileRecord>, CatalogError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM files \
+             WHERE id = $1 AND tenant = $2 AND user_id = $3 AND deleted_at IS NULL"
+        );
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .bind(&owner.tenant)
+            .bind(&owner.user)
+            .fetch_optional(self.pool)
+            .await?)
+    }
+
+    /// The live files a run registered, oldest first.
+    pub async fn of_run(&self, run_id: &str) -> Result<Vec<FileRecord>, CatalogError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM files WHERE run_id = $1 AND deleted_at IS NULL \
+             ORDER BY created_at, id"
+        );
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(run_id)
+            .fetch_all(self.pool)
+            .await?)
+    }
+
+    /// The live files of one message of `owner`, oldest first: the generated ones, plus the
+    /// uploads tied to the message when `include_uploads` is set.
+    pub async fn of_message(
+        &self,
+        owner: &Owner,
+        message_id: &str,
+        include_uploads: bool,
+    ) -> Result<Vec<FileRecord>, CatalogError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM files \
+             WHERE tenant = $1 AND user_id = $2 AND message_id = $3 AND deleted_at IS NULL \
+             AND (source = 'code_execution' OR $4 = 1) ORDER BY created_at, id"
+        );
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(&owner.tenant)
+            .bind(&owner.user)
+            .bind(message_id)
+            .bind(i64::from(include_uploads))
+            .fetch_all(self.pool)
+            .await?)
+    }
+
+    /// The live generated files of one chat of `owner`, oldest first.
+    pub async fn of_chat(
+        &self,
+        owner: &Owner,
+        chat_id: &str,
+    ) -> Result<Vec<FileRecord>, CatalogError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM files \
+             WHERE tenant = $1 AND user_id = $2 AND chat_id = $3 AND deleted_at IS NULL \
+             AND source = 'code_execution' ORDER BY created_at, id"
+        );
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(&owner.tenant)
+            .bind(&owner.user)
+            .bind(chat_id)
+            .fetch_all(self.pool)
+            .await?)
+    }
+
+    /// Soft-deletes the file `id` of `owner`; returns whether a live file was deleted.
+    pub async fn soft_delete(
+        &self,
+        owner: &Owner,
+        id: &str,
+        now: &str,
+    ) -> Result<bool, CatalogError> {
+        let result = sqlx::query(
+            "UPDATE files SET deleted_at = $4 \
+             WHERE id = $1 AND tenant = $2 AND user_id = $3 AND deleted_at IS NULL",
+        )
+        .bind(id)
+        .bind(&owner.tenant)
+        .bind(&owner.user)
+        .bind(now)
+        .execute(self.pool)
+        .await?;
+        Ok(result.rows_affected() > 0)
+    }
+}

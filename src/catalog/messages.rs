@@ -1,0 +1,121 @@
+//! The `messages` table: the binding of each message id to the (tenant, user, chat) that named
+//! it first, and the workspace that message uses.
+
+use sqlx::AnyPool;
+
+use super::{CatalogError, Owner};
+
+/// One message.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct MessageRecord {
+    /// The tenant.
+    pub tenant: String,
+    /// The caller-chosen message id.
+    pub message_id: String,
+    /// The user the message belongs to.
+    pub user_id: String,
+    /// The chat the message belongs to.
+    pub chat_id: String,
+    /// The message's workspace.
+    pub workspace_id: String,
+    /// When the message was first named.
+    pub created_at: String,
+    /// When a run last used the message.
+    pub last_used_at: String,
+}
+
+impl MessageRecord {
+    /// Whether `owner` and `chat_id` are the ones the message is bound to.
+    pub fn is_bound_to(&self, owner: &Owner, chat_id: &str) -> bool {
+        self.tenant == owner.tenant && self.user_id == owner.user && self.chat_id == chat_id
+    }
+}
+
+/// Accessor for the `messages` table.
+pub struct Messages<'a> {
+    pool: &'a AnyPool,
+}
+
+const COLUMNS: &str =
+    "tenant, message_id, user_id, chat_id, workspace_id, created_at, last_used_at";
+
+impl<'a> Messages<'a> {
+    pub(super) fn new(pool: &'a AnyPool) -> Self {
+        Self { pool }
+    }
+
+    /// Binds `message_id` to `owner` and `chat_id` with a new workspace id if it is not bound
+    /// yet, and returns the binding in force, which may belong to someone else: the caller
+    /// checks [`MessageRecord::is_bound_to`].
+    pub async fn claim(
+        &self,
+        owner: &Owner,
+        chat_id: &str,
+        message_id: &str,
+        new_workspace_id: &str,
+        now: &str,
+    ) -> Result<MessageRecord, CatalogError> {
+        sqlx::query(
+            "INSERT INTO messages (tenant, message_id, user_id, chat_id, workspace_id, created_at, last_used_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $6)
+             ON CONFLICT (tenant, message_id) DO NOTHING",
+        )
+        .bind(&owner.tenant)
+        .bind(message_id)
+        .bind(&owner.user)
+        .bind(chat_id)
+        .bind(new_workspace_id)
+        .bind(now)
+        .execute(self.pool)
+        .await?;
+        self.get(&owner.tenant, message_id)
+            .await?
+            .ok_or_else(|| CatalogError::Corrupt {
+                table: "messages",
+                id: message_id.to_owned(),
+                reason: "vanished right after it was claimed".to_owned(),
+            })
+    }
+
+    /// The message `message_id` of `tenant`, whoever its user is.
+    pub async fn get(
+        &self,
+        tenant: &str,
+        message_id: &str,
+    ) -> Result<Option<MessageRecord>, CatalogError> {
+        let sql = format!("SELECT {COLUMNS} FROM messages WHERE tenant = $1 AND message_id = $2");
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(tenant)
+            .bind(message_id)
+            .fetch_optional(self.pool)
+            .await?)
+    }
+
+    /// Records that a run used the message now.
+    pub async fn touch(
+        &self,
+        tenant: &str,
+        message_id: &str,
+        now: &str,
+    ) -> Result<(), CatalogError> {
+        sqlx::query("UPDATE messages SET last_used_at = $3 WHERE tenant = $1 AND message_id = $2")
+            .bind(tenant)
+            .bind(message_id)
+            .bind(now)
+            .execute(self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The message that uses `workspace_id`, if any.
+    pub async fn by_workspace(
+        &self,
+        workspace_id: &str,
+    ) -> Result<Option<MessageRecord>, CatalogError> {
+        let sql = format!("SELECT {COLUMNS} FROM messages WHERE workspace_id = $1");
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(workspace_id)
+            .fetch_optional(self.pool)
+            .await?)
+    }
+}

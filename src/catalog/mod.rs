@@ -1,0 +1,182 @@
+//! The catalog: what codebox remembers between processes, in SQL (sqlx).
+//!
+//! One accessor per table: [`Catalog::messages`], [`Catalog::runs`], [`Catalog::files`],
+//! [`Catalog::attachments`]. The queries are portable SQL behind sqlx's `Any` driver, so the
+//! default SQLite file and a shared PostgreSQL server run the same code; migrations are
+//! embedded in the binary and applied on connect.
+
+mod attachments;
+mod files;
+mod messages;
+mod runs;
+
+use std::str::FromStr;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor};
+
+pub use attachments::{AttachmentRecord, Attachments};
+pub use files::{FileRecord, FileSource, Files};
+pub use messages::{MessageRecord, Messages};
+pub use runs::{RunRecord, RunStatus, Runs, Truncation};
+
+/// Who acts: a tenant (from the caller's token) and one of its end users.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Owner {
+    /// The tenant, from the credentials.
+    pub tenant: String,
+    /// The end user within the tenant.
+    pub user: String,
+}
+
+impl Owner {
+    /// An owner from its two parts.
+    pub fn new(tenant: impl Into<String>, user: impl Into<String>) -> Self {
+        Self {
+            tenant: tenant.into(),
+            user: user.into(),
+        }
+    }
+}
+
+/// Why a catalog operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// The database failed or refused the statement.
+    #[error("catalog: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The schema could not be brought up to date.
+    #[error("catalog migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A row holds a value this version does not understand.
+    #[error("catalog row {table}/{id}: {reason}")]
+    Corrupt {
+        /// The table.
+        table: &'static str,
+        /// The row's id.
+        id: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// A connection pool to the catalog database.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    pool: AnyPool,
+}
+
+impl Catalog {
+    /// Connects to `url` (a sqlx URL: `sqlite://path?mode=rwc`, `postgres://...`) and applies
+    /// the migrations this binary carries.
+    pub async fn connect(url: &str) -> Result<Self, CatalogError> {
+        sqlx::any::install_default_drivers();
+        let options = AnyConnectOptions::from_str(url)?;
+        let is_sqlite = url.starts_with("sqlite:");
+        if is_sqlite {
+            create_sqlite_parent(url);
+        }
+        let pool = AnyPoolOptions::new()
+            // SQLite allows one writer at a time; a few connections serve concurrent readers.
+            .max_connections(if is_sqlite { 4 } else { 16 })
+            .after_connect(move |connection, _| {
+                Box::pin(async move {
+                    if is_sqlite {
+                        // WAL lets readers proceed during a write, and several processes (a
+                        // server and a CLI) share one file safely.
+                        connection.execute("PRAGMA journal_mode = WAL").await?;
+                        connection.execute("PRAGMA synchronous = NORMAL").await?;
+                        connection.execute("PRAGMA busy_timeout = 10000").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// The `messages` table: which (tenant, user, chat) each message belongs to.
+    pub fn messages(&self) -> Messages<'_> {
+        Messages::new(&self.pool)
+    }
+
+    /// The `runs` table.
+    pub fn runs(&self) -> Runs<'_> {
+        Runs::new(&self.pool)
+    }
+
+    /// The `files` table: uploads and registered outputs.
+    pub fn files(&self) -> Files<'_> {
+        Files::new(&self.pool)
+    }
+
+    /// The `attachments` table: which stored file sits under which name in which workspace.
+    pub fn attachments(&self) -> Attachments<'_> {
+        Attachments::new(&self.pool)
+    }
+
+    /// Checks that the database answers, for readiness probes.
+    pub async fn ping(&self) -> Result<(), CatalogError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Closes every connection; later calls fail.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Creates the folder of a SQLite file URL so that `mode=rwc` can create the file itself.
+fn create_sqlite_parent(url: &str) {
+    let path = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:")
+        .split('?')
+        .next()
+        .unwrap_or_default();
+    if path.is_empty() || path == ":memory:" {
+        return;
+    }
+    if let Some(parent) = std::path::Path::new(path).parent() {
+        // A failure shows up, with the path, as the connection error that follows.
+        let _ = std::fs::create_dir_all(parent);
+    }
+}
+
+/// The current time as fixed-width RFC 3339 UTC text (`2026-11-21T10:00:00.123456Z`), so that
+/// text order in the database is time order.
+pub fn now() -> String {
+    format_time(time::OffsetDateTime::now_utc())
+}
+
+/// Formats a time the way the catalog stores it.
+pub fn format_time(at: time::OffsetDateTime) -> String {
+    let at = at.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second(),
+        at.microsecond()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_fixed_width_and_ordered() {
+        let early = time::macros::datetime!(2026-01-02 03:04:05.000007 UTC);
+        let late = time::macros::datetime!(2026-01-02 03:04:05.1 UTC);
+        assert_eq!(format_time(early), "2026-01-02T03:04:05.000007Z");
+        assert!(format_time(early) < format_time(late));
+        assert_eq!(now().len(), 27);
+    }
+}

@@ -1,0 +1,236 @@
+//! The `runs` table: one row per execution, written when it starts (status `running`) and
+//! completed when it ends, so that a crash leaves a visible trace instead of nothing.
+
+use serde::{Deserialize, Serialize};
+use sqlx::AnyPool;
+
+use super::{CatalogError, Owner};
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Still executing (or its supervisor died while it was).
+    Running,
+    /// The code exited with status 0.
+    Succeeded,
+    /// The code exited with another status.
+    Failed,
+    /// The wall-clock limit stopped it.
+    TimedOut,
+    /// The runtime killed it: the memory limit, or a signal; `reason` says which.
+    Killed,
+}
+
+impl RunStatus {
+    /// The text stored in the catalog and shown in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::TimedOut => "timed_out",
+            Self::Killed => "killed",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "running" => Self::Running,
+            "succeeded" => Self::Succeeded,
+            "failed" => Self::Failed,
+            "timed_out" => Self::TimedOut,
+            "killed" => Self::Killed,
+            _ => return None,
+        })
+    }
+}
+
+/// Something a cap left out of a run's results, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Truncation {
+    /// The path concerned (`/mnt/data/...`), or the folder when the cap concerns a whole tree.
+    pub path: String,
+    /// The reason, in words.
+    pub reason: String,
+}
+
+/// One run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRecord {
+    /// Opaque id (`run_...`).
+    pub id: String,
+    /// The owner's tenant.
+    pub tenant: String,
+    /// The owner.
+    pub user_id: String,
+    /// The chat.
+    pub chat_id: String,
+    /// The message.
+    pub message_id: String,
+    /// The language of the code.
+    pub language: String,
+    /// How it ended.
+    pub status: RunStatus,
+    /// The code's exit status, if it exited.
+    pub exit_code: Option<i64>,
+    /// Why the runtime stopped it, for `killed` and `timed_out`.
+    pub reason: Option<String>,
+    /// Captured standard output (up to the cap).
+    pub stdout: String,
+    /// Captured standard error (up to the cap).
+    pub stderr: String,
+    /// Whether stdout was cut at the cap.
+    pub stdout_truncated: bool,
+    /// Whether stderr was cut at the cap.
+    pub stderr_truncated: bool,
+    /// What the caps on outputs left out.
+    pub truncated: Vec<Truncation>,
+    /// Wall-clock time of the execution.
+    pub duration_ms: i64,
+    /// When the run started.
+    pub created_at: String,
+    /// When the run ended.
+    pub finished_at: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct RunRow {
+    id: String,
+    tenant: String,
+    user_id: String,
+    chat_id: String,
+    message_id: String,
+    language: String,
+    status: String,
+    exit_code: Option<i64>,
+    reason: Option<String>,
+    stdout: String,
+    stderr: String,
+    stdout_truncated: i64,
+    stderr_truncated: i64,
+    truncated: String,
+    duration_ms: i64,
+    created_at: String,
+    finished_at: Option<String>,
+}
+
+impl TryFrom<RunRow> for RunRecord {
+    type Error = CatalogError;
+
+    fn try_from(row: RunRow) -> Result<Self, Self::Error> {
+        let corrupt = |reason: String| CatalogError::Corrupt {
+            table: "runs",
+            id: row.id.clone(),
+            reason,
+        };
+        let status = RunStatus::parse(&row.status)
+            .ok_or_else(|| corrupt(format!("unknown status {:?}", row.status)))?;
+        let truncated = serde_json::from_str(&row.truncated)
+            .map_err(|error| corrupt(format!("truncated: {error}")))?;
+        Ok(Self {
+            status,
+            truncated,
+            stdout_truncated: row.stdout_truncated != 0,
+            stderr_truncated: row.stderr_truncated != 0,
+            id: row.id,
+            tenant: row.tenant,
+            user_id: row.user_id,
+            chat_id: row.chat_id,
+            message_id: row.message_id,
+            language: row.language,
+            exit_code: row.exit_code,
+            reason: row.reason,
+            stdout: row.stdout,
+            stderr: row.stderr,
+            duration_ms: row.duration_ms,
+            created_at: row.created_at,
+            finished_at: row.finished_at,
+        })
+    }
+}
+
+/// Accessor for the `runs` table.
+pub struct Runs<'a> {
+    pool: &'a AnyPool,
+}
+
+const COLUMNS: &str = "id, tenant, user_id, chat_id, message_id, language, status, exit_code, \
+    reason, stdout, stderr, stdout_truncated, stderr_truncated, truncated, duration_ms, \
+    created_at, finished_at";
+
+impl<'a> Runs<'a> {
+    pub(super) fn new(pool: &'a AnyPool) -> Self {
+        Self { pool }
+    }
+
+    /// Records a run, in whatever state it is.
+    pub async fn insert(&self, run: &RunRecord) -> Result<(), CatalogError> {
+        let sql = format!(
+            "INSERT INTO runs ({COLUMNS}) VALUES \
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&run.id)
+            .bind(&run.tenant)
+            .bind(&run.user_id)
+            .bind(&run.chat_id)
+            .bind(&run.message_id)
+            .bind(&run.language)
+            .bind(run.status.as_str())
+            .bind(run.exit_code)
+            .bind(&run.reason)
+            .bind(&run.stdout)
+            .bind(&run.stderr)
+            .bind(i64::from(run.stdout_truncated))
+            .bind(i64::from(run.stderr_truncated))
+            .bind(truncated_json(&run.truncated))
+            .bind(run.duration_ms)
+            .bind(&run.created_at)
+            .bind(&run.finished_at)
+            .execute(self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Writes the outcome of a run that was inserted as `running`.
+    pub async fn finish(&self, run: &RunRecord) -> Result<(), CatalogError> {
+        sqlx::query(
+            "UPDATE runs SET status = $2, exit_code = $3, reason = $4, stdout = $5, stderr = $6, \
+             stdout_truncated = $7, stderr_truncated = $8, truncated = $9, duration_ms = $10, \
+             finished_at = $11 WHERE id = $1",
+        )
+        .bind(&run.id)
+        .bind(run.status.as_str())
+        .bind(run.exit_code)
+        .bind(&run.reason)
+        .bind(&run.stdout)
+        .bind(&run.stderr)
+        .bind(i64::from(run.stdout_truncated))
+        .bind(i64::from(run.stderr_truncated))
+        .bind(truncated_json(&run.truncated))
+        .bind(run.duration_ms)
+        .bind(&run.finished_at)
+        .execute(self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The run `id` if `owner` owns it.
+    pub async fn get(&self, owner: &Owner, id: &str) -> Result<Option<RunRecord>, CatalogError> {
+        let sql =
+            format!("SELECT {COLUMNS} FROM runs WHERE id = $1 AND tenant = $2 AND user_id = $3");
+        let row: Option<RunRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .bind(&owner.tenant)
+            .bind(&owner.user)
+            .fetch_optional(self.pool)
+            .await?;
+        row.map(RunRecord::try_from).transpose()
+    }
+}
+
+fn truncated_json(truncated: &[Truncation]) -> String {
+    // Serializing a list of plain string pairs cannot fail.
+    serde_json::to_string(truncated).unwrap_or_else(|_| "[]".to_owned())
+}

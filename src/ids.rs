@@ -1,0 +1,57 @@
+//! Identifiers: the opaque ones codebox mints, and the checks on the ones callers choose.
+//!
+//! Minted ids are a short type prefix and a UUIDv7 (time-ordered, so they sort by creation and
+//! index well). Caller-chosen ids (`chat_id`, `message_id`) are 1-128 characters of
+//! `[A-Za-z0-9._:-]`, which keeps them safe in labels, logs and paths.
+
+use crate::error::Error;
+
+/// A new opaque id such as `file_0192f1c2...`.
+pub fn mint(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
+}
+
+/// Checks an id that the chat backend chose; `field` names it in the error.
+pub fn check_external(field: &'static str, value: &str) -> Result<(), Error> {
+    if value.is_empty() || value.len() > 128 {
+        return Err(Error::invalid(field, "must be 1 to 128 characters long"));
+    }
+    if let Some(bad) = value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
+    {
+        return Err(Error::invalid(
+            field,
+            format!("may only hold A-Z, a-z, 0-9, '.', '_', ':' and '-', not {bad:?}"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minted_ids_are_unique_and_ordered() {
+        let first = mint("run");
+        let second = mint("run");
+        assert!(first.starts_with("run_"));
+        assert_ne!(first, second);
+        assert!(first < second, "uuid v7 ids sort by creation time");
+    }
+
+    #[test]
+    fn external_ids_are_checked() {
+        for good in ["m1", "chat:42", "a.b_c-d", &"x".repeat(128)] {
+            assert!(check_external("message_id", good).is_ok(), "{good}");
+        }
+        for bad in ["", "a/b", "..\u{0}", "a b", "é", &"x".repeat(129)] {
+            let error = check_external("message_id", bad).expect_err(bad);
+            assert!(
+                error.to_string().starts_with("invalid message_id"),
+                "{error}"
+            );
+        }
+    }
+}

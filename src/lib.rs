@@ -1,0 +1,22 @@
+//! codebox: a code-execution sandbox supervisor.
+//!
+//! A chat backend hands codebox the code a model wrote for one chat message, with the files
+//! the user attached. codebox runs it in a hardened Docker container whose working folder is
+//! `/mnt/data`, registers the reports the code wrote there into durable storage, and serves
+//! them for download. Start reading at [`supervisor`]: its `run` is the whole pipeline.
+
+pub mod blobs;
+pub mod catalog;
+pub mod config;
+pub mod error;
+pub mod ids;
+// pub mod image;
+pub mod runtime;
+pub mod snapshot;
+pub mod supervisor;
+pub mod translate;
+pub mod workspace;
+
+pub use config::Config;
+pub use error::{Error, Result};
+pub use supervisor::{RunEvent, RunReport, RunRequest, Supervisor};

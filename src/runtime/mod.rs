@@ -1,0 +1,177 @@
+//! The seam between the supervisor and whatever runs the code.
+//!
+//! [`Runtime`] is what the supervisor needs from a back end: a sandbox per workspace that can
+//! run code many times, with limits, and that can be listed and released. [`DockerRuntime`]
+//! is the back end on the local Docker engine; a Jupyter Enterprise Gateway or Kubernetes
+//! runtime would implement the same trait.
+
+mod docker;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+pub use docker::DockerRuntime;
+
+pub use crate::translate::{SANDBOX_DATA, SANDBOX_INPUTS};
+
+/// What a sandbox is made for: one workspace.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    /// The workspace the sandbox serves; it names the sandbox.
+    pub workspace_id: String,
+    /// The host folder to show read-write at [`SANDBOX_DATA`].
+    pub host_data: PathBuf,
+    /// The host folder to show read-only at [`SANDBOX_INPUTS`].
+    pub host_inputs: PathBuf,
+    /// Extra labels for operators (tenant, message); never used for decisions.
+    pub labels: Vec<(String, String)>,
+}
+
+/// One execution of code.
+#[derive(Debug, Clone)]
+pub struct ExecRequest {
+    /// The program. It reaches the interpreter on standard input, never through the workspace.
+    pub code: String,
+    /// Wall-clock limit; past it every process of the run is killed.
+    pub timeout: Duration,
+    /// Bytes kept of stdout, and separately of stderr; the rest is counted and dropped.
+    pub max_output_bytes: usize,
+}
+
+/// A piece of output as it happens, for callers that stream it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputChunk {
+    /// Standard output.
+    Stdout(Bytes),
+    /// Standard error.
+    Stderr(Bytes),
+}
+
+/// How an execution ended.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOutcome {
+    /// The interpreter's exit status (128 + signal when a signal ended it), if known.
+    pub exit_code: Option<i64>,
+    /// Standard output, up to the cap.
+    pub stdout: Vec<u8>,
+    /// Standard error, up to the cap.
+    pub stderr: Vec<u8>,
+    /// Whether stdout went past the cap.
+    pub stdout_truncated: bool,
+    /// Whether stderr went past the cap.
+    pub stderr_truncated: bool,
+    /// Whether the wall-clock limit ended it.
+    pub timed_out: bool,
+    /// Set when a limit the runtime enforces (memory) killed it, saying which.
+    pub killed_reason: Option<String>,
+    /// Wall-clock time from start to end.
+    pub duration: Duration,
+}
+
+/// A sandbox this runtime manages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxInfo {
+    /// The workspace it serves.
+    pub workspace_id: String,
+    /// The back end's own id for it.
+    pub sandbox_id: String,
+    /// Whether it is running now.
+    pub running: bool,
+}
+
+/// Why a runtime operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The engine did not answer; the message is one line an operator can act on.
+    #[error("{0}")]
+    Unreachable(String),
+    /// The configured image is not on the engine.
+    #[error("sandbox image {0} is missing; build it with `codebox image build`")]
+    ImageMissing(String),
+    /// The engine refused or failed a request.
+    #[error("docker: {0}")]
+    Docker(#[from] bollard::errors::Error),
+    /// The sandbox misbehaved in a way the runtime could not handle.
+    #[error("sandbox {workspace_id}: {reason}")]
+    Sandbox {
+        /// The workspace concerned.
+        workspace_id: String,
+        /// What happened.
+        reason: String,
+    },
+}
+
+/// A back end that runs code in sandboxes, one per workspace.
+///
+/// Every method is safe to call concurrently for different workspaces; the supervisor never
+/// calls `ensure`/`exec`/`release` concurrently for the same workspace.
+#[async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// Makes sure the sandbox of `spec.workspace_id` exists and is running: creates it on
+    /// first use (hardened, labelled as codebox's), starts it if it stopped, and reuses it
+    /// otherwise. Calling it again changes nothing.
+    async fn ensure(&self, spec: &SandboxSpec) -> Result<(), RuntimeError>;
+
+    /// Runs `request.code` in the sandbox of `workspace_id`, which `ensure` prepared. Output
+    /// is forwarded to `live` as it comes (if given) and kept up to the cap. When this returns,
+    /// no process started by the run is left in the sandbox: on timeout, and after the
+    /// interpreter exits, whatever it left behind is killed.
+    async fn exec(
+        &self,
+        workspace_id: &str,
+        request: &ExecRequest,
+        live: Option<&mpsc::Sender<OutputChunk>>,
+    ) -> Result<ExecOutcome, RuntimeError>;
+
+    /// Removes the sandbox of `workspace_id`. Idempotent: a sandbox that is already gone
+    /// (Docker's 404) is success. The workspace folder is not touched.
+    async fn release(&self, workspace_id: &str) -> Result<(), RuntimeError>;
+
+    /// Every sandbox this runtime manages (by label), for reconciling with the catalog.
+    async fn list(&self) -> Result<Vec<SandboxInfo>, RuntimeError>;
+
+    /// Checks that the back end answers, for readiness probes.
+    async fn ping(&self) -> Result<(), RuntimeError>;
+
+    /// Whether code sees the workspace at [`SANDBOX_DATA`]. A runtime that sees the host's
+    /// paths instead (a remote kernel on a shared file system) returns `false`, and the
+    /// supervisor rewrites `/mnt/data` in the code before sending it.
+    fn mounts_workspace(&self) -> bool {
+        true
+    }
+}
+
+/// Parses a `uid:gid` user spec, refusing root: code never runs as uid 0.
+pub fn parse_user(spec: &str) -> Result<(u32, u32), String> {
+    let (uid, gid) = spec
+        .split_once(':')
+        .ok_or_else(|| format!("{spec:?} is not of the form uid:gid"))?;
+    let uid: u32 = uid
+        .parse()
+        .map_err(|_| format!("uid {uid:?} is not a number"))?;
+    let gid: u32 = gid
+        .parse()
+        .map_err(|_| format!("gid {gid:?} is not a number"))?;
+    if uid == 0 || gid == 0 {
+        return Err("code must not run as root (uid or gid 0)".to_owned());
+    }
+    Ok((uid, gid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_specs() {
+        assert_eq!(parse_user("1000:1000"), Ok((1000, 1000)));
+        assert!(parse_user("0:1000").is_err());
+        assert!(parse_user("1000:0").is_err());
+        assert!(parse_user("sandbox").is_err());
+        assert!(parse_user("a:b").is_err());
+    }
+}

@@ -1,0 +1,864 @@
+//! The run pipeline, one message at a time. Read [`Supervisor::run`] top to bottom: each step
+//! of `shared/DESIGN.md` is one function below it, in the same order.
+//!
+//! ```text
+//! check -> claim -> attach -> prepare -> snapshot -> execute -> snapshot -> register -> answer
+//! ```
+//!
+//! The supervisor is the library both the CLI and the HTTP server call; it knows nothing of
+//! HTTP. It owns the catalog, the blob store, the workspaces and a [`Runtime`].
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use tokio::io::AsyncRead;
+use tokio::sync::mpsc;
+
+use crate::blobs::{BlobError, Blobs};
+use crate::catalog::{
+    self, AttachmentRecord, Catalog, FileRecord, FileSource, MessageRecord, Owner, RunRecord,
+    RunStatus, Truncation,
+};
+use crate::config::Config;
+use crate::error::{Error, IoContext, IoError, Result};
+use crate::ids;
+use crate::runtime::{
+    DockerRuntime, ExecOutcome, ExecRequest, OutputChunk, Runtime, SANDBOX_DATA, SandboxSpec,
+};
+use crate::snapshot::{self, EntryKind, Omission, Snapshot, SnapshotLimits};
+use crate::translate::{self, PathMap};
+use crate::workspace::{self, Workspace, Workspaces};
+
+/// The languages codebox runs.
+pub const LANGUAGES: [&str; 1] = ["python"];
+
+/// The hint added to stderr when code tried to write to an attachment.
+const READ_ONLY_HINT: &str = "codebox: attached files are read-only. Write a new file, or \
+     delete the link first (os.remove('/mnt/data/<name>')) and then write a file of the same \
+     name: it is registered as derived from the attachment.";
+
+/// What a caller asks to run.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    /// The chat the message belongs to.
+    pub chat_id: String,
+    /// The message the code answers; its workspace and sandbox are reused across its runs.
+    pub message_id: String,
+    /// The program.
+    pub code: String,
+    /// Its language (see [`LANGUAGES`]).
+    pub language: String,
+    /// Stored files to attach, all the caller's own.
+    pub file_ids: Vec<String>,
+    /// Wall-clock limit; `None` is the configured default. Above the configured maximum is
+    /// refused.
+    pub timeout: Option<Duration>,
+}
+
+/// What a run produced: its record and the files it registered, oldest first.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    /// The run as recorded.
+    pub run: RunRecord,
+    /// The files it registered.
+    pub files: Vec<FileRecord>,
+}
+
+/// Something that happened during a run, for callers that stream runs.
+#[derive(Debug, Clone)]
+pub enum RunEvent {
+    /// Output of the code, with host paths already translated.
+    Stdout(String),
+    /// Error output of the code, with host paths already translated.
+    Stderr(String),
+    /// A file was registered.
+    File(Box<FileRecord>),
+}
+
+/// The run pipeline and the stores it works on.
+pub struct Supervisor {
+    config: Arc<Config>,
+    catalog: Catalog,
+    blobs: Blobs,
+    workspaces: Workspaces,
+    runtime: Arc<dyn Runtime>,
+}
+
+impl Supervisor {
+    /// Opens everything the configuration names: the catalog (migrated), the blob store, the
+    /// workspaces folder and the local Docker engine.
+    pub async fn open(config: Config) -> Result<Self> {
+        let (user, _) = sandbox_user(&config)?;
+        let runtime = DockerRuntime::connect(&config.sandbox, user).await?;
+        Self::with_runtime(config, Arc::new(runtime)).await
+    }
+
+    /// Like [`Supervisor::open`] with a runtime of the caller's choosing.
+    pub async fn with_runtime(config: Config, runtime: Arc<dyn Runtime>) -> Result<Self> {
+        let (_, owner) = sandbox_user(&config)?;
+        std::fs::create_dir_all(&config.data_dir).with_path("create", &config.data_dir)?;
+        let catalog = Catalog::connect(&config.catalog_url()).await?;
+        let blobs = Blobs::open(&config.blobs, &config.data_dir)?;
+        let workspaces = Workspaces::open(&config.workspaces_dir(), owner)?;
+        Ok(Self {
+            config: Arc::new(config),
+            catalog,
+            blobs,
+            workspaces,
+            runtime,
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The catalog.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The blob store.
+    pub fn blobs(&self) -> &Blobs {
+        &self.blobs
+    }
+
+    /// The workspaces.
+    pub fn workspaces(&self) -> &Workspaces {
+        &self.workspaces
+    }
+
+    /// The runtime.
+    pub fn runtime(&self) -> &Arc<dyn Runtime> {
+        &self.runtime
+    }
+
+    /// Stores an uploaded file for `owner`, streamed from `body`, optionally tied to a chat
+    /// and message (a message needs its chat, and binds to them as a run would).
+    pub async fn upload(
+        &self,
+        owner: &Owner,
+        name: &str,
+        chat_id: Option<&str>,
+        message_id: Option<&str>,
+        body: impl AsyncRead + Unpin,
+    ) -> Result<FileRecord> {
+        if name.trim().is_empty() || name.len() > 1024 {
+            return Err(Error::invalid(
+                "name",
+                "must be 1 to 1024 bytes and not blank",
+            ));
+        }
+        if let Some(chat_id) = chat_id {
+            ids::check_external("chat_id", chat_id)?;
+        }
+        if let Some(message_id) = message_id {
+            ids::check_external("message_id", message_id)?;
+            let chat_id =
+                chat_id.ok_or_else(|| Error::invalid("chat_id", "required with message_id"))?;
+            self.claim(owner, chat_id, message_id).await?;
+        }
+        let id = ids::mint("file");
+        let key = Blobs::file_key(&id);
+        let limit = self.config.limits.max_upload_bytes.as_u64();
+        let stored = match self.blobs.put_stream(&key, body, limit).await {
+            Err(BlobError::TooLarge { limit }) => {
+                return Err(Error::TooLarge(format!(
+                    "the upload is larger than {}",
+                    ByteSize::b(limit).display().iec()
+                )));
+            }
+            other => other?,
+        };
+        let safe_name = workspace::sanitize_name(name);
+        let record = FileRecord {
+            id,
+            tenant: owner.tenant.clone(),
+            user_id: owner.user.clone(),
+            chat_id: chat_id.map(str::to_owned),
+            message_id: message_id.map(str::to_owned),
+            run_id: None,
+            name: name.to_owned(),
+            path: format!("{SANDBOX_DATA}/{safe_name}"),
+            size: i64::try_from(stored.size).unwrap_or(i64::MAX),
+            content_type: content_type_of(&safe_name),
+            sha256: stored.sha256,
+            source: FileSource::Upload,
+            derived_from: None,
+            blob_key: stored.key,
+            created_at: catalog::now(),
+            deleted_at: None,
+        };
+        if let Err(error) = self.catalog.files().insert(&record).await {
+            // Without its row the blob would be an orphan nobody can reach.
+            let _ = self.blobs.delete(&record.blob_key).await;
+            return Err(error.into());
+        }
+        Ok(record)
+    }
+
+    /// The live file `file_id` of `owner`.
+    pub async fn file(&self, owner: &Owner, file_id: &str) -> Result<FileRecord> {
+        self.catalog
+            .files()
+            .get(owner, file_id)
+            .await?
+            .ok_or(Error::NotFound("file"))
+    }
+
+    /// The run `run_id` of `owner`, with its files.
+    pub async fn run_report(&self, owner: &Owner, run_id: &str) -> Result<RunReport> {
+        let run = self
+            .catalog
+            .runs()
+            .get(owner, run_id)
+            .await?
+            .ok_or(Error::NotFound("run"))?;
+        let files = self.catalog.files().of_run(&run.id).await?;
+        Ok(RunReport { run, files })
+    }
+
+    /// Runs code for one message of `owner`: the whole pipeline. A run that executes returns
+    /// `Ok` whatever its exit status; `Err` means it could not be run (bad request, someone
+    /// else's message or file, or an infrastructure failure). `events`, if given, receives
+    /// output and registered files as they happen.
+    pub async fn run(
+        &self,
+        owner: &Owner,
+        request: RunRequest,
+        events: Option<mpsc::Sender<RunEvent>>,
+    ) -> Result<RunReport> {
+        let timeout = self.check(&request)?;
+        let attachments = self.attachments_of(owner, &request.file_ids).await?;
+        let message = self
+            .claim(owner, &request.chat_id, &request.message_id)
+            .await?;
+        let workspace = self.workspaces.prepare(&message.workspace_id)?;
+        let _lock = lock(&workspace).await?;
+        self.attach(&message, &workspace, &attachments).await?;
+        self.prepare_sandbox(&message, &workspace).await?;
+        let before = self.snapshot(&workspace).await?;
+        let mut run = self.record_start(owner, &message, &request).await?;
+        let outcome = match self
+            .execute(&workspace, &request, timeout, events.as_ref())
+            .await
+        {
+            Ok(outcome) => outcome,
+            Err(error) => return Err(self.record_failure(run, error).await),
+        };
+        let after = self.snapshot(&workspace).await?;
+        let (files, truncated) = self
+            .register(
+                owner,
+                &message,
+                &run,
+                &workspace,
+                &before,
+                &after,
+                events.as_ref(),
+            )
+            .await?;
+        self.answer(&mut run, outcome, truncated, &workspace, timeout)
+            .await?;
+        Ok(RunReport { run, files })
+    }
+
+    /// Step 0: refuses what cannot run, before anything is written. Returns the timeout.
+    fn check(&self, request: &RunRequest) -> Result<Duration> {
+        ids::check_external("chat_id", &request.chat_id)?;
+        ids::check_external("message_id", &request.message_id)?;
+        if !LANGUAGES.contains(&request.language.as_str()) {
+            return Err(Error::invalid(
+                "language",
+                format!("{:?} is not one of {LANGUAGES:?}", request.language),
+            ));
+        }
+        let limits = &self.config.limits;
+        if request.code.len() as u64 > limits.max_code_bytes.as_u64() {
+            return Err(Error::TooLarge(format!(
+                "code is larger than {}",
+                limits.max_code_bytes.display().iec()
+            )));
+        }
+        let timeout = request.timeout.unwrap_or(limits.default_timeout);
+        if timeout.is_zero() || timeout > limits.max_timeout {
+            return Err(Error::invalid(
+                "timeout_secs",
+                format!(
+                    "must be above 0 and at most {}",
+                    limits.max_timeout.as_secs()
+                ),
+            ));
+        }
+        Ok(timeout)
+    }
+
+    /// Looks up the files to attach: each must be a live file of `owner`. Duplicates collapse.
+    async fn attachments_of(&self, owner: &Owner, file_ids: &[String]) -> Result<Vec<FileRecord>> {
+        let mut seen = BTreeSet::new();
+        let mut files = Vec::new();
+        for id in file_ids {
+            if seen.insert(id.as_str()) {
+                files.push(self.file(owner, id).await?);
+            }
+        }
+        Ok(files)
+    }
+
+    /// Step 1: binds the message to (tenant, user, chat) on first use. A message bound to
+    /// another user or chat is reported as not found, so message ids cannot be probed.
+    async fn claim(&self, owner: &Owner, chat_id: &str, message_id: &str) -> Result<MessageRecord> {
+        let message = self
+            .catalog
+            .messages()
+            .claim(
+                owner,
+                chat_id,
+                message_id,
+                &ids::mint("ws"),
+                &catalog::now(),
+            )
+            .await?;
+        if message.is_bound_to(owner, chat_id) {
+            Ok(message)
+        } else {
+            Err(Error::NotFound("message"))
+        }
+    }
+
+    /// Step 2a: places each attachment not yet in the workspace into `inputs/` (a hard link
+    /// from the local blob store where possible, else a streamed copy) and links it into
+    /// `data/`. A file attached again is left as it is.
+    async fn attach(
+        &self,
+        message: &MessageRecord,
+        workspace: &Workspace,
+        files: &[FileRecord],
+    ) -> Result<()> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        let present: BTreeSet<String> = self
+            .catalog
+            .attachments()
+            .of_message(&message.tenant, &message.message_id)
+            .await?
+            .into_iter()
+            .map(|attachment| attachment.file_id)
+            .collect();
+        for file in files.iter().filter(|file| !present.contains(&file.id)) {
+            let name = workspace.free_name(&file.name)?;
+            self.place_input(workspace, &name, file).await?;
+            workspace.link_input(&name)?;
+            self.catalog
+                .attachments()
+                .insert(&AttachmentRecord {
+                    tenant: message.tenant.clone(),
+                    message_id: message.message_id.clone(),
+                    file_id: file.id.clone(),
+                    name,
+                    created_at: catalog::now(),
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn place_input(
+        &self,
+        workspace: &Workspace,
+        name: &str,
+        file: &FileRecord,
+    ) -> Result<()> {
+        if let Some(source) = self.blobs.local_path(&file.blob_key)
+            && workspace.place_input_by_link(name, &source)?
+        {
+            return Ok(());
+        }
+        let target = workspace.create_input(name)?;
+        let mut target = tokio::fs::File::from_std(target);
+        if let Err(error) = self.blobs.copy_to(&file.blob_key, &mut target).await {
+            workspace.discard_input(name)?;
+            return Err(error.into());
+        }
+        Ok(())
+    }
+
+    /// Step 2b: makes sure the message's sandbox runs, with the workspace mounted.
+    async fn prepare_sandbox(&self, message: &MessageRecord, workspace: &Workspace) -> Result<()> {
+        let spec = SandboxSpec {
+            workspace_id: workspace.id.clone(),
+            host_data: workspace.data.clone(),
+            host_inputs: workspace.inputs.clone(),
+            labels: vec![
+                ("codebox.tenant".to_owned(), message.tenant.clone()),
+                ("codebox.message".to_owned(), message.message_id.clone()),
+            ],
+        };
+        self.runtime.ensure(&spec).await?;
+        Ok(())
+    }
+
+    /// Steps 3 and 5: what `data/` holds, by `lstat` alone.
+    async fn snapshot(&self, workspace: &Workspace) -> Result<Snapshot> {
+        let data = workspace.data.clone();
+        let limits = SnapshotLimits {
+            max_depth: self.config.limits.max_depth,
+            max_entries: self.config.limits.max_snapshot_entries,
+        };
+        let taken = tokio::task::spawn_blocking(move || snapshot::take(&data, limits))
+            .await
+            .map_err(|error| IoError {
+                action: "snapshot",
+                path: workspace.data.clone(),
+                source: std::io::Error::other(error),
+            })?;
+        Ok(taken.with_path("snapshot", &workspace.data)?)
+    }
+
+    /// Records the run as `running` before it starts, so that a crash leaves a trace.
+    async fn record_start(
+        &self,
+        owner: &Owner,
+        message: &MessageRecord,
+        request: &RunRequest,
+    ) -> Result<RunRecord> {
+        let now = catalog::now();
+        self.catalog
+            .messages()
+            .touch(&message.tenant, &message.message_id, &now)
+            .await?;
+        let run = RunRecord {
+            id: ids::mint("run"),
+            tenant: owner.tenant.clone(),
+            user_id: owner.user.clone(),
+            chat_id: message.chat_id.clone(),
+            message_id: message.message_id.clone(),
+            language: request.language.clone(),
+            status: RunStatus::Running,
+            exit_code: None,
+            reason: None,
+            stdout: String::new(),
+            stderr: String::new(),
+            stdout_truncated: false,
+            stderr_truncated: false,
+            truncated: Vec::new(),
+            duration_ms: 0,
+            created_at: now,
+            finished_at: None,
+        };
+        self.catalog.runs().insert(&run).await?;
+        Ok(run)
+    }
+
+    /// Step 4: runs the code in the sandbox, forwarding translated output to `events`.
+    async fn execute(
+        &self,
+        workspace: &Workspace,
+        request: &RunRequest,
+        timeout: Duration,
+        events: Option<&mpsc::Sender<RunEvent>>,
+    ) -> Result<ExecOutcome> {
+        let paths = path_map(workspace);
+        let code = if self.runtime.mounts_workspace() {
+            request.code.clone()
+        } else {
+            translate::to_host_paths(&request.code, &paths)
+        };
+        let exec = ExecRequest {
+            code,
+            timeout,
+            max_output_bytes: usize::try_from(self.config.limits.max_output_bytes.as_u64())
+                .unwrap_or(usize::MAX),
+        };
+        let Some(events) = events else {
+            return Ok(self.runtime.exec(&workspace.id, &exec, None).await?);
+        };
+        // Output is translated on its way to the caller by a small relay task.
+        let (chunks, mut received) = mpsc::channel::<OutputChunk>(64);
+        let events = events.clone();
+        let relay = tokio::spawn(async move {
+            while let Some(chunk) = received.recv().await {
+                let event =
+                    match chunk {
+                        OutputChunk::Stdout(bytes) => RunEvent::Stdout(
+                            translate::to_sandbox_paths(&String::from_utf8_lossy(&bytes), &paths),
+                        ),
+                        OutputChunk::Stderr(bytes) => RunEvent::Stderr(
+                            translate::to_sandbox_paths(&String::from_utf8_lossy(&bytes), &paths),
+                        ),
+                    };
+                let _ = events.send(event).await;
+            }
+        });
+        let outcome = self.runtime.exec(&workspace.id, &exec, Some(&chunks)).await;
+        drop(chunks);
+        let _ = relay.await;
+        Ok(outcome?)
+    }
+
+    /// Marks a run that could not execute as failed, and returns the error to report.
+    async fn record_failure(&self, mut run: RunRecord, error: Error) -> Error {
+        run.status = RunStatus::Failed;
+        run.reason = Some("the sandbox could not run the code".to_owned());
+        run.finished_at = Some(catalog::now());
+        if let Err(record_error) = self.catalog.runs().finish(&run).await {
+            tracing::error!(run = %run.id, error = %record_error, "could not record a failed run");
+        }
+        error
+    }
+
+    /// Step 6: stores every created or modified file with a tracked extension, within the
+    /// caps, and records it. Everything a cap or a check left out is returned as a
+    /// truncation, never dropped silently.
+    #[allow(clippy::too_many_arguments)]
+    async fn register(
+        &self,
+        owner: &Owner,
+        message: &MessageRecord,
+        run: &RunRecord,
+        workspace: &Workspace,
+        before: &Snapshot,
+        after: &Snapshot,
+        events: Option<&mpsc::Sender<RunEvent>>,
+    ) -> Result<(Vec<FileRecord>, Vec<Truncation>)> {
+        let limits = &self.config.limits;
+        let changes = snapshot::diff(before, after);
+        let mut truncated = omissions(before, after, &self.config, limits.max_depth);
+        let inputs_by_name: HashMap<String, String> = self
+            .catalog
+            .attachments()
+            .of_message(&message.tenant, &message.message_id)
+            .await?
+            .into_iter()
+            .map(|attachment| (attachment.name, attachment.file_id))
+            .collect();
+
+        let mut candidates: Vec<&Path> = changes
+            .created
+            .iter()
+            .chain(&changes.modified)
+            .map(|path| path.as_path())
+            .collect();
+        candidates.sort();
+        let mut files = Vec::new();
+        for relative in candidates {
+            let Some(name) = relative.file_name().and_then(|name| name.to_str()) else {
+                continue;
+            };
+            if !self.config.outputs.is_tracked(name) {
+                continue;
+            }
+            let shown = format!("{SANDBOX_DATA}/{}", relative.to_string_lossy());
+            let mut skip = |reason: String| {
+                truncated.push(Truncation {
+                    path: shown.clone(),
+                    reason,
+                })
+            };
+            let Some(relative_text) = relative.to_str() else {
+                skip("the path is not valid UTF-8".to_owned());
+                continue;
+            };
+            let Some(entry) = after.entries.get(relative) else {
+                continue;
+            };
+            match &entry.kind {
+                EntryKind::File => {}
+                EntryKind::Symlink(_) => {
+                    skip("a symbolic link, not a file: not registered".to_owned());
+                    continue;
+                }
+                EntryKind::Dir | EntryKind::Other => {
+                    skip("not a regular file".to_owned());
+                    continue;
+                }
+            }
+            if relative_text.len() > limits.max_path_bytes {
+                skip(format!("path longer than {} bytes", limits.max_path_bytes));
+                continue;
+            }
+            if files.len() >= limits.max_files_per_run {
+                skip(format!(
+                    "over the limit of {} files per run",
+                    limits.max_files_per_run
+                ));
+                continue;
+            }
+            if entry.size > limits.max_file_bytes.as_u64() {
+                skip(too_big(limits.max_file_bytes));
+                continue;
+            }
+            let derived_from = match before.entries.get(relative).map(|entry| &entry.kind) {
+                Some(EntryKind::Symlink(target)) => Workspace::input_name_of_link(target)
+                    .and_then(|input| inputs_by_name.get(&input).cloned()),
+                _ => None,
+            };
+            let stored = match self.store_output(workspace, relative).await {
+                Ok(stored) => stored,
+                Err(Stored::Skipped(reason)) => {
+                    skip(reason);
+                    continue;
+                }
+                Err(Stored::Failed(error)) => return Err(error),
+            };
+            let record = FileRecord {
+                id: stored.0,
+                tenant: owner.tenant.clone(),
+                user_id: owner.user.clone(),
+                chat_id: Some(message.chat_id.clone()),
+                message_id: Some(message.message_id.clone()),
+                run_id: Some(run.id.clone()),
+                name: name.to_owned(),
+                path: format!("{SANDBOX_DATA}/{relative_text}"),
+                size: i64::try_from(stored.1.size).unwrap_or(i64::MAX),
+                content_type: content_type_of(name),
+                sha256: stored.1.sha256,
+                source: FileSource::CodeExecution,
+                derived_from,
+                blob_key: stored.1.key,
+                created_at: catalog::now(),
+                deleted_at: None,
+            };
+            if let Err(error) = self.catalog.files().insert(&record).await {
+                let _ = self.blobs.delete(&record.blob_key).await;
+                return Err(error.into());
+            }
+            if let Some(events) = events {
+                let _ = events.send(RunEvent::File(Box::new(record.clone()))).await;
+            }
+            files.push(record);
+        }
+        Ok((files, truncated))
+    }
+
+    /// Streams one output into the blob store: opened without following any link, regular
+    /// files only, capped while streaming (the file may still be growing).
+    async fn store_output(
+        &self,
+        workspace: &Workspace,
+        relative: &Path,
+    ) -> Result<(String, crate::blobs::Stored), Stored> {
+        let limit = self.config.limits.max_file_bytes;
+        let data = workspace.data.clone();
+        let owned = relative.to_path_buf();
+        let opened = tokio::task::spawn_blocking(move || workspace::open_beneath(&data, &owned))
+            .await
+            .map_err(|error| {
+                Stored::Failed(
+                    IoError {
+                        action: "open",
+                        path: relative.to_path_buf(),
+                        source: std::io::Error::other(error),
+                    }
+                    .into(),
+                )
+            })?;
+        let (file, size) = match opened {
+            Ok(opened) => opened,
+            // The sandbox controls this tree: whatever it did to the entry since the snapshot
+            // (removed it, swapped in a link) means the file is not registered, with a reason.
+            Err(error) => {
+                return Err(Stored::Skipped(format!(
+                    "could not be opened safely: {error}"
+                )));
+            }
+        };
+        if size > limit.as_u64() {
+            return Err(Stored::Skipped(too_big(limit)));
+        }
+        let id = ids::mint("file");
+        let key = Blobs::file_key(&id);
+        match self
+            .blobs
+            .put_stream(&key, tokio::fs::File::from_std(file), limit.as_u64())
+            .await
+        {
+            Ok(stored) => Ok((id, stored)),
+            Err(BlobError::TooLarge { .. }) => Err(Stored::Skipped(too_big(limit))),
+            Err(error) => Err(Stored::Failed(error.into())),
+        }
+    }
+
+    /// Steps 7 and 8: translates the output, turns the outcome into a status and records it.
+    async fn answer(
+        &self,
+        run: &mut RunRecord,
+        outcome: ExecOutcome,
+        truncated: Vec<Truncation>,
+        workspace: &Workspace,
+        timeout: Duration,
+    ) -> Result<()> {
+        let paths = path_map(workspace);
+        let stdout = translate::to_sandbox_paths(&String::from_utf8_lossy(&outcome.stdout), &paths);
+        let mut stderr =
+            translate::to_sandbox_paths(&String::from_utf8_lossy(&outcome.stderr), &paths);
+        if wrote_to_attachment(&stderr) {
+            if !stderr.ends_with('\n') && !stderr.is_empty() {
+                stderr.push('\n');
+            }
+            stderr.push_str(READ_ONLY_HINT);
+            stderr.push('\n');
+        }
+        let (status, reason) = if outcome.timed_out {
+            (
+                RunStatus::TimedOut,
+                Some(format!(
+                    "wall-clock limit of {} reached",
+                    humantime::format_duration(timeout)
+                )),
+            )
+        } else if let Some(reason) = outcome.killed_reason {
+            (RunStatus::Killed, Some(reason))
+        } else if outcome.exit_code == Some(0) {
+            (RunStatus::Succeeded, None)
+        } else {
+            (RunStatus::Failed, None)
+        };
+        run.status = status;
+        run.reason = reason;
+        run.exit_code = outcome.exit_code;
+        run.stdout = stdout;
+        run.stderr = stderr;
+        run.stdout_truncated = outcome.stdout_truncated;
+        run.stderr_truncated = outcome.stderr_truncated;
+        run.truncated = truncated;
+        run.duration_ms = i64::try_from(outcome.duration.as_millis()).unwrap_or(i64::MAX);
+        run.finished_at = Some(catalog::now());
+        self.catalog.runs().finish(run).await?;
+        Ok(())
+    }
+}
+
+/// Why an output was not stored.
+enum Stored {
+    /// A check or cap left it out; the reason is reported to the caller.
+    Skipped(String),
+    /// The stores failed.
+    Failed(Error),
+}
+
+/// The `uid:gid` code runs as, and the owner to give `data/` folders. A supervisor running as
+/// root runs code as the configured user and hands it `data/`; any other supervisor runs code
+/// as itself, since it could not hand over the folder.
+pub fn sandbox_user(config: &Config) -> Result<(String, Option<(u32, u32)>)> {
+    let uid = rustix::process::geteuid().as_raw();
+    let gid = rustix::process::getegid().as_raw();
+    if uid == 0 {
+        let owner = crate::runtime::parse_user(&config.sandbox.user)
+            .map_err(|reason| Error::invalid("sandbox.user", reason))?;
+        Ok((config.sandbox.user.clone(), Some(owner)))
+    } else {
+        Ok((format!("{uid}:{gid}"), None))
+    }
+}
+
+/// Takes the workspace's lock on a blocking thread: waiting must not stall the runtime.
+async fn lock(workspace: &Workspace) -> Result<std::fs::File> {
+    let locked = workspace.clone();
+    Ok(tokio::task::spawn_blocking(move || locked.lock())
+        .await
+        .map_err(|error| IoError {
+            action: "lock",
+            path: workspace.root.clone(),
+            source: std::io::Error::other(error),
+        })??)
+}
+
+fn path_map(workspace: &Workspace) -> PathMap {
+    PathMap::new(
+        workspace.data.to_string_lossy(),
+        workspace.inputs.to_string_lossy(),
+    )
+}
+
+/// The MIME type of a file name, `application/octet-stream` when unknown.
+pub fn content_type_of(name: &str) -> String {
+    mime_guess::from_path(name)
+        .first_or_octet_stream()
+        .essence_str()
+        .to_owned()
+}
+
+fn too_big(limit: ByteSize) -> String {
+    format!("larger than the limit of {}", limit.display().iec())
+}
+
+/// Whether stderr shows code failing to write an attachment through its read-only mount.
+fn wrote_to_attachment(stderr: &str) -> bool {
+    stderr.contains("Read-only file system")
+        && (stderr.contains("/mnt/data/") || stderr.contains("/mnt/inputs/"))
+}
+
+/// Truncations for what the after-snapshot left out that the before-snapshot did not:
+/// entries below the depth cap (only those that could be outputs, and folders), and the
+/// entry cap.
+fn omissions(
+    before: &Snapshot,
+    after: &Snapshot,
+    config: &Config,
+    max_depth: usize,
+) -> Vec<Truncation> {
+    let mut truncations = Vec::new();
+    for omission in after
+        .omissions
+        .iter()
+        .filter(|o| !before.omissions.contains(o))
+    {
+        match omission {
+            Omission::TooDeep(path) => {
+                let name = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default();
+                if config.outputs.is_tracked(name) {
+                    truncations.push(Truncation {
+                        path: format!("{SANDBOX_DATA}/{}", path.to_string_lossy()),
+                        reason: format!("deeper than {max_depth} folders: not looked at"),
+                    });
+                }
+            }
+            Omission::TooManyEntries => truncations.push(Truncation {
+                path: SANDBOX_DATA.to_owned(),
+                reason: format!(
+                    "more than {} entries: the rest was not looked at",
+                    config.limits.max_snapshot_entries
+                ),
+            }),
+            Omission::Unreadable(path) => truncations.push(Truncation {
+                path: format!("{SANDBOX_DATA}/{}", path.to_string_lossy()),
+                reason: "could not be read".to_owned(),
+            }),
+        }
+    }
+    truncations
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_only_hint_needs_both_signs() {
+        assert!(wrote_to_attachment(
+            "OSError: [Errno 30] Read-only file system: '/mnt/data/a.csv'"
+        ));
+        assert!(!wrote_to_attachment("Read-only file system: '/usr/lib/x'"));
+        assert!(!wrote_to_attachment("wrote /mnt/data/a.csv"));
+    }
+
+    #[test]
+    fn content_types() {
+        assert_eq!(
+            content_type_of("r.xlsx"),
+            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+        );
+        assert_eq!(content_type_of("r.csv"), "text/csv");
+        assert_eq!(content_type_of("r.pdf"), "application/pdf");
+        assert_eq!(content_type_of("noext"), "application/octet-stream");
+    }
+}

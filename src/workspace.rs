@@ -1,0 +1,529 @@
+//! Per-message workspaces on the host: their folders, the attachments placed in them, the
+//! names those attachments get and the paths built from anything a caller or the sandbox chose.
+//!
+//! A workspace is `<workspaces>/<workspace_id>/` with two folders:
+//!
+//! - `inputs/` holds each attached file once. It stays owned by the supervisor and is mounted
+//!   read-only at `/mnt/inputs`, so a run can never change a stored original.
+//! - `data/` is owned by the sandbox user and mounted read-write at `/mnt/data`. Each attachment
+//!   appears in it as a relative symlink `data/<name> -> ../inputs/<name>`, which resolves the
+//!   same way on the host and inside the container.
+//!
+//! A `lock` file beside them serializes the runs of one message across processes.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use crate::error::{IoContext, IoError};
+
+/// The longest file name given to an attachment, in bytes (file systems allow 255).
+pub const MAX_NAME_BYTES: usize = 200;
+
+/// The name of the read-write folder mounted at `/mnt/data`.
+const DATA: &str = "data";
+/// The name of the read-only folder mounted at `/mnt/inputs`.
+const INPUTS: &str = "inputs";
+
+/// The set of workspaces under one folder.
+#[derive(Debug, Clone)]
+pub struct Workspaces {
+    root: PathBuf,
+    sandbox_owner: Option<(u32, u32)>,
+}
+
+/// One message's workspace.
+#[derive(Debug, Clone)]
+pub struct Workspace {
+    /// The workspace id (minted by codebox, never chosen by a caller).
+    pub id: String,
+    /// `<workspaces>/<id>`.
+    pub root: PathBuf,
+    /// The folder mounted at `/mnt/data`.
+    pub data: PathBuf,
+    /// The folder mounted at `/mnt/inputs`.
+    pub inputs: PathBuf,
+}
+
+impl Workspaces {
+    /// Opens (creating it if needed) the folder that holds every workspace. Its path is made
+    /// absolute because Docker bind mounts need absolute host paths. `sandbox_owner` is the
+    /// `(uid, gid)` that must own each `data/` folder, or `None` when the sandbox runs as the
+    /// supervisor's own user.
+    pub fn open(root: &Path, sandbox_owner: Option<(u32, u32)>) -> Result<Self, IoError> {
+        fs::create_dir_all(root).with_path("create", root)?;
+        let root = root.canonicalize().with_path("resolve", root)?;
+        Ok(Self {
+            root,
+            sandbox_owner,
+        })
+    }
+
+    /// The folder that holds every workspace (absolute).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The workspace with this id, whether or not it exists on disk yet.
+    pub fn get(&self, id: &str) -> Result<Workspace, IoError> {
+        let root = join_safely(&self.root, Path::new(id)).map_err(|source| IoError {
+            action: "name workspace",
+            path: PathBuf::from(id),
+            source,
+        })?;
+        Ok(Workspace {
+            id: id.to_owned(),
+            data: root.join(DATA),
+            inputs: root.join(INPUTS),
+            root,
+        })
+    }
+
+    /// Creates the workspace's folders if they are missing and gives `data/` to the sandbox
+    /// user. Calling it again on a prepared workspace changes nothing.
+    pub fn prepare(&self, id: &str) -> Result<Workspace, IoError> {
+        let workspace = self.get(id)?;
+        for dir in [&workspace.root, &workspace.inputs] {
+            create_dir_with_mode(dir, 0o755)?;
+        }
+        if create_dir_with_mode(&workspace.data, 0o755)?
+            && let Some((uid, gid)) = self.sandbox_owner
+        {
+            std::os::unix::fs::chown(&workspace.data, Some(uid), Some(gid))
+                .with_path("chown", &workspace.data)?;
+        }
+        Ok(workspace)
+    }
+
+    /// Deletes a workspace's folders. A workspace that is already gone is not an error.
+    pub fn remove(&self, id: &str) -> Result<(), IoError> {
+        let workspace = self.get(id)?;
+        match fs::remove_dir_all(&workspace.root) {
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other.with_path("remove", &workspace.root),
+        }
+    }
+}
+
+/// Creates `dir` with `mode` unless it exists; returns whether it was created.
+fn create_dir_with_mode(dir: &Path, mode: u32) -> Result<bool, IoError> {
+    match fs::create_dir(dir) {
+        Ok(()) => {
+            fs::set_permissions(dir, fs::Permissions::from_mode(mode)).with_path("chmod", dir)?;
+            Ok(true)
+        }
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+            let metadata = fs::symlink_metadata(dir).with_path("inspect", dir)?;
+            if metadata.is_dir() {
+                Ok(false)
+            } else {
+                Err(IoError {
+                    action: "create",
+                    path: dir.to_owned(),
+                    source: io::Error::new(io::ErrorKind::AlreadyExists, "not a folder"),
+                })
+            }
+        }
+        Err(error) => Err(error).with_path("create", dir),
+    }
+}
+
+impl Workspace {
+    /// Takes the workspace's exclusive lock, blocking until it is free. Runs of one message
+    /// hold it so that two of them (even in two processes) never share the folder at once.
+    pub fn lock(&self) -> Result<File, IoError> {
+        let path = self.root.join("lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&path)
+            .with_path("open", &path)?;
+        file.lock().with_path("lock", &path)?;
+        Ok(file)
+    }
+
+    /// A name for a new attachment that is free in both `data/` and `inputs/`: the sanitized
+    /// `wanted` name, or `stem (1).ext`, `stem (2).ext`, ... when that is taken.
+    pub fn free_name(&self, wanted: &str) -> Result<String, IoError> {
+        let base = sanitize_name(wanted);
+        let (stem, extension) = split_extension(&base);
+        let mut candidate = base.clone();
+        let mut counter = 0u64;
+        while self.is_taken(&candidate)? {
+            counter += 1;
+            let suffix = format!(" ({counter})");
+            let stem = truncate_to_bytes(
+                stem,
+                MAX_NAME_BYTES.saturating_sub(suffix.len() + extension.len()),
+            );
+            candidate = format!("{stem}{suffix}{extension}");
+        }
+        Ok(candidate)
+    }
+
+    fn is_taken(&self, name: &str) -> Result<bool, IoError> {
+        for dir in [&self.data, &self.inputs] {
+            let path = dir.join(name);
+            match fs::symlink_metadata(&path) {
+                Ok(_) => return Ok(true),
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(error) => return Err(error).with_path("inspect", &path),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Where an attachment named `name` lives on the host.
+    pub fn input_path(&self, name: &str) -> PathBuf {
+        self.inputs.join(name)
+    }
+
+    /// Places an attachment by hard-linking `source` (a file of the local blob store) into
+    /// `inputs/`. Returns `false`, changing nothing, when the link cannot be made (another file
+    /// system, say); the caller then copies instead.
+    pub fn place_input_by_link(&self, name: &str, source: &Path) -> Result<bool, IoError> {
+        let target = self.input_path(name);
+        match fs::hard_link(source, &target) {
+            Ok(()) => {
+                // The sandbox user reads inputs through the read-only mount, so the file must
+                // be world-readable whatever umask the blob store wrote it with.
+                fs::set_permissions(&target, fs::Permissions::from_mode(0o644))
+                    .with_path("chmod", &target)?;
+                Ok(true)
+            }
+            Err(error) if link_is_impossible(&error) => Ok(false),
+            Err(error) => Err(error).with_path("link", &target),
+        }
+    }
+
+    /// Creates an empty, world-readable attachment file in `inputs/` for the caller to stream
+    /// the bytes into. It fails if the name is taken, so nothing is ever overwritten.
+    pub fn create_input(&self, name: &str) -> Result<File, IoError> {
+        let target = self.input_path(name);
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&target)
+            .with_path("create", &target)
+    }
+
+    /// Removes a half-placed attachment after a failed copy.
+    pub fn discard_input(&self, name: &str) -> Result<(), IoError> {
+        let target = self.input_path(name);
+        match fs::remove_file(&target) {
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other.with_path("remove", &target),
+        }
+    }
+
+    /// Makes the attachment `name` visible at `/mnt/data/<name>` through the relative symlink
+    /// `data/<name> -> ../inputs/<name>`.
+    pub fn link_input(&self, name: &str) -> Result<(), IoError> {
+        let link = self.data.join(name);
+        std::os::unix::fs::symlink(Path::new("..").join(INPUTS).join(name), &link)
+            .with_path("symlink", &link)
+    }
+
+    /// The name of the attachment a `data/` symlink points at, if `target` (read with
+    /// `readlink`, never followed) is exactly `../inputs/<name>`.
+    pub fn input_name_of_link(target: &Path) -> Option<String> {
+        let mut components = target.components();
+        match (
+            components.next(),
+            components.next(),
+            components.next(),
+            components.next(),
+        ) {
+            (
+                Some(Component::ParentDir),
+                Some(Component::Normal(dir)),
+                Some(Component::Normal(name)),
+                None,
+            ) if dir == INPUTS => name.to_str().map(str::to_owned),
+            _ => None,
+        }
+    }
+
+    /// Writes `bytes` as the whole content of a new file in `data/`: used by tests and tools
+    /// that seed a workspace, never for attachments.
+    pub fn write_data_file(&self, name: &str, bytes: &[u8]) -> Result<(), IoError> {
+        let path = join_safely(&self.data, Path::new(name)).map_err(|source| IoError {
+            action: "name",
+            path: PathBuf::from(name),
+            source,
+        })?;
+        let mut file = File::create_new(&path).with_path("create", &path)?;
+        file.write_all(bytes).with_path("write", &path)
+    }
+}
+
+/// Whether a failed hard link means "copy instead" (another file system, a file system without
+/// hard links, too many links, a blob that is not a local file) rather than a real failure.
+fn link_is_impossible(error: &io::Error) -> bool {
+    use rustix::io::Errno;
+    error.kind() == io::ErrorKind::NotFound
+        || [Errno::XDEV, Errno::PERM, Errno::MLINK, Errno::OPNOTSUPP]
+            .iter()
+            .any(|errno| error.raw_os_error() == Some(errno.raw_os_error()))
+}
+
+/// Opens a file the sandbox wrote, for reading, without following any symlink on the way:
+/// every folder below `root` is opened with `O_NOFOLLOW | O_DIRECTORY` relative to the one
+/// before, and the file itself with `O_NOFOLLOW | O_NONBLOCK` (a FIFO must not block the
+/// reader). Only a regular file is returned, with its size at the time it was opened. The
+/// sandbox may swap entries between our snapshot and this call; whatever it swaps in, this
+/// never leaves `root`.
+pub fn open_beneath(root: &Path, relative: &Path) -> io::Result<(File, u64)> {
+    use rustix::fs::{FileType, Mode, OFlags, openat};
+    let directory_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut parts: Vec<&std::ffi::OsStr> = Vec::new();
+    for component in relative.components() {
+        match component {
+            Component::Normal(part) => parts.push(part),
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("path {relative:?} is not a plain relative path"),
+                ));
+            }
+        }
+    }
+    let Some((name, folders)) = parts.split_last() else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty path"));
+    };
+    let mut directory = rustix::fs::open(root, directory_flags, Mode::empty())?;
+    for folder in folders {
+        directory = openat(&directory, *folder, directory_flags, Mode::empty())?;
+    }
+    let flags =
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
+    let fd = openat(&directory, *name, flags, Mode::empty())?;
+    let stat = rustix::fs::fstat(&fd)?;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let size = u64::try_from(stat.st_size).unwrap_or(0);
+    Ok((File::from(fd), size))
+}
+
+/// Joins a relative path that came from outside (a caller, the sandbox) onto `base`, refusing
+/// anything that could leave `base`: absolute paths, `..`, and empty paths.
+pub fn join_safely(base: &Path, relative: &Path) -> io::Result<PathBuf> {
+    let mut joined = base.to_path_buf();
+    let mut any = false;
+    for component in relative.components() {
+        match component {
+            Component::Normal(part) => {
+                joined.push(part);
+                any = true;
+            }
+            Component::CurDir => {}
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("path {relative:?} leaves its folder"),
+                ));
+            }
+        }
+    }
+    if !any {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty path"));
+    }
+    Ok(joined)
+}
+
+/// Turns a name a user chose into a safe file name: no path separators, no control
+/// characters, not `.` or `..`, no leading or trailing spaces, at most [`MAX_NAME_BYTES`]
+/// bytes with the extension kept. The original name stays in the catalog.
+pub fn sanitize_name(raw: &str) -> String {
+    let cleaned: String = raw
+        .chars()
+        .map(|c| match c {
+            '/' | '\\' => '_',
+            c if c.is_control() => '_',
+            c => c,
+        })
+        .collect();
+    let trimmed = cleaned.trim();
+    let name = match trimmed {
+        "" | "." | ".." => "file".to_owned(),
+        other => other.to_owned(),
+    };
+    if name.len() <= MAX_NAME_BYTES {
+        return name;
+    }
+    let (stem, extension) = split_extension(&name);
+    // A pathological "extension" (a name with one early dot) is not worth keeping whole.
+    let extension = if extension.len() > 16 { "" } else { extension };
+    let stem = truncate_to_bytes(stem, MAX_NAME_BYTES - extension.len());
+    format!("{stem}{extension}")
+}
+
+/// Splits `report.csv` into `("report", ".csv")`; a leading dot (`.env`) is not an extension.
+fn split_extension(name: &str) -> (&str, &str) {
+    match name.rfind('.') {
+        Some(index) if index > 0 => name.split_at(index),
+        _ => (name, ""),
+    }
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+fn truncate_to_bytes(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workspace() -> (tempfile::TempDir, Workspace) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let workspaces = Workspaces::open(dir.path(), None).expect("open");
+        let workspace = workspaces.prepare("ws_1").expect("prepare");
+        (dir, workspace)
+    }
+
+    #[test]
+    fn names_are_sanitized() {
+        assert_eq!(sanitize_name("report.csv"), "report.csv");
+        assert_eq!(sanitize_name("../../etc/passwd"), ".._.._etc_passwd");
+        assert_eq!(
+            sanitize_name("C:\\Users\\me\\data.csv"),
+            "C:_Users_me_data.csv"
+        );
+        assert_eq!(sanitize_name(".."), "file");
+        assert_eq!(sanitize_name("  "), "file");
+        assert_eq!(sanitize_name("a\u{0}b\nc\u{7f}.csv"), "a_b_c_.csv");
+        assert_eq!(sanitize_name("отчёт 2024.xlsx"), "отчёт 2024.xlsx");
+        let long = format!("{}.xlsx", "é".repeat(300));
+        let short = sanitize_name(&long);
+        assert!(short.len() <= MAX_NAME_BYTES, "{}", short.len());
+        assert!(short.ends_with("é.xlsx"), "{short}");
+    }
+
+    #[test]
+    fn open_beneath_never_follows_links() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("data");
+        fs::create_dir_all(root.join("sub")).expect("mkdir");
+        fs::write(root.join("sub/ok.csv"), "a,b").expect("write");
+        fs::write(dir.path().join("secret.csv"), "secret").expect("write");
+        std::os::unix::fs::symlink("../secret.csv", root.join("link.csv")).expect("symlink");
+        std::os::unix::fs::symlink("..", root.join("up")).expect("symlink");
+
+        let (_, size) = open_beneath(&root, Path::new("sub/ok.csv")).expect("plain file");
+        assert_eq!(size, 3);
+        for refused in [
+            "link.csv",
+            "up/secret.csv",
+            "../secret.csv",
+            "sub",
+            "/etc/passwd",
+        ] {
+            assert!(
+                open_beneath(&root, Path::new(refused)).is_err(),
+                "{refused}"
+            );
+        }
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            root.join("pipe.csv"),
+            rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+        )
+        .expect("mkfifo");
+        assert!(
+            open_beneath(&root, Path::new("pipe.csv")).is_err(),
+            "a FIFO is refused without blocking"
+        );
+    }
+
+    #[test]
+    fn join_safely_refuses_escapes() {
+        let base = Path::new("/srv/ws");
+        assert_eq!(
+            join_safely(base, Path::new("a/./b.csv")).expect("ok"),
+            PathBuf::from("/srv/ws/a/b.csv")
+        );
+        for bad in ["../x", "/etc/passwd", "a/../../x", "", "."] {
+            assert!(join_safely(base, Path::new(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn colliding_names_get_numbered() {
+        let (_dir, workspace) = workspace();
+        let first = workspace.free_name("report.csv").expect("name");
+        assert_eq!(first, "report.csv");
+        workspace.create_input(&first).expect("create");
+        workspace.link_input(&first).expect("link");
+        assert_eq!(
+            workspace.free_name("report.csv").expect("name"),
+            "report (1).csv"
+        );
+        // A name taken only in data/ (a file the code wrote) is also avoided.
+        workspace
+            .write_data_file("report (1).csv", b"x")
+            .expect("write");
+        assert_eq!(
+            workspace.free_name("report.csv").expect("name"),
+            "report (2).csv"
+        );
+        assert_eq!(workspace.free_name("Makefile").expect("name"), "Makefile");
+    }
+
+    #[test]
+    fn input_links_are_relative_and_recognized() {
+        let (_dir, workspace) = workspace();
+        workspace.create_input("a.csv").expect("create");
+        workspace.link_input("a.csv").expect("link");
+        let target = fs::read_link(workspace.data.join("a.csv")).expect("readlink");
+        assert_eq!(target, PathBuf::from("../inputs/a.csv"));
+        assert_eq!(
+            Workspace::input_name_of_link(&target).as_deref(),
+            Some("a.csv")
+        );
+        assert!(
+            fs::metadata(workspace.data.join("a.csv"))
+                .expect("follow")
+                .is_file()
+        );
+        for foreign in [
+            "/etc/passwd",
+            "../inputs/../x",
+            "inputs/a.csv",
+            "../other/a.csv",
+        ] {
+            assert_eq!(
+                Workspace::input_name_of_link(Path::new(foreign)),
+                None,
+                "{foreign}"
+            );
+        }
+    }
+
+    #[test]
+    fn prepare_is_idempotent_and_remove_tolerates_absence() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let workspaces = Workspaces::open(dir.path(), None).expect("open");
+        workspaces.prepare("ws_2").expect("first");
+        let again = workspaces.prepare("ws_2").expect("second");
+        assert!(again.data.is_dir() && again.inputs.is_dir());
+        workspaces.remove("ws_2").expect("remove");
+        workspaces.remove("ws_2").expect("remove again");
+        assert!(workspaces.get("../escape").is_err());
+    }
+}

@@ -5,12 +5,13 @@
 //! `/mnt/data`, registers the reports the code wrote there into durable storage, and serves
 //! them for download. Start reading at [`supervisor`]: its `run` is the whole pipeline.
 
+pub mod api;
 pub mod blobs;
 pub mod catalog;
 pub mod config;
 pub mod error;
 pub mod ids;
-// pub mod image;
+pub mod image;
 pub mod runtime;
 pub mod snapshot;
 pub mod supervisor;

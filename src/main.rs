@@ -1,1 +1,76 @@
-fn main() {}
+//! The `codebox` command: parses flags into a `Config` and hands over to the library.
+
+mod cli;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// codebox: run chat-generated code in hardened Docker sandboxes and keep the files it writes.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// A TOML configuration file (default: ./codebox.toml if present).
+    #[arg(long, global = true, env = "CODEBOX_CONFIG")]
+    config: Option<PathBuf>,
+    /// The data folder (workspaces, catalog, blobs); overrides the configuration.
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// The sandbox image; overrides the configuration.
+    #[arg(long, global = true)]
+    image: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a script as one chat message, register its outputs and print them.
+    Run(cli::RunArgs),
+    /// Manage the sandbox image.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ImageCommand {
+    /// Build the sandbox image on the local Docker engine.
+    Build(cli::ImageBuildArgs),
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("codebox: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let overrides = cli::Overrides::new(args.data_dir, args.image);
+    let outcome = runtime.block_on(async {
+        match args.command {
+            Command::Run(run) => cli::run(args.config.as_deref(), &overrides, run).await,
+            Command::Image {
+                command: ImageCommand::Build(build),
+            } => cli::image_build(build).await,
+        }
+    });
+    match outcome {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("codebox: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -239,7 +239,7 @@ impl Supervisor {
             .await?;
         let workspace = self.workspaces.prepare(&message.workspace_id)?;
         let _lock = lock(&workspace).await?;
-        self.attach(&message, &workspace, &attachments).await?;
+        let inputs = self.attach(&message, &workspace, &attachments).await?;
         self.prepare_sandbox(&message, &workspace).await?;
         let before = self.snapshot(&workspace).await?;
         let mut run = self.record_start(owner, &message, &request).await?;
@@ -257,12 +257,13 @@ impl Supervisor {
                 &message,
                 &run,
                 &workspace,
+                &inputs,
                 &before,
                 &after,
                 events.as_ref(),
             )
             .await?;
-        self.answer(&mut run, outcome, truncated, &workspace, timeout)
+        self.answer(&mut run, outcome, truncated, &workspace, &inputs, timeout)
             .await?;
         Ok(RunReport { run, files })
     }
@@ -332,24 +333,23 @@ impl Supervisor {
 
     /// Step 2a: places each attachment not yet in the workspace into `inputs/` (a hard link
     /// from the local blob store where possible, else a streamed copy) and links it into
-    /// `data/`. A file attached again is left as it is.
+    /// `data/`. A file attached again is left as it is. Returns every attachment of the
+    /// message, by its name in the workspace.
     async fn attach(
         &self,
         message: &MessageRecord,
         workspace: &Workspace,
         files: &[FileRecord],
-    ) -> Result<()> {
-        if files.is_empty() {
-            return Ok(());
-        }
-        let present: BTreeSet<String> = self
+    ) -> Result<Inputs> {
+        let mut inputs: Inputs = self
             .catalog
             .attachments()
             .of_message(&message.tenant, &message.message_id)
             .await?
             .into_iter()
-            .map(|attachment| attachment.file_id)
+            .map(|attachment| (attachment.name, attachment.file_id))
             .collect();
+        let present: BTreeSet<String> = inputs.values().cloned().collect();
         for file in files.iter().filter(|file| !present.contains(&file.id)) {
             let name = workspace.free_name(&file.name)?;
             self.place_input(workspace, &name, file).await?;
@@ -360,12 +360,13 @@ impl Supervisor {
                     tenant: message.tenant.clone(),
                     message_id: message.message_id.clone(),
                     file_id: file.id.clone(),
-                    name,
+                    name: name.clone(),
                     created_at: catalog::now(),
                 })
                 .await?;
+            inputs.insert(name, file.id.clone());
         }
-        Ok(())
+        Ok(inputs)
     }
 
     async fn place_input(
@@ -522,6 +523,7 @@ impl Supervisor {
         message: &MessageRecord,
         run: &RunRecord,
         workspace: &Workspace,
+        inputs: &Inputs,
         before: &Snapshot,
         after: &Snapshot,
         events: Option<&mpsc::Sender<RunEvent>>,
@@ -529,15 +531,6 @@ impl Supervisor {
         let limits = &self.config.limits;
         let changes = snapshot::diff(before, after);
         let mut truncated = omissions(before, after, &self.config, limits.max_depth);
-        let inputs_by_name: HashMap<String, String> = self
-            .catalog
-            .attachments()
-            .of_message(&message.tenant, &message.message_id)
-            .await?
-            .into_iter()
-            .map(|attachment| (attachment.name, attachment.file_id))
-            .collect();
-
         let mut candidates: Vec<&Path> = changes
             .created
             .iter()
@@ -595,7 +588,7 @@ impl Supervisor {
             }
             let derived_from = match before.entries.get(relative).map(|entry| &entry.kind) {
                 Some(EntryKind::Symlink(target)) => Workspace::input_name_of_link(target)
-                    .and_then(|input| inputs_by_name.get(&input).cloned()),
+                    .and_then(|input| inputs.get(&input).cloned()),
                 _ => None,
             };
             let stored = match self.store_output(workspace, relative).await {
@@ -691,13 +684,14 @@ impl Supervisor {
         outcome: ExecOutcome,
         truncated: Vec<Truncation>,
         workspace: &Workspace,
+        inputs: &Inputs,
         timeout: Duration,
     ) -> Result<()> {
         let paths = path_map(workspace);
         let stdout = translate::to_sandbox_paths(&String::from_utf8_lossy(&outcome.stdout), &paths);
         let mut stderr =
             translate::to_sandbox_paths(&String::from_utf8_lossy(&outcome.stderr), &paths);
-        if wrote_to_attachment(&stderr) {
+        if wrote_to_attachment(&stderr, inputs) {
             if !stderr.ends_with('\n') && !stderr.is_empty() {
                 stderr.push('\n');
             }
@@ -733,6 +727,9 @@ impl Supervisor {
         Ok(())
     }
 }
+
+/// A message's attachments: file id by name in the workspace.
+type Inputs = HashMap<String, String>;
 
 /// Why an output was not stored.
 enum Stored {
@@ -788,10 +785,16 @@ fn too_big(limit: ByteSize) -> String {
     format!("larger than the limit of {}", limit.display().iec())
 }
 
-/// Whether stderr shows code failing to write an attachment through its read-only mount.
-fn wrote_to_attachment(stderr: &str) -> bool {
-    stderr.contains("Read-only file system")
-        && (stderr.contains("/mnt/data/") || stderr.contains("/mnt/inputs/"))
+/// Whether stderr shows code failing to write an attachment. Opening one to overwrite it fails
+/// with "Read-only file system" (the mount); opening it to append fails earlier, with
+/// "Permission denied" (the file belongs to the supervisor).
+fn wrote_to_attachment(stderr: &str, inputs: &Inputs) -> bool {
+    let refused = stderr.contains("Read-only file system") || stderr.contains("Permission denied");
+    refused
+        && (stderr.contains("/mnt/inputs/")
+            || inputs
+                .keys()
+                .any(|name| stderr.contains(&format!("{SANDBOX_DATA}/{name}"))))
 }
 
 /// Truncations for what the after-snapshot left out that the before-snapshot did not:
@@ -844,11 +847,21 @@ mod tests {
 
     #[test]
     fn read_only_hint_needs_both_signs() {
-        assert!(wrote_to_attachment(
-            "OSError: [Errno 30] Read-only file system: '/mnt/data/a.csv'"
-        ));
-        assert!(!wrote_to_attachment("Read-only file system: '/usr/lib/x'"));
-        assert!(!wrote_to_attachment("wrote /mnt/data/a.csv"));
+        let inputs = Inputs::from([("a.csv".to_owned(), "file_1".to_owned())]);
+        for stderr in [
+            "OSError: [Errno 30] Read-only file system: '/mnt/data/a.csv'",
+            "PermissionError: [Errno 13] Permission denied: '/mnt/data/a.csv'",
+            "OSError: [Errno 30] Read-only file system: '/mnt/inputs/a.csv'",
+        ] {
+            assert!(wrote_to_attachment(stderr, &inputs), "{stderr}");
+        }
+        for stderr in [
+            "Read-only file system: '/usr/lib/x'",
+            "Permission denied: '/mnt/data/other.csv'",
+            "wrote /mnt/data/a.csv",
+        ] {
+            assert!(!wrote_to_attachment(stderr, &inputs), "{stderr}");
+        }
     }
 
     #[test]

@@ -59,6 +59,10 @@ const KILL_ALL_SCRIPT: &str = "kill -9 -1";
 const OOM_COUNTER_SCRIPT: &str =
     "cat /sys/fs/cgroup/memory.events /sys/fs/cgroup/memory/memory.oom_control 2>/dev/null";
 
+/// The user of the container's main process. It differs from the user code runs as, so that
+/// `kill -9 -1` by the code's user can never reach it and stop the container.
+const KEEPER_USER: &str = "65534:65534";
+
 /// How long output may keep coming after the timeout kill before the container is killed.
 const DRAIN_AFTER_KILL: Duration = Duration::from_secs(3);
 
@@ -125,7 +129,7 @@ impl DockerRuntime {
         )]);
         ContainerCreateBody {
             image: Some(self.config.image.clone()),
-            user: Some(self.user.clone()),
+            user: Some(KEEPER_USER.to_owned()),
             working_dir: Some(SANDBOX_DATA.to_owned()),
             // The main process only keeps the container alive; runs are execs.
             entrypoint: Some(vec!["sleep".to_owned()]),

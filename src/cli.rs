@@ -1,0 +1,267 @@
+//! The command-line verbs: `run` goes through the same supervisor as the server, as tenant
+//! `local`; `image build` builds the sandbox image.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+
+use codebox::api::dto;
+use codebox::catalog::{FileRecord, Owner};
+use codebox::image::{self, BuildMethod, ImageBuildOptions, ImageVariant};
+use codebox::workspace::join_safely;
+use codebox::{Config, RunRequest, Supervisor};
+
+/// The tenant every CLI run acts as.
+const CLI_TENANT: &str = "local";
+
+/// Flags that override configuration values; unset flags leave the configuration alone.
+#[derive(Debug, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sandbox: Option<SandboxOverrides>,
+}
+
+#[derive(Debug, Serialize)]
+struct SandboxOverrides {
+    image: String,
+}
+
+impl Overrides {
+    /// Overrides from the global flags.
+    pub fn new(data_dir: Option<PathBuf>, image: Option<String>) -> Self {
+        Self {
+            data_dir,
+            sandbox: image.map(|image| SandboxOverrides { image }),
+        }
+    }
+}
+
+/// `codebox run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The Python script to run (`-` reads it from standard input).
+    script: PathBuf,
+    /// A file to attach; it appears at /mnt/data/<name>, read-only. Repeatable.
+    #[arg(long = "attach", value_name = "FILE")]
+    attachments: Vec<PathBuf>,
+    /// The chat the message belongs to.
+    #[arg(long, default_value = "cli")]
+    chat: String,
+    /// The message id; reuse one to run again in the same workspace. Default: a new message.
+    #[arg(long)]
+    message: Option<String>,
+    /// The end user the run acts for.
+    #[arg(long, default_value = "local")]
+    user: String,
+    /// Copy the registered files into this folder.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Print the API's Run object as JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Wall-clock limit in seconds (default: the configured one).
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<u64>,
+}
+
+/// Runs a script as one message and reports like the API would. Exits with the code's exit
+/// status (124 when it timed out, 137 when a limit killed it).
+pub async fn run(
+    config_file: Option<&Path>,
+    overrides: &Overrides,
+    args: RunArgs,
+) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config_file, overrides)?;
+    let code = if args.script == Path::new("-") {
+        std::io::read_to_string(std::io::stdin()).context("read the script from stdin")?
+    } else {
+        std::fs::read_to_string(&args.script)
+            .with_context(|| format!("read {}", args.script.display()))?
+    };
+    let supervisor = Supervisor::open(config).await?;
+    let owner = Owner::new(CLI_TENANT, &args.user);
+    let message_id = args
+        .message
+        .clone()
+        .unwrap_or_else(|| codebox::ids::mint("msg"));
+
+    let mut file_ids = Vec::new();
+    for path in &args.attachments {
+        let name = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .with_context(|| format!("{} has no usable file name", path.display()))?;
+        let body = tokio::fs::File::open(path)
+            .await
+            .with_context(|| format!("open {}", path.display()))?;
+        let file = supervisor
+            .upload(&owner, name, Some(&args.chat), Some(&message_id), body)
+            .await
+            .with_context(|| format!("upload {}", path.display()))?;
+        file_ids.push(file.id);
+    }
+
+    let report = supervisor
+        .run(
+            &owner,
+            RunRequest {
+                chat_id: args.chat.clone(),
+                message_id,
+                code,
+                language: "python".to_owned(),
+                file_ids,
+                timeout: args.timeout.map(Duration::from_secs),
+            },
+            None,
+        )
+        .await?;
+
+    if let Some(out) = &args.out {
+        for file in &report.files {
+            copy_out(&supervisor, file, out).await?;
+        }
+    }
+    if args.json {
+        let run = dto::Run::new(&report, |_| None);
+        println!("{}", serde_json::to_string_pretty(&run)?);
+    } else {
+        print_report(&report, args.out.as_deref());
+    }
+    let run = &report.run;
+    let status = match run.status {
+        codebox::catalog::RunStatus::TimedOut => 124,
+        codebox::catalog::RunStatus::Killed => 137,
+        _ => run.exit_code.unwrap_or(1).clamp(0, 255),
+    };
+    Ok(ExitCode::from(u8::try_from(status).unwrap_or(1)))
+}
+
+/// Writes a registered file to `out/<its path below /mnt/data>`.
+async fn copy_out(supervisor: &Supervisor, file: &FileRecord, out: &Path) -> anyhow::Result<()> {
+    let relative = file.path.strip_prefix("/mnt/data/").unwrap_or(&file.name);
+    let target = join_safely(out, Path::new(relative))
+        .with_context(|| format!("place {} in {}", file.path, out.display()))?;
+    if let Some(parent) = target.parent() {
+        tokio::fs::create_dir_all(parent)
+            .await
+            .with_context(|| format!("create {}", parent.display()))?;
+    }
+    let mut sink = tokio::fs::File::create(&target)
+        .await
+        .with_context(|| format!("create {}", target.display()))?;
+    supervisor
+        .blobs()
+        .copy_to(&file.blob_key, &mut sink)
+        .await
+        .with_context(|| format!("write {}", target.display()))?;
+    Ok(())
+}
+
+fn print_report(report: &codebox::RunReport, out: Option<&Path>) {
+    let run = &report.run;
+    print!("{}", run.stdout);
+    if run.stdout_truncated {
+        println!("[stdout truncated]");
+    }
+    eprint!("{}", run.stderr);
+    if run.stderr_truncated {
+        eprintln!("[stderr truncated]");
+    }
+    println!();
+    let exit = run
+        .exit_code
+        .map_or_else(|| "-".to_owned(), |code| code.to_string());
+    println!(
+        "run {}  message {}  status {}  exit {}  {} ms",
+        run.id,
+        run.message_id,
+        run.status.as_str(),
+        exit,
+        run.duration_ms
+    );
+    if let Some(reason) = &run.reason {
+        println!("reason: {reason}");
+    }
+    if report.files.is_empty() {
+        println!("no files registered");
+    } else {
+        let width = report
+            .files
+            .iter()
+            .map(|file| file.path.len())
+            .max()
+            .unwrap_or(0);
+        println!("{:width$}  {:>10}  {:16}  ID", "PATH", "BYTES", "SHA256");
+        for file in &report.files {
+            println!(
+                "{:width$}  {:>10}  {:16}  {}{}",
+                file.path,
+                file.size,
+                &file.sha256[..16.min(file.sha256.len())],
+                file.id,
+                file.derived_from
+                    .as_ref()
+                    .map(|input| format!("  (derived from {input})"))
+                    .unwrap_or_default()
+            );
+        }
+        if let Some(out) = out {
+            println!("copied to {}", out.display());
+        }
+    }
+    for truncation in &run.truncated {
+        println!("not registered: {}: {}", truncation.path, truncation.reason);
+    }
+}
+
+/// `codebox image build`.
+#[derive(Debug, clap::Args)]
+pub struct ImageBuildArgs {
+    /// Build the small test image (python3 + openpyxl) instead of the full one.
+    #[arg(long)]
+    test: bool,
+    /// Build from images/python/Dockerfile (needs a registry to pull the base image) instead
+    /// of debootstrapping from the Debian mirror.
+    #[arg(long)]
+    dockerfile: bool,
+    /// The image reference to build (default: codebox-python:latest, or :test).
+    #[arg(long)]
+    tag: Option<String>,
+    /// The folder with the image's files.
+    #[arg(long, default_value = "images/python")]
+    images_dir: PathBuf,
+}
+
+/// Builds the sandbox image, printing progress.
+pub async fn image_build(args: ImageBuildArgs) -> anyhow::Result<ExitCode> {
+    if !args.images_dir.join("packages-full.txt").is_file() {
+        bail!(
+            "{} does not hold the image files (packages-full.txt); run from the repository root or pass --images-dir",
+            args.images_dir.display()
+        );
+    }
+    let docker = image::connect().await?;
+    let options = ImageBuildOptions {
+        images_dir: args.images_dir,
+        variant: if args.test {
+            ImageVariant::Test
+        } else {
+            ImageVariant::Full
+        },
+        method: if args.dockerfile {
+            BuildMethod::Dockerfile
+        } else {
+            BuildMethod::Debootstrap
+        },
+        tag: args.tag,
+    };
+    let mut progress = |line: &str| eprintln!("{line}");
+    let built = image::build(&docker, &options, &mut progress).await?;
+    println!("built {built}");
+    Ok(ExitCode::SUCCESS)
+}

@@ -575,15 +575,15 @@ impl Supervisor {
                 skip(format!("path longer than {} bytes", limits.max_path_bytes));
                 continue;
             }
+            if entry.size > limits.max_file_bytes.as_u64() {
+                skip(too_big(limits.max_file_bytes));
+                continue;
+            }
             if files.len() >= limits.max_files_per_run {
                 skip(format!(
                     "over the limit of {} files per run",
                     limits.max_files_per_run
                 ));
-                continue;
-            }
-            if entry.size > limits.max_file_bytes.as_u64() {
-                skip(too_big(limits.max_file_bytes));
                 continue;
             }
             let derived_from = match before.entries.get(relative).map(|entry| &entry.kind) {

@@ -1,0 +1,517 @@
+//! The run pipeline end to end on the real Docker engine, a real SQLite file and the local
+//! blob folder: attachments, registration, isolation, limits and restarts.
+
+mod common;
+
+use std::time::Duration;
+
+use codebox::Error;
+use codebox::catalog::{FileSource, Owner, RunStatus};
+use common::{TestEnv, request};
+use sha2::{Digest, Sha256};
+
+const CSV: &[u8] = b"name,amount\napples,3\npears,5\n";
+
+#[tokio::test]
+async fn attachment_is_readable_and_read_only() {
+    let env = TestEnv::new().await;
+    let data = env.upload("data.csv", CSV).await;
+    let report = env
+        .run(
+            "m-read",
+            r#"
+import os
+print(open('/mnt/data/data.csv').read(), end='')
+print('link:', os.readlink('/mnt/data/data.csv'))
+open('/mnt/data/data.csv', 'w').write('overwritten')
+"#,
+            &[&data],
+        )
+        .await;
+    let run = &report.run;
+    assert_eq!(run.status, RunStatus::Failed, "{run:?}");
+    assert!(run.stdout.starts_with("name,amount\napples,3"), "{}", run.stdout);
+    assert!(run.stdout.contains("link: ../inputs/data.csv"), "{}", run.stdout);
+    assert!(run.stderr.contains("Read-only file system"), "{}", run.stderr);
+    assert!(run.stderr.contains("codebox: attached files are read-only"), "{}", run.stderr);
+    assert!(report.files.is_empty());
+    assert_eq!(env.bytes_of(&data).await, CSV, "the stored original is unchanged");
+    let on_host = env.data_dir_of("m-read").await.join("data.csv");
+    assert_eq!(std::fs::read(on_host).expect("read"), CSV);
+}
+
+#[tokio::test]
+async fn xlsx_from_attached_csv_is_registered_with_metadata_and_bytes() {
+    let env = TestEnv::new().await;
+    let data = env.upload("data.csv", CSV).await;
+    let report = env
+        .run(
+            "m-xlsx",
+            r#"
+import csv, openpyxl
+workbook = openpyxl.Workbook()
+for row in csv.reader(open('/mnt/data/data.csv')):
+    workbook.active.append(row)
+workbook.save('/mnt/data/report.xlsx')
+print('saved /mnt/data/report.xlsx')
+"#,
+            &[&data],
+        )
+        .await;
+    let run = &report.run;
+    assert_eq!(run.status, RunStatus::Succeeded, "{}", run.stderr);
+    assert_eq!(run.exit_code, Some(0));
+    assert_eq!(report.files.len(), 1, "{:?}", report.files);
+    let file = &report.files[0];
+    assert_eq!(file.name, "report.xlsx");
+    assert_eq!(file.path, "/mnt/data/report.xlsx");
+    assert_eq!(
+        file.content_type,
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+    );
+    assert_eq!(file.source, FileSource::CodeExecution);
+    assert_eq!(file.tenant, "tenant-a");
+    assert_eq!(file.user_id, "alice");
+    assert_eq!(file.chat_id.as_deref(), Some("chat-1"));
+    assert_eq!(file.message_id.as_deref(), Some("m-xlsx"));
+    assert_eq!(file.run_id.as_deref(), Some(run.id.as_str()));
+    assert_eq!(file.derived_from, None);
+    assert!(file.deleted_at.is_none());
+
+    let on_host = std::fs::read(env.data_dir_of("m-xlsx").await.join("report.xlsx"))
+        .expect("the workspace keeps the file");
+    let stored = env.bytes_of(file).await;
+    assert_eq!(stored, on_host);
+    assert!(stored.starts_with(b"PK"), "an xlsx is a zip file");
+    assert_eq!(file.size as usize, stored.len());
+    assert_eq!(file.sha256, hex::encode(Sha256::digest(&stored)));
+
+    // The catalog answers for the file and the run.
+    let again = env.supervisor.file(&env.owner, &file.id).await.expect("file");
+    assert_eq!(&again, file);
+    let looked_up = env
+        .supervisor
+        .run_report(&env.owner, &run.id)
+        .await
+        .expect("run");
+    assert_eq!(looked_up.run, report.run);
+    assert_eq!(looked_up.files, report.files);
+}
+
+#[tokio::test]
+async fn replacing_an_input_registers_a_derived_file() {
+    let env = TestEnv::new().await;
+    let data = env.upload("data.csv", CSV).await;
+    let report = env
+        .run(
+            "m-derived",
+            r#"
+import os
+rows = open('/mnt/data/data.csv').read() + 'plums,7\n'
+os.remove('/mnt/data/data.csv')
+open('/mnt/data/data.csv', 'w').write(rows)
+"#,
+            &[&data],
+        )
+        .await;
+    assert_eq!(report.run.status, RunStatus::Succeeded, "{}", report.run.stderr);
+    assert_eq!(report.files.len(), 1);
+    let derived = &report.files[0];
+    assert_eq!(derived.name, "data.csv");
+    assert_eq!(derived.derived_from.as_deref(), Some(data.id.as_str()));
+    assert!(env.bytes_of(derived).await.ends_with(b"plums,7\n"));
+    assert_eq!(env.bytes_of(&data).await, CSV, "the original is kept");
+}
+
+#[tokio::test]
+async fn only_tracked_extensions_are_registered() {
+    let env = TestEnv::new().await;
+    let report = env
+        .run(
+            "m-ext",
+            r#"
+import os
+os.makedirs('/mnt/data/sub/deeper')
+for name in ['notes.txt', 'plot.png', 'table.CSV', 'sub/deeper/summary.pdf', 'archive.csv.bak']:
+    open('/mnt/data/' + name, 'w').write('x')
+"#,
+            &[],
+        )
+        .await;
+    let mut paths: Vec<&str> = report.files.iter().map(|f| f.path.as_str()).collect();
+    paths.sort();
+    assert_eq!(paths, ["/mnt/data/sub/deeper/summary.pdf", "/mnt/data/table.CSV"]);
+    assert!(report.run.truncated.is_empty(), "{:?}", report.run.truncated);
+}
+
+#[tokio::test]
+async fn planted_symlinks_are_neither_registered_nor_read() {
+    let env = TestEnv::new().await;
+    // A secret on the host, at a path the sandbox can name but not see.
+    let secret = env.scratch().join("secret.csv");
+    std::fs::write(&secret, "top,secret\n").expect("write secret");
+    let code = format!(
+        r#"
+import os
+os.symlink({secret:?}, '/mnt/data/host.csv')
+os.symlink('/etc/passwd', '/mnt/data/passwd.csv')
+os.symlink('/etc', '/mnt/data/etc')
+os.symlink({scratch:?}, '/mnt/data/scratch')
+try:
+    os.link('/mnt/inputs/nothing.csv', '/mnt/data/hard.csv')
+except OSError as error:
+    print('hard link:', error.strerror)
+"#,
+        secret = secret.display().to_string(),
+        scratch = env.scratch().display().to_string(),
+    );
+    let report = env.run("m-links", &code, &[]).await;
+    assert_eq!(report.run.status, RunStatus::Succeeded, "{}", report.run.stderr);
+    assert!(report.files.is_empty(), "{:?}", report.files);
+    let mut reasons: Vec<(&str, &str)> = report
+        .run
+        .truncated
+        .iter()
+        .map(|t| (t.path.as_str(), t.reason.as_str()))
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert_eq!(reasons[0].0, "/mnt/data/host.csv");
+    assert_eq!(reasons[1].0, "/mnt/data/passwd.csv");
+    assert!(reasons.iter().all(|(_, reason)| reason.contains("symbolic link")));
+    // Nothing anywhere in the blob store holds the secret.
+    for entry in walkdir::WalkDir::new(env.config.data_dir.join("blobs")) {
+        let entry = entry.expect("walk");
+        if entry.file_type().is_file() {
+            let bytes = std::fs::read(entry.path()).expect("read");
+            assert!(!bytes.windows(6).any(|w| w == b"secret"), "{:?}", entry.path());
+        }
+    }
+}
+
+#[tokio::test]
+async fn timeout_stops_the_code_and_what_it_started() {
+    let env = TestEnv::new().await;
+    let mut slow = request(
+        "m-timeout",
+        r#"
+import subprocess, time
+subprocess.Popen(['sleep', '600'])
+print('started', flush=True)
+while True:
+    time.sleep(0.1)
+"#,
+        &[],
+    );
+    slow.timeout = Some(Duration::from_secs(2));
+    let report = env
+        .supervisor
+        .run(&env.owner, slow, None)
+        .await
+        .expect("run");
+    let run = &report.run;
+    assert_eq!(run.status, RunStatus::TimedOut);
+    assert_eq!(run.stdout, "started\n");
+    assert!(run.reason.as_deref().unwrap_or_default().contains("2s"), "{run:?}");
+    assert!(run.duration_ms >= 2000 && run.duration_ms < 10_000, "{}", run.duration_ms);
+
+    // The next run of the message finds no process left from the first.
+    let report = env
+        .run(
+            "m-timeout",
+            r#"
+import os
+names = [open(f'/proc/{p}/cmdline', 'rb').read() for p in os.listdir('/proc') if p.isdigit()]
+print(sum(1 for n in names if n.startswith(b'sleep\x00600')))
+"#,
+            &[],
+        )
+        .await;
+    assert_eq!(report.run.stdout.trim(), "0", "{}", report.run.stderr);
+}
+
+#[tokio::test]
+async fn memory_limit_kills_with_a_reason() {
+    let env = TestEnv::with_config(|config| {
+        config.sandbox.memory = bytesize::ByteSize::mib(64);
+    })
+    .await;
+    let report = env
+        .run(
+            "m-oom",
+            "hog = bytearray(512 * 1024 * 1024)\nprint('survived')",
+            &[],
+        )
+        .await;
+    let run = &report.run;
+    assert_eq!(run.status, RunStatus::Killed, "{run:?}");
+    assert!(run.reason.as_deref().unwrap_or_default().contains("memory limit"), "{run:?}");
+    assert!(!run.stdout.contains("survived"));
+    // The sandbox is still usable afterwards.
+    let report = env.run("m-oom", "print('fine')", &[]).await;
+    assert_eq!(report.run.stdout, "fine\n");
+}
+
+#[tokio::test]
+async fn output_is_capped_with_flags() {
+    let env = TestEnv::with_config(|config| {
+        config.limits.max_output_bytes = bytesize::ByteSize::b(1000);
+    })
+    .await;
+    let report = env
+        .run(
+            "m-output",
+            "import sys\nsys.stdout.write('o' * 100000)\nsys.stderr.write('e' * 10)",
+            &[],
+        )
+        .await;
+    let run = &report.run;
+    assert_eq!(run.status, RunStatus::Succeeded);
+    assert_eq!(run.stdout, "o".repeat(1000));
+    assert!(run.stdout_truncated);
+    assert_eq!(run.stderr, "e".repeat(10));
+    assert!(!run.stderr_truncated);
+}
+
+#[tokio::test]
+async fn later_runs_of_a_message_share_its_workspace() {
+    let env = TestEnv::new().await;
+    let first = env
+        .run(
+            "m-shared",
+            "open('/mnt/data/a.csv', 'w').write('1\\n')",
+            &[],
+        )
+        .await;
+    assert_eq!(first.files.len(), 1);
+    let second = env
+        .run(
+            "m-shared",
+            "n = open('/mnt/data/a.csv').read()\nopen('/mnt/data/b.csv', 'w').write(n + '2\\n')",
+            &[],
+        )
+        .await;
+    assert_eq!(second.run.status, RunStatus::Succeeded, "{}", second.run.stderr);
+    let names: Vec<&str> = second.files.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["b.csv"], "an unchanged file is not registered again");
+    assert_eq!(env.bytes_of(&second.files[0]).await, b"1\n2\n");
+}
+
+#[tokio::test]
+async fn messages_cannot_see_each_other() {
+    let env = TestEnv::new().await;
+    let mine = env.upload("private.csv", b"mine\n").await;
+    env.run(
+        "m-alpha",
+        "open('/mnt/data/alpha.csv', 'w').write('alpha')",
+        &[&mine],
+    )
+    .await;
+    let report = env
+        .run(
+            "m-beta",
+            r#"
+import os
+print(sorted(os.listdir('/mnt/data')), sorted(os.listdir('/mnt/inputs')))
+print(os.path.exists('/mnt/data/../alpha.csv'), len(os.listdir('/mnt')))
+"#,
+            &[],
+        )
+        .await;
+    assert_eq!(report.run.stdout, "[] []\nFalse 2\n", "{}", report.run.stderr);
+
+    // The same message id from another user, or in another chat, is refused as unknown.
+    let bob = Owner::new("tenant-a", "bob");
+    let error = env
+        .supervisor
+        .run(&bob, request("m-alpha", "print(1)", &[]), None)
+        .await
+        .expect_err("another user's message");
+    assert!(matches!(error, Error::NotFound("message")), "{error}");
+    let mut other_chat = request("m-alpha", "print(1)", &[]);
+    other_chat.chat_id = "chat-2".to_owned();
+    let error = env
+        .supervisor
+        .run(&env.owner, other_chat, None)
+        .await
+        .expect_err("another chat");
+    assert!(matches!(error, Error::NotFound("message")), "{error}");
+
+    // Another user cannot attach, look up or run with someone else's file.
+    let error = env
+        .supervisor
+        .run(&bob, request("m-bob", "print(1)", &[&mine]), None)
+        .await
+        .expect_err("another user's file");
+    assert!(matches!(error, Error::NotFound("file")), "{error}");
+    assert!(env.supervisor.file(&bob, &mine.id).await.is_err());
+    // A refused request claimed nothing: bob's message id is still free for him.
+    let report = env
+        .supervisor
+        .run(&bob, request("m-bob", "print(1)", &[]), None)
+        .await
+        .expect("bob's own run");
+    assert_eq!(report.run.stdout, "1\n");
+}
+
+#[tokio::test]
+async fn attachments_are_linked_once_and_named_apart() {
+    let env = TestEnv::new().await;
+    let first = env.upload("report.csv", b"first\n").await;
+    let second = env.upload("report.csv", b"second\n").await;
+    let hostile = env.upload("../../etc/evil\n.csv", b"evil\n").await;
+    let code = r#"
+import os
+for name in sorted(os.listdir('/mnt/data')):
+    print(name, '->', os.readlink('/mnt/data/' + name), open('/mnt/data/' + name).read(), end='')
+"#;
+    let report = env
+        .run("m-names", code, &[&first, &second, &first, &hostile])
+        .await;
+    assert_eq!(
+        report.run.stdout,
+        ".._.._etc_evil_.csv -> ../inputs/.._.._etc_evil_.csv evil\n\
+         report (1).csv -> ../inputs/report (1).csv second\n\
+         report.csv -> ../inputs/report.csv first\n",
+        "{}",
+        report.run.stderr
+    );
+    // Attaching the same files again in a later run adds nothing.
+    let again = env.run("m-names", code, &[&second, &first]).await;
+    assert_eq!(again.run.stdout, report.run.stdout);
+    // The catalog keeps the name as uploaded.
+    assert_eq!(hostile.name, "../../etc/evil\n.csv");
+}
+
+#[tokio::test]
+async fn caps_are_reported_not_silent() {
+    let env = TestEnv::with_config(|config| {
+        config.limits.max_files_per_run = 2;
+        config.limits.max_file_bytes = bytesize::ByteSize::kib(1);
+        config.limits.max_depth = 2;
+    })
+    .await;
+    let report = env
+        .run(
+            "m-caps",
+            r#"
+import os
+for name in ['a.csv', 'b.csv', 'c.csv']:
+    open('/mnt/data/' + name, 'w').write('x')
+open('/mnt/data/big.pdf', 'wb').write(b'0' * 5000)
+os.makedirs('/mnt/data/one/two')
+open('/mnt/data/one/two/deep.csv', 'w').write('x')
+"#,
+            &[],
+        )
+        .await;
+    let names: Vec<&str> = report.files.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["a.csv", "b.csv"]);
+    let reasons: Vec<String> = report
+        .run
+        .truncated
+        .iter()
+        .map(|t| format!("{}: {}", t.path, t.reason))
+        .collect();
+    let joined = reasons.join("\n");
+    assert!(joined.contains("/mnt/data/big.pdf: larger than the limit of 1.0 KiB"), "{joined}");
+    assert!(joined.contains("/mnt/data/c.csv: over the limit of 2 files per run"), "{joined}");
+    assert!(joined.contains("/mnt/data/one/two/deep.csv: deeper than 2 folders"), "{joined}");
+}
+
+#[tokio::test]
+async fn catalog_and_files_survive_a_restart() {
+    let env = TestEnv::new().await;
+    let report = env
+        .run("m-restart", "open('/mnt/data/kept.csv', 'w').write('kept')", &[])
+        .await;
+    let file = report.files[0].clone();
+    let run_id = report.run.id.clone();
+    env.supervisor.catalog().close().await;
+
+    let reopened = env.reopen().await;
+    let found = reopened.file(&env.owner, &file.id).await.expect("file");
+    assert_eq!(found, file);
+    let run = reopened
+        .run_report(&env.owner, &run_id)
+        .await
+        .expect("run");
+    assert_eq!(run.files, vec![file.clone()]);
+    // The reopened supervisor reuses the message's workspace and container.
+    let again = reopened
+        .run(
+            &env.owner,
+            request("m-restart", "print(open('/mnt/data/kept.csv').read())", &[]),
+            None,
+        )
+        .await
+        .expect("run after restart");
+    assert_eq!(again.run.stdout, "kept\n");
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_before_anything_is_written() {
+    let env = TestEnv::new().await;
+    let mut ruby = request("m-bad", "puts 1", &[]);
+    ruby.language = "ruby".to_owned();
+    let error = env
+        .supervisor
+        .run(&env.owner, ruby, None)
+        .await
+        .expect_err("unknown language");
+    assert!(matches!(error, Error::Invalid { field: "language", .. }), "{error}");
+
+    let mut endless = request("m-bad", "print(1)", &[]);
+    endless.timeout = Some(Duration::from_secs(100_000));
+    let error = env
+        .supervisor
+        .run(&env.owner, endless, None)
+        .await
+        .expect_err("timeout above the cap");
+    assert!(matches!(error, Error::Invalid { field: "timeout_secs", .. }), "{error}");
+
+    let error = env
+        .supervisor
+        .run(&env.owner, request("bad/id", "print(1)", &[]), None)
+        .await
+        .expect_err("bad message id");
+    assert!(matches!(error, Error::Invalid { field: "message_id", .. }), "{error}");
+
+    let message = env
+        .supervisor
+        .catalog()
+        .messages()
+        .get(&env.owner.tenant, "m-bad")
+        .await
+        .expect("catalog");
+    assert!(message.is_none(), "a refused run must not bind the message");
+}
+
+#[tokio::test]
+async fn large_code_goes_through_stdin() {
+    let env = TestEnv::new().await;
+    // Far above the 128 KiB a single command-line argument may hold.
+    let mut code = String::from("total = 0\n");
+    for i in 0..20_000 {
+        code.push_str(&format!("total += {i}\n"));
+    }
+    code.push_str("print(total)\n");
+    let report = env.run("m-large", &code, &[]).await;
+    assert_eq!(report.run.stdout.trim(), (0..20_000u64).sum::<u64>().to_string());
+}
+
+#[tokio::test]
+async fn host_paths_never_reach_the_output() {
+    let env = TestEnv::new().await;
+    let report = env
+        .run(
+            "m-paths",
+            "import os\nprint(os.path.realpath('/mnt/data/x.csv'))\nopen('/mnt/data/missing/x.csv')",
+            &[],
+        )
+        .await;
+    let host = env.config.data_dir.display().to_string();
+    assert!(report.run.stdout.contains("/mnt/data/x.csv"));
+    assert!(!report.run.stdout.contains(&host) && !report.run.stderr.contains(&host));
+    assert!(report.run.stderr.contains("'/mnt/data/missing/x.csv'"), "{}", report.run.stderr);
+}

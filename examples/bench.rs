@@ -403,7 +403,9 @@ fn generate_csv(rows: usize) -> String {
 /// The nearest-rank percentile of ascending `sorted` samples: the smallest sample that at least
 /// `percent` per cent of the samples are less than or equal to. `sorted` must not be empty.
 fn percentile(sorted: &[f64], percent: usize) -> f64 {
-    let rank = (percent * sorted.len()).div_ceil(100).clamp(1, sorted.len());
+    let rank = (percent * sorted.len())
+        .div_ceil(100)
+        .clamp(1, sorted.len());
     sorted[rank - 1]
 }
 

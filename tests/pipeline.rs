@@ -30,12 +30,32 @@ open('/mnt/data/data.csv', 'w').write('overwritten')
         .await;
     let run = &report.run;
     assert_eq!(run.status, RunStatus::Failed, "{run:?}");
-    assert!(run.stdout.starts_with("name,amount\napples,3"), "{}", run.stdout);
-    assert!(run.stdout.contains("link: ../inputs/data.csv"), "{}", run.stdout);
-    assert!(run.stderr.contains("Read-only file system"), "{}", run.stderr);
-    assert!(run.stderr.contains("codebox: attached files are read-only"), "{}", run.stderr);
+    assert!(
+        run.stdout.starts_with("name,amount\napples,3"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("link: ../inputs/data.csv"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stderr.contains("Read-only file system"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("codebox: attached files are read-only"),
+        "{}",
+        run.stderr
+    );
     assert!(report.files.is_empty());
-    assert_eq!(env.bytes_of(&data).await, CSV, "the stored original is unchanged");
+    assert_eq!(
+        env.bytes_of(&data).await,
+        CSV,
+        "the stored original is unchanged"
+    );
     let on_host = env.data_dir_of("m-read").await.join("data.csv");
     assert_eq!(std::fs::read(on_host).expect("read"), CSV);
 }
@@ -87,7 +107,11 @@ print('saved /mnt/data/report.xlsx')
     assert_eq!(file.sha256, hex::encode(Sha256::digest(&stored)));
 
     // The catalog answers for the file and the run.
-    let again = env.supervisor.file(&env.owner, &file.id).await.expect("file");
+    let again = env
+        .supervisor
+        .file(&env.owner, &file.id)
+        .await
+        .expect("file");
     assert_eq!(&again, file);
     let looked_up = env
         .supervisor
@@ -114,7 +138,12 @@ open('/mnt/data/data.csv', 'w').write(rows)
             &[&data],
         )
         .await;
-    assert_eq!(report.run.status, RunStatus::Succeeded, "{}", report.run.stderr);
+    assert_eq!(
+        report.run.status,
+        RunStatus::Succeeded,
+        "{}",
+        report.run.stderr
+    );
     assert_eq!(report.files.len(), 1);
     let derived = &report.files[0];
     assert_eq!(derived.name, "data.csv");
@@ -140,8 +169,15 @@ for name in ['notes.txt', 'plot.png', 'table.CSV', 'sub/deeper/summary.pdf', 'ar
         .await;
     let mut paths: Vec<&str> = report.files.iter().map(|f| f.path.as_str()).collect();
     paths.sort();
-    assert_eq!(paths, ["/mnt/data/sub/deeper/summary.pdf", "/mnt/data/table.CSV"]);
-    assert!(report.run.truncated.is_empty(), "{:?}", report.run.truncated);
+    assert_eq!(
+        paths,
+        ["/mnt/data/sub/deeper/summary.pdf", "/mnt/data/table.CSV"]
+    );
+    assert!(
+        report.run.truncated.is_empty(),
+        "{:?}",
+        report.run.truncated
+    );
 }
 
 #[tokio::test]
@@ -166,7 +202,12 @@ except OSError as error:
         scratch = env.scratch().display().to_string(),
     );
     let report = env.run("m-links", &code, &[]).await;
-    assert_eq!(report.run.status, RunStatus::Succeeded, "{}", report.run.stderr);
+    assert_eq!(
+        report.run.status,
+        RunStatus::Succeeded,
+        "{}",
+        report.run.stderr
+    );
     assert!(report.files.is_empty(), "{:?}", report.files);
     let mut reasons: Vec<(&str, &str)> = report
         .run
@@ -178,13 +219,21 @@ except OSError as error:
     assert_eq!(reasons.len(), 2, "{reasons:?}");
     assert_eq!(reasons[0].0, "/mnt/data/host.csv");
     assert_eq!(reasons[1].0, "/mnt/data/passwd.csv");
-    assert!(reasons.iter().all(|(_, reason)| reason.contains("symbolic link")));
+    assert!(
+        reasons
+            .iter()
+            .all(|(_, reason)| reason.contains("symbolic link"))
+    );
     // Nothing anywhere in the blob store holds the secret.
     for entry in walkdir::WalkDir::new(env.config.data_dir.join("blobs")) {
         let entry = entry.expect("walk");
         if entry.file_type().is_file() {
             let bytes = std::fs::read(entry.path()).expect("read");
-            assert!(!bytes.windows(6).any(|w| w == b"secret"), "{:?}", entry.path());
+            assert!(
+                !bytes.windows(6).any(|w| w == b"secret"),
+                "{:?}",
+                entry.path()
+            );
         }
     }
 }
@@ -212,8 +261,15 @@ while True:
     let run = &report.run;
     assert_eq!(run.status, RunStatus::TimedOut);
     assert_eq!(run.stdout, "started\n");
-    assert!(run.reason.as_deref().unwrap_or_default().contains("2s"), "{run:?}");
-    assert!(run.duration_ms >= 2000 && run.duration_ms < 10_000, "{}", run.duration_ms);
+    assert!(
+        run.reason.as_deref().unwrap_or_default().contains("2s"),
+        "{run:?}"
+    );
+    assert!(
+        run.duration_ms >= 2000 && run.duration_ms < 10_000,
+        "{}",
+        run.duration_ms
+    );
 
     // The next run of the message finds no process left from the first.
     let report = env
@@ -245,7 +301,13 @@ async fn memory_limit_kills_with_a_reason() {
         .await;
     let run = &report.run;
     assert_eq!(run.status, RunStatus::Killed, "{run:?}");
-    assert!(run.reason.as_deref().unwrap_or_default().contains("memory limit"), "{run:?}");
+    assert!(
+        run.reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("memory limit"),
+        "{run:?}"
+    );
     assert!(!run.stdout.contains("survived"));
     // The sandbox is still usable afterwards.
     let report = env.run("m-oom", "print('fine')", &[]).await;
@@ -291,9 +353,18 @@ async fn later_runs_of_a_message_share_its_workspace() {
             &[],
         )
         .await;
-    assert_eq!(second.run.status, RunStatus::Succeeded, "{}", second.run.stderr);
+    assert_eq!(
+        second.run.status,
+        RunStatus::Succeeded,
+        "{}",
+        second.run.stderr
+    );
     let names: Vec<&str> = second.files.iter().map(|f| f.name.as_str()).collect();
-    assert_eq!(names, ["b.csv"], "an unchanged file is not registered again");
+    assert_eq!(
+        names,
+        ["b.csv"],
+        "an unchanged file is not registered again"
+    );
     assert_eq!(env.bytes_of(&second.files[0]).await, b"1\n2\n");
 }
 
@@ -318,7 +389,11 @@ print(os.path.exists('/mnt/data/../alpha.csv'), len(os.listdir('/mnt')))
             &[],
         )
         .await;
-    assert_eq!(report.run.stdout, "[] []\nFalse 2\n", "{}", report.run.stderr);
+    assert_eq!(
+        report.run.stdout, "[] []\nFalse 2\n",
+        "{}",
+        report.run.stderr
+    );
 
     // The same message id from another user, or in another chat, is refused as unknown.
     let bob = Owner::new("tenant-a", "bob");
@@ -414,16 +489,29 @@ open('/mnt/data/one/two/deep.csv', 'w').write('x')
         .map(|t| format!("{}: {}", t.path, t.reason))
         .collect();
     let joined = reasons.join("\n");
-    assert!(joined.contains("/mnt/data/big.pdf: larger than the limit of 1.0 KiB"), "{joined}");
-    assert!(joined.contains("/mnt/data/c.csv: over the limit of 2 files per run"), "{joined}");
-    assert!(joined.contains("/mnt/data/one/two/deep.csv: deeper than 2 folders"), "{joined}");
+    assert!(
+        joined.contains("/mnt/data/big.pdf: larger than the limit of 1.0 KiB"),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("/mnt/data/c.csv: over the limit of 2 files per run"),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("/mnt/data/one/two/deep.csv: deeper than 2 folders"),
+        "{joined}"
+    );
 }
 
 #[tokio::test]
 async fn catalog_and_files_survive_a_restart() {
     let env = TestEnv::new().await;
     let report = env
-        .run("m-restart", "open('/mnt/data/kept.csv', 'w').write('kept')", &[])
+        .run(
+            "m-restart",
+            "open('/mnt/data/kept.csv', 'w').write('kept')",
+            &[],
+        )
         .await;
     let file = report.files[0].clone();
     let run_id = report.run.id.clone();
@@ -432,10 +520,7 @@ async fn catalog_and_files_survive_a_restart() {
     let reopened = env.reopen().await;
     let found = reopened.file(&env.owner, &file.id).await.expect("file");
     assert_eq!(found, file);
-    let run = reopened
-        .run_report(&env.owner, &run_id)
-        .await
-        .expect("run");
+    let run = reopened.run_report(&env.owner, &run_id).await.expect("run");
     assert_eq!(run.files, vec![file.clone()]);
     // The reopened supervisor reuses the message's workspace and container.
     let again = reopened
@@ -459,7 +544,16 @@ async fn bad_requests_are_refused_before_anything_is_written() {
         .run(&env.owner, ruby, None)
         .await
         .expect_err("unknown language");
-    assert!(matches!(error, Error::Invalid { field: "language", .. }), "{error}");
+    assert!(
+        matches!(
+            error,
+            Error::Invalid {
+                field: "language",
+                ..
+            }
+        ),
+        "{error}"
+    );
 
     let mut endless = request("m-bad", "print(1)", &[]);
     endless.timeout = Some(Duration::from_secs(100_000));
@@ -468,14 +562,32 @@ async fn bad_requests_are_refused_before_anything_is_written() {
         .run(&env.owner, endless, None)
         .await
         .expect_err("timeout above the cap");
-    assert!(matches!(error, Error::Invalid { field: "timeout_secs", .. }), "{error}");
+    assert!(
+        matches!(
+            error,
+            Error::Invalid {
+                field: "timeout_secs",
+                ..
+            }
+        ),
+        "{error}"
+    );
 
     let error = env
         .supervisor
         .run(&env.owner, request("bad/id", "print(1)", &[]), None)
         .await
         .expect_err("bad message id");
-    assert!(matches!(error, Error::Invalid { field: "message_id", .. }), "{error}");
+    assert!(
+        matches!(
+            error,
+            Error::Invalid {
+                field: "message_id",
+                ..
+            }
+        ),
+        "{error}"
+    );
 
     let message = env
         .supervisor
@@ -497,7 +609,10 @@ async fn large_code_goes_through_stdin() {
     }
     code.push_str("print(total)\n");
     let report = env.run("m-large", &code, &[]).await;
-    assert_eq!(report.run.stdout.trim(), (0..20_000u64).sum::<u64>().to_string());
+    assert_eq!(
+        report.run.stdout.trim(),
+        (0..20_000u64).sum::<u64>().to_string()
+    );
 }
 
 #[tokio::test]
@@ -513,5 +628,9 @@ async fn host_paths_never_reach_the_output() {
     let host = env.config.data_dir.display().to_string();
     assert!(report.run.stdout.contains("/mnt/data/x.csv"));
     assert!(!report.run.stdout.contains(&host) && !report.run.stderr.contains(&host));
-    assert!(report.run.stderr.contains("'/mnt/data/missing/x.csv'"), "{}", report.run.stderr);
+    assert!(
+        report.run.stderr.contains("'/mnt/data/missing/x.csv'"),
+        "{}",
+        report.run.stderr
+    );
 }

@@ -1,0 +1,173 @@
+//! The `codebox` command as a user runs it: `codebox run` with attachments, `--out`, `--json`,
+//! exit codes and message reuse, and the one-line error when the engine is unreachable.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn codebox(data_dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_codebox"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--image")
+        .arg(common::test_image())
+        .args(args)
+        .output()
+        .expect("start codebox")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Removes the containers of every workspace under `data_dir`.
+struct Cleanup<'a>(&'a Path);
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        let Ok(entries) = std::fs::read_dir(self.0.join("workspaces")) else {
+            return;
+        };
+        let names: Vec<String> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().into_string().ok())
+            .map(|id| format!("codebox-{id}"))
+            .collect();
+        if !names.is_empty() {
+            let _ = Command::new("docker")
+                .args(["rm", "-f"])
+                .args(&names)
+                .output();
+        }
+    }
+}
+
+#[test]
+fn run_registers_copies_out_and_reuses_the_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().join("data");
+    let _cleanup = Cleanup(&data_dir);
+    let csv = dir.path().join("sales.csv");
+    std::fs::write(&csv, "region,units\nnorth,3\nsouth,5\n").expect("csv");
+    let script = dir.path().join("report.py");
+    std::fs::write(
+        &script,
+        "import csv, openpyxl\n\
+         book = openpyxl.Workbook()\n\
+         for row in csv.reader(open('/mnt/data/sales.csv')):\n    book.active.append(row)\n\
+         book.save('/mnt/data/report.xlsx')\n\
+         print('saved /mnt/data/report.xlsx')\n",
+    )
+    .expect("script");
+    let out = dir.path().join("out");
+
+    let output = codebox(
+        &data_dir,
+        &[
+            "run",
+            script.to_str().expect("utf-8"),
+            "--attach",
+            csv.to_str().expect("utf-8"),
+            "--message",
+            "msg-cli",
+            "--out",
+            out.to_str().expect("utf-8"),
+        ],
+    );
+    let stdout = text(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        text(&output.stderr)
+    );
+    assert!(stdout.contains("saved /mnt/data/report.xlsx"), "{stdout}");
+    assert!(stdout.contains("status succeeded"), "{stdout}");
+    assert!(stdout.contains("/mnt/data/report.xlsx"), "{stdout}");
+    let copied = std::fs::read(out.join("report.xlsx")).expect("copied to --out");
+    assert!(copied.starts_with(b"PK"));
+
+    // The same message again: the first run's files are there; --json prints the Run object.
+    let output = codebox(&data_dir, &["run", "-", "--message", "msg-cli", "--json"]);
+    // stdin is empty here, so the script is empty: a no-op run in the same workspace.
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let run: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(run["message_id"], "msg-cli");
+    assert_eq!(run["status"], "succeeded");
+    assert_eq!(run["files"].as_array().map(Vec::len), Some(0));
+    for key in [
+        "id",
+        "chat_id",
+        "exit_code",
+        "stdout",
+        "stderr",
+        "stdout_truncated",
+        "stderr_truncated",
+        "duration_ms",
+        "truncated",
+        "created_at",
+    ] {
+        assert!(run.get(key).is_some(), "Run has {key}");
+    }
+
+    let lister = dir.path().join("ls.py");
+    std::fs::write(&lister, "import os\nprint(sorted(os.listdir('/mnt/data')))\nopen('/mnt/data/more.csv','w').write('x')\n")
+        .expect("script");
+    let output = codebox(
+        &data_dir,
+        &[
+            "run",
+            lister.to_str().expect("utf-8"),
+            "--message",
+            "msg-cli",
+            "--json",
+        ],
+    );
+    let run: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(run["stdout"], "['report.xlsx', 'sales.csv']\n");
+    let file = &run["files"][0];
+    assert_eq!(file["name"], "more.csv");
+    assert_eq!(file["path"], "/mnt/data/more.csv");
+    assert_eq!(file["source"], "code_execution");
+    assert_eq!(file["content_type"], "text/csv");
+    assert_eq!(file["size"], 1);
+}
+
+#[test]
+fn exit_code_is_the_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().join("data");
+    let _cleanup = Cleanup(&data_dir);
+    let script = dir.path().join("fail.py");
+    std::fs::write(
+        &script,
+        "import sys\nprint('bye', file=sys.stderr)\nsys.exit(3)\n",
+    )
+    .expect("script");
+    let output = codebox(&data_dir, &["run", script.to_str().expect("utf-8")]);
+    assert_eq!(output.status.code(), Some(3));
+    assert!(text(&output.stderr).contains("bye"));
+    assert!(text(&output.stdout).contains("status failed"));
+}
+
+#[test]
+fn unreachable_engine_is_one_clear_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for args in [&["image", "build", "--test"][..], &["run", "-"][..]] {
+        let output = Command::new(env!("CARGO_BIN_EXE_codebox"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(args)
+            .output()
+            .expect("start codebox");
+        assert!(!output.status.success());
+        let stderr = text(&output.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("cannot reach the Docker engine"),
+            "{args:?}: {stderr}"
+        );
+    }
+}

@@ -35,8 +35,10 @@ impl TestEnv {
     /// An environment whose configuration `adjust` changed first.
     pub async fn with_config(adjust: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = Config::default();
-        config.data_dir = dir.path().join("data");
+        let mut config = Config {
+            data_dir: dir.path().join("data"),
+            ..Config::default()
+        };
         config.sandbox.image = test_image();
         config.sandbox.memory = bytesize::ByteSize::mib(256);
         adjust(&mut config);

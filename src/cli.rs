@@ -11,8 +11,18 @@ use serde::Serialize;
 use codebox::api::dto;
 use codebox::catalog::{FileRecord, Owner};
 use codebox::image::{self, BuildMethod, ImageBuildOptions, ImageVariant};
+use codebox::runtime::RuntimeError;
 use codebox::workspace::join_safely;
 use codebox::{Config, RunRequest, Supervisor};
+
+/// The image files, built into the binary so that `codebox` can build its image from any
+/// folder, not only from a checkout.
+const IMAGE_FILES: [(&str, &str); 4] = [
+    ("Dockerfile", include_str!("../images/python/Dockerfile")),
+    ("build-rootfs.sh", include_str!("../images/python/build-rootfs.sh")),
+    ("packages-full.txt", include_str!("../images/python/packages-full.txt")),
+    ("packages-test.txt", include_str!("../images/python/packages-test.txt")),
+];
 
 /// The tenant every CLI run acts as.
 const CLI_TENANT: &str = "local";
@@ -83,7 +93,18 @@ pub async fn run(
         std::fs::read_to_string(&args.script)
             .with_context(|| format!("read {}", args.script.display()))?
     };
-    let supervisor = Supervisor::open(config).await?;
+    let supervisor = match Supervisor::open(config.clone()).await {
+        Err(codebox::Error::Runtime(RuntimeError::ImageMissing(missing)))
+            if built_in_variant(&missing).is_some() =>
+        {
+            eprintln!(
+                "codebox: the sandbox image {missing} is missing; building it now (first use only, a few minutes)"
+            );
+            build_image(&missing).await?;
+            Supervisor::open(config).await?
+        }
+        other => other?,
+    };
     let owner = Owner::new(CLI_TENANT, &args.user);
     let message_id = args
         .message
@@ -219,6 +240,40 @@ fn print_report(report: &codebox::RunReport, out: Option<&Path>) {
     }
 }
 
+/// Which built-in image a reference names, if it is one of the two codebox builds.
+fn built_in_variant(reference: &str) -> Option<ImageVariant> {
+    [ImageVariant::Full, ImageVariant::Test]
+        .into_iter()
+        .find(|variant| variant.default_reference() == reference)
+}
+
+/// Builds a missing built-in image from the embedded image files, showing progress.
+async fn build_image(reference: &str) -> anyhow::Result<()> {
+    let variant = built_in_variant(reference)
+        .with_context(|| format!("{reference} is not an image codebox can build"))?;
+    let files = embedded_image_files()?;
+    let docker = image::connect().await?;
+    let options = ImageBuildOptions {
+        images_dir: files.path().to_path_buf(),
+        variant,
+        method: BuildMethod::Debootstrap,
+        tag: None,
+    };
+    let mut progress = |line: &str| eprintln!("{line}");
+    image::build(&docker, &options, &mut progress).await?;
+    Ok(())
+}
+
+/// Writes the embedded image files into a temporary folder.
+fn embedded_image_files() -> anyhow::Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir().context("create a folder for the image files")?;
+    for (name, content) in IMAGE_FILES {
+        let path = dir.path().join(name);
+        std::fs::write(&path, content).with_context(|| format!("write {}", path.display()))?;
+    }
+    Ok(dir)
+}
+
 /// `codebox image build`.
 #[derive(Debug, clap::Args)]
 pub struct ImageBuildArgs {
@@ -232,22 +287,32 @@ pub struct ImageBuildArgs {
     /// The image reference to build (default: codebox-python:latest, or :test).
     #[arg(long)]
     tag: Option<String>,
-    /// The folder with the image's files.
-    #[arg(long, default_value = "images/python")]
-    images_dir: PathBuf,
+    /// A folder with the image's files (default: the copies built into codebox).
+    #[arg(long)]
+    images_dir: Option<PathBuf>,
 }
 
 /// Builds the sandbox image, printing progress.
 pub async fn image_build(args: ImageBuildArgs) -> anyhow::Result<ExitCode> {
-    if !args.images_dir.join("packages-full.txt").is_file() {
-        bail!(
-            "{} does not hold the image files (packages-full.txt); run from the repository root or pass --images-dir",
-            args.images_dir.display()
-        );
-    }
+    let embedded;
+    let images_dir = match args.images_dir {
+        Some(dir) => {
+            if !dir.join("packages-full.txt").is_file() {
+                bail!(
+                    "{} does not hold the image files (packages-full.txt)",
+                    dir.display()
+                );
+            }
+            dir
+        }
+        None => {
+            embedded = embedded_image_files()?;
+            embedded.path().to_path_buf()
+        }
+    };
     let docker = image::connect().await?;
     let options = ImageBuildOptions {
-        images_dir: args.images_dir,
+        images_dir,
         variant: if args.test {
             ImageVariant::Test
         } else {

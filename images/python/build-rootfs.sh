@@ -180,17 +180,28 @@ started=$SECONDS
 step "packages (${#packages[@]}): ${packages[*]}"
 step "mirror: $mirror"
 step "package cache: $cache_dir"
-step "debootstrap --variant=minbase $SUITE into $root"
-if ! "$debootstrap_bin" --variant=minbase --include="$include" --cache-dir="$cache_dir" \
-    "$SUITE" "$root" "$mirror" 2>&1; then
-    # The log holds the real cause (typically a dpkg or download error) and is
-    # deleted with the work directory, so show its end now.
+# Tails debootstrap's log, which holds the real cause of a failure (typically
+# a dpkg or download error) and is deleted together with the work directory.
+debootstrap_failed() {
     if [[ -f $root/debootstrap/debootstrap.log ]]; then
         printf '%s\n' "--- last lines of debootstrap.log ---"
         tail -n 20 -- "$root/debootstrap/debootstrap.log"
     fi
-    die "debootstrap failed for suite $SUITE from $mirror"
-fi
+    die "debootstrap $1 failed for suite $SUITE from $mirror"
+}
+
+# debootstrap runs in its two stages so that dpkg can be told not to fsync
+# every file it unpacks between them: on most disks that fsync dominates the
+# second stage. Durability is not needed because the tree is thrown away
+# whenever anything fails, and the setting is removed again afterwards.
+step "debootstrap --variant=minbase $SUITE into $root (first stage: download and unpack)"
+"$debootstrap_bin" --foreign --variant=minbase --include="$include" --cache-dir="$cache_dir" \
+    "$SUITE" "$root" "$mirror" 2>&1 || debootstrap_failed "first stage"
+unsafe_io_cfg=$root/etc/dpkg/dpkg.cfg.d/codebox-unsafe-io
+printf 'force-unsafe-io\n' >"$unsafe_io_cfg"
+step "debootstrap second stage: installing packages"
+chroot "$root" /debootstrap/debootstrap --second-stage 2>&1 || debootstrap_failed "second stage"
+rm -f -- "$unsafe_io_cfg"
 unmount_below_work
 step "debootstrap finished after $((SECONDS - started))s"
 

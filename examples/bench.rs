@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
 use codebox::catalog::{FileRecord, Owner, RunStatus};
+use codebox::config::SandboxConfig;
 use codebox::{Config, RunReport, RunRequest, Supervisor};
 use serde_json::{Map, Value, json};
 use tokio::process::Command;
@@ -123,9 +124,15 @@ impl Bench {
     /// Opens a supervisor whose catalog, blobs and workspaces live under `scratch`, and writes
     /// the CSV for both pandas cases.
     async fn open(scratch: &Path, image: &str) -> Result<Self> {
-        let mut config = Config::default();
-        config.data_dir = scratch.join("codebox");
-        config.sandbox.image = image.to_owned();
+        let defaults = Config::default();
+        let config = Config {
+            data_dir: scratch.join("codebox"),
+            sandbox: SandboxConfig {
+                image: image.to_owned(),
+                ..defaults.sandbox.clone()
+            },
+            ..defaults
+        };
         let supervisor = Supervisor::open(config)
             .await
             .context("open the supervisor (is Docker running and the image built?)")?;
@@ -343,7 +350,7 @@ fn check_succeeded(case: &str, report: &RunReport) -> Result<()> {
     let run = &report.run;
     if run.status != RunStatus::Succeeded {
         bail!(
-            "{case}: run {} ended {} (exit {:?}, {}); stderr:\n{}\nstdout:\n{}",
+            "{case}: run {} ended with status {} (exit code {:?}, {}); stderr:\n{}\nstdout:\n{}",
             run.id,
             run.status.as_str(),
             run.exit_code,

@@ -19,9 +19,18 @@ use codebox::{Config, RunRequest, Supervisor};
 /// folder, not only from a checkout.
 const IMAGE_FILES: [(&str, &str); 4] = [
     ("Dockerfile", include_str!("../images/python/Dockerfile")),
-    ("build-rootfs.sh", include_str!("../images/python/build-rootfs.sh")),
-    ("packages-full.txt", include_str!("../images/python/packages-full.txt")),
-    ("packages-test.txt", include_str!("../images/python/packages-test.txt")),
+    (
+        "build-rootfs.sh",
+        include_str!("../images/python/build-rootfs.sh"),
+    ),
+    (
+        "packages-full.txt",
+        include_str!("../images/python/packages-full.txt"),
+    ),
+    (
+        "packages-test.txt",
+        include_str!("../images/python/packages-test.txt"),
+    ),
 ];
 
 /// The tenant every CLI run acts as.
@@ -105,6 +114,10 @@ pub async fn run(
         }
         other => other?,
     };
+    let removed = supervisor.reconcile().await?;
+    if removed > 0 {
+        tracing::info!(removed, "removed sandboxes that no message owns");
+    }
     let owner = Owner::new(CLI_TENANT, &args.user);
     let message_id = args
         .message

@@ -68,6 +68,17 @@ pub struct IoError {
     pub source: std::io::Error,
 }
 
+impl IoError {
+    /// Wraps an IO error with what was being done and to which path.
+    pub fn from_io(action: &'static str, path: &Path, source: std::io::Error) -> Self {
+        Self {
+            action,
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
 /// Attaches the action and path to an IO result, so that every IO error names its path.
 pub trait IoContext<T> {
     /// Wraps the error with `action` and `path`.

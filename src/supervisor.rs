@@ -81,6 +81,8 @@ pub enum RunEvent {
 /// The run pipeline and the stores it works on.
 pub struct Supervisor {
     config: Arc<Config>,
+    /// This instance's id, kept in `<data_dir>/instance`; it labels every sandbox made here.
+    instance: String,
     catalog: Catalog,
     blobs: Blobs,
     workspaces: Workspaces,
@@ -103,8 +105,10 @@ impl Supervisor {
         let catalog = Catalog::connect(&config.catalog_url()).await?;
         let blobs = Blobs::open(&config.blobs, &config.data_dir)?;
         let workspaces = Workspaces::open(&config.workspaces_dir(), owner)?;
+        let instance = instance_id(&config.data_dir)?;
         Ok(Self {
             config: Arc::new(config),
+            instance,
             catalog,
             blobs,
             workspaces,
@@ -135,6 +139,29 @@ impl Supervisor {
     /// The runtime.
     pub fn runtime(&self) -> &Arc<dyn Runtime> {
         &self.runtime
+    }
+
+    /// Removes this instance's sandboxes that no message owns (left by a crash, or by a
+    /// catalog that was reset). Returns how many were removed. Sandboxes of other instances
+    /// on the same engine are never touched.
+    pub async fn reconcile(&self) -> Result<usize> {
+        let mut removed = 0;
+        for sandbox in self.runtime.list().await? {
+            if sandbox.instance.as_deref() != Some(self.instance.as_str()) {
+                continue;
+            }
+            let owned = self
+                .catalog
+                .messages()
+                .by_workspace(&sandbox.workspace_id)
+                .await?
+                .is_some();
+            if !owned {
+                self.runtime.release(&sandbox.workspace_id).await?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Stores an uploaded file for `owner`, streamed from `body`, optionally tied to a chat
@@ -393,6 +420,7 @@ impl Supervisor {
     async fn prepare_sandbox(&self, message: &MessageRecord, workspace: &Workspace) -> Result<()> {
         let spec = SandboxSpec {
             workspace_id: workspace.id.clone(),
+            instance: self.instance.clone(),
             host_data: workspace.data.clone(),
             host_inputs: workspace.inputs.clone(),
             labels: vec![
@@ -751,6 +779,34 @@ pub fn sandbox_user(config: &Config) -> Result<(String, Option<(u32, u32)>)> {
         Ok((config.sandbox.user.clone(), Some(owner)))
     } else {
         Ok((format!("{uid}:{gid}"), None))
+    }
+}
+
+/// The id of the instance that owns `data_dir`, created on first use.
+fn instance_id(data_dir: &Path) -> Result<String> {
+    let path = data_dir.join("instance");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(IoError::from_io("read", &path, error).into()),
+    }
+    // The id is written to a private file first and then linked into place, so that a second
+    // process starting on the same new folder either wins the link or reads a complete id.
+    let id = ids::mint("inst");
+    let staged = data_dir.join(format!(".{id}"));
+    std::fs::write(&staged, &id).with_path("write", &staged)?;
+    let linked = std::fs::hard_link(&staged, &path);
+    std::fs::remove_file(&staged).with_path("remove", &staged)?;
+    match linked {
+        Ok(()) => Ok(id),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            Ok(std::fs::read_to_string(&path)
+                .with_path("read", &path)?
+                .trim()
+                .to_owned())
+        }
+        Err(error) => Err(IoError::from_io("link", &path, error).into()),
     }
 }
 

@@ -634,3 +634,57 @@ async fn host_paths_never_reach_the_output() {
         report.run.stderr
     );
 }
+
+#[tokio::test]
+async fn reconcile_removes_only_this_instances_orphans() {
+    let env = TestEnv::new().await;
+    let other = TestEnv::new().await;
+    env.run("m-owned", "print(1)", &[]).await;
+    other.run("m-other", "print(1)", &[]).await;
+
+    // A sandbox no catalog row owns, as a crash between the two could leave.
+    let orphan = env
+        .supervisor
+        .workspaces()
+        .prepare("ws_orphan")
+        .expect("workspace");
+    let instance = std::fs::read_to_string(env.config.data_dir.join("instance")).expect("id");
+    env.supervisor
+        .runtime()
+        .ensure(&codebox::runtime::SandboxSpec {
+            workspace_id: orphan.id.clone(),
+            instance,
+            host_data: orphan.data.clone(),
+            host_inputs: orphan.inputs.clone(),
+            labels: Vec::new(),
+        })
+        .await
+        .expect("orphan sandbox");
+
+    assert_eq!(env.supervisor.reconcile().await.expect("reconcile"), 1);
+    let left: Vec<String> = env
+        .supervisor
+        .runtime()
+        .list()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|sandbox| sandbox.workspace_id)
+        .collect();
+    assert!(!left.contains(&"ws_orphan".to_owned()), "{left:?}");
+    let owned = env.data_dir_of("m-owned").await;
+    let owned_id = owned.parent().and_then(|p| p.file_name()).expect("id");
+    assert!(left.iter().any(|id| id.as_str() == owned_id), "{left:?}");
+    let theirs = other.data_dir_of("m-other").await;
+    let theirs_id = theirs.parent().and_then(|p| p.file_name()).expect("id");
+    assert!(
+        left.iter().any(|id| id.as_str() == theirs_id),
+        "another instance's sandbox stays"
+    );
+    // Releasing is idempotent.
+    env.supervisor
+        .runtime()
+        .release("ws_orphan")
+        .await
+        .expect("again");
+}

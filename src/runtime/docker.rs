@@ -37,6 +37,8 @@ use crate::config::SandboxConfig;
 pub const MANAGED_LABEL: &str = "codebox.managed";
 /// The label that names the workspace a container serves.
 pub const WORKSPACE_LABEL: &str = "codebox.workspace";
+/// The label that names the codebox instance a container belongs to.
+pub const INSTANCE_LABEL: &str = "codebox.instance";
 
 /// Environment of every run: unbuffered output so that nothing is lost when a run is killed,
 /// and a writable home and cache in `/tmp` because the root file system is read-only.
@@ -112,6 +114,7 @@ impl DockerRuntime {
         let mut labels: HashMap<String, String> = spec.labels.iter().cloned().collect();
         labels.insert(MANAGED_LABEL.to_owned(), "true".to_owned());
         labels.insert(WORKSPACE_LABEL.to_owned(), spec.workspace_id.clone());
+        labels.insert(INSTANCE_LABEL.to_owned(), spec.instance.clone());
         let bind = |source: &std::path::Path, target: &str, read_only: bool| Mount {
             source: Some(source.to_string_lossy().into_owned()),
             target: Some(target.to_owned()),
@@ -505,9 +508,11 @@ impl Runtime for DockerRuntime {
         Ok(containers
             .into_iter()
             .filter_map(|container| {
-                let workspace_id = container.labels.as_ref()?.get(WORKSPACE_LABEL)?.clone();
+                let labels = container.labels.as_ref()?;
+                let workspace_id = labels.get(WORKSPACE_LABEL)?.clone();
                 Some(SandboxInfo {
                     workspace_id,
+                    instance: labels.get(INSTANCE_LABEL).cloned(),
                     sandbox_id: container.id?,
                     running: container.state.map(|state| state.to_string())
                         == Some("running".to_owned()),

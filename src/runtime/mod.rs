@@ -23,6 +23,9 @@ pub use crate::translate::{SANDBOX_DATA, SANDBOX_INPUTS};
 pub struct SandboxSpec {
     /// The workspace the sandbox serves; it names the sandbox.
     pub workspace_id: String,
+    /// The codebox instance (one data folder) the sandbox belongs to: reconciling only ever
+    /// touches an instance's own sandboxes, so several instances can share one engine.
+    pub instance: String,
     /// The host folder to show read-write at [`SANDBOX_DATA`].
     pub host_data: PathBuf,
     /// The host folder to show read-only at [`SANDBOX_INPUTS`].
@@ -77,6 +80,8 @@ pub struct ExecOutcome {
 pub struct SandboxInfo {
     /// The workspace it serves.
     pub workspace_id: String,
+    /// The codebox instance that made it, if it says.
+    pub instance: Option<String>,
     /// The back end's own id for it.
     pub sandbox_id: String,
     /// Whether it is running now.

@@ -26,20 +26,7 @@ struct Cleanup<'a>(&'a Path);
 
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
-        let Ok(entries) = std::fs::read_dir(self.0.join("workspaces")) else {
-            return;
-        };
-        let names: Vec<String> = entries
-            .filter_map(Result::ok)
-            .filter_map(|e| e.file_name().into_string().ok())
-            .map(|id| format!("codebox-{id}"))
-            .collect();
-        if !names.is_empty() {
-            let _ = Command::new("docker")
-                .args(["rm", "-f"])
-                .args(&names)
-                .output();
-        }
+        common::remove_containers_of(self.0);
     }
 }
 

@@ -4,7 +4,7 @@
 
 #![allow(dead_code)] // Each test binary uses its own part of this module.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use codebox::catalog::{FileRecord, Owner};
@@ -126,20 +126,25 @@ pub fn request(message_id: &str, code: &str, files: &[&FileRecord]) -> RunReques
 
 impl Drop for TestEnv {
     fn drop(&mut self) {
-        // Every workspace folder names a container; remove them all, whatever happened.
-        let Ok(entries) = std::fs::read_dir(self.config.data_dir.join("workspaces")) else {
-            return;
-        };
-        let names: Vec<String> = entries
-            .filter_map(Result::ok)
-            .filter_map(|entry| entry.file_name().into_string().ok())
-            .map(|id| format!("codebox-{id}"))
-            .collect();
-        if !names.is_empty() {
-            let _ = Command::new("docker")
-                .args(["rm", "-f"])
-                .args(&names)
-                .output();
-        }
+        remove_containers_of(&self.config.data_dir);
+    }
+}
+
+/// Removes the container of every workspace under `data_dir`, whatever state it is in. Used on
+/// drop, so it also runs when a test panicked.
+pub fn remove_containers_of(data_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(data_dir.join("workspaces")) else {
+        return;
+    };
+    let names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .map(|id| format!("codebox-{id}"))
+        .collect();
+    if !names.is_empty() {
+        let _ = Command::new("docker")
+            .args(["rm", "-f"])
+            .args(&names)
+            .output();
     }
 }

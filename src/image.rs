@@ -92,6 +92,9 @@ const SANDBOX_ENV: &[(&str, &str)] = &[
 /// requests get a generous limit of their own.
 const LONG_REQUEST_TIMEOUT: Duration = Duration::from_secs(2 * 60 * 60);
 
+/// How often the progress of an import is reported (at most once per 10 %).
+const IMPORT_PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+
 /// How many lines of script output a [`ImageError::ScriptFailed`] keeps.
 const OUTPUT_TAIL_LINES: usize = 20;
 
@@ -497,8 +500,8 @@ async fn import_rootfs(
         human_size(total)
     ));
 
-    // The engine's own progress messages for an import from a request body do
-    // not know the total size, so progress is measured on the sending side.
+    // The engine reports no progress for an import from a request body, so
+    // the bytes are counted on the sending side.
     let sent = Arc::new(AtomicU64::new(0));
     let counter = Arc::clone(&sent);
     let body = ReaderStream::with_capacity(file, 1 << 20).inspect_ok(move |chunk| {
@@ -516,23 +519,41 @@ async fn import_rootfs(
         .build();
     let mut stream = docker.create_image(Some(options), Some(bollard::body_try_stream(body)), None);
 
+    // The engine says nothing until the whole tar has been stored, so
+    // progress is reported from a timer rather than from its messages.
+    let mut ticker = tokio::time::interval(IMPORT_PROGRESS_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut reported_tenths = 0;
     let mut image_id = None;
-    while let Some(info) = stream.next().await {
-        let info = info.map_err(|e| ImageError::docker(format!("import {reference}"), e))?;
-        let tenths = progress_tenths(sent.load(Ordering::Relaxed), total);
-        if tenths > reported_tenths {
-            reported_tenths = tenths;
-            progress(&format!(
-                "==> importing: {}% ({} of {})",
-                tenths * 10,
-                human_size(sent.load(Ordering::Relaxed)),
-                human_size(total)
-            ));
-        }
-        // The engine's last message carries the new image's ID as status.
-        if let Some(status) = info.status.filter(|s| s.starts_with("sha256:")) {
-            image_id = Some(status);
+    loop {
+        tokio::select! {
+            info = stream.next() => {
+                let Some(info) = info else { break };
+                let info =
+                    info.map_err(|e| ImageError::docker(format!("import {reference}"), e))?;
+                // The engine's last message carries the new image's ID as status.
+                if let Some(status) = info.status.filter(|s| s.starts_with("sha256:")) {
+                    image_id = Some(status);
+                }
+            }
+            _ = ticker.tick() => {
+                let done = sent.load(Ordering::Relaxed);
+                let tenths = progress_tenths(done, total);
+                if tenths > reported_tenths {
+                    reported_tenths = tenths;
+                    let waiting = if done >= total {
+                        "; waiting for the engine to store it"
+                    } else {
+                        ""
+                    };
+                    progress(&format!(
+                        "==> importing: {}% sent ({} of {}){waiting}",
+                        tenths * 10,
+                        human_size(done),
+                        human_size(total)
+                    ));
+                }
+            }
         }
     }
     match image_id {
@@ -1025,6 +1046,40 @@ mod tests {
             error_chain(&err),
             "client error (Connect): permission denied"
         );
+    }
+
+    /// Builds the test image end to end under a throw-away tag and removes
+    /// it again. Needs no registry, but root, debootstrap, a Debian mirror and
+    /// a Docker engine: `cargo test -- --ignored build_test_image`.
+    #[tokio::test]
+    #[ignore = "needs root, debootstrap, a Debian mirror and a Docker engine"]
+    async fn build_test_image_with_debootstrap() {
+        let docker = connect().await.expect("engine is reachable");
+        let opts = ImageBuildOptions {
+            images_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("images/python"),
+            variant: ImageVariant::Test,
+            method: BuildMethod::Debootstrap,
+            tag: Some("codebox-python:build-test".to_owned()),
+        };
+        let mut lines = Vec::new();
+        let reference = build(&docker, &opts, &mut |line: &str| {
+            lines.push(line.to_owned())
+        })
+        .await
+        .expect("image builds");
+        assert_eq!(reference, "codebox-python:build-test");
+        assert!(
+            lines.iter().any(|l| l.starts_with("==> imported")),
+            "{lines:?}"
+        );
+        docker
+            .remove_image(
+                &reference,
+                None::<bollard::query_parameters::RemoveImageOptions>,
+                None,
+            )
+            .await
+            .expect("image is removed");
     }
 
     #[test]

@@ -24,9 +24,13 @@
 //! cargo run --release --example bench -- [--runs 20] [--image codebox-python:latest]
 //! ```
 //!
-//! It needs the local Docker engine and the image; it runs as the user it is started as, and
-//! the sandbox user of a root supervisor (uid 1000) must be able to write the baseline folder,
-//! which it is made world-writable for.
+//! Read the ratios with two differences in mind. `docker run --rm` returns only once its
+//! container is removed, while codebox removes a message's container later, outside the clock
+//! here. And the baselines run with Docker's defaults (no CPU or memory limit, writable root
+//! file system, no init), where codebox sandboxes are hardened.
+//!
+//! It needs the local Docker engine and the image. The image runs code as uid 1000, so the
+//! baseline's folder is made world-writable.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

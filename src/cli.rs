@@ -123,6 +123,9 @@ pub async fn run(
         .message
         .clone()
         .unwrap_or_else(|| codebox::ids::mint("msg"));
+    // A message the user did not name is unlikely to be run again soon: its sandbox is removed
+    // after the run (the workspace stays, and `--message` with its id starts a new sandbox).
+    let one_shot = args.message.is_none();
 
     let mut file_ids = Vec::new();
     for path in &args.attachments {
@@ -154,6 +157,11 @@ pub async fn run(
             None,
         )
         .await?;
+    if one_shot {
+        supervisor
+            .release_sandbox(&owner, &report.run.message_id)
+            .await?;
+    }
 
     if let Some(out) = &args.out {
         for file in &report.files {

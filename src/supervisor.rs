@@ -164,6 +164,20 @@ impl Supervisor {
         Ok(removed)
     }
 
+    /// Stops and removes the sandbox of `owner`'s message `message_id`, keeping its workspace
+    /// folder: a later run of the message starts a new sandbox on the same files.
+    pub async fn release_sandbox(&self, owner: &Owner, message_id: &str) -> Result<()> {
+        let message = self
+            .catalog
+            .messages()
+            .get(&owner.tenant, message_id)
+            .await?
+            .filter(|message| message.user_id == owner.user)
+            .ok_or(Error::NotFound("message"))?;
+        self.runtime.release(&message.workspace_id).await?;
+        Ok(())
+    }
+
     /// Stores an uploaded file for `owner`, streamed from `body`, optionally tied to a chat
     /// and message (a message needs its chat, and binds to them as a run would).
     pub async fn upload(

@@ -135,6 +135,18 @@ fn exit_code_is_the_runs() {
     assert_eq!(output.status.code(), Some(3));
     assert!(text(&output.stderr).contains("bye"));
     assert!(text(&output.stdout).contains("status failed"));
+    // A message the user did not name keeps its workspace but not its container.
+    let workspaces: Vec<String> = std::fs::read_dir(data_dir.join("workspaces"))
+        .expect("workspaces")
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .collect();
+    assert_eq!(workspaces.len(), 1);
+    let inspect = Command::new("docker")
+        .args(["inspect", &format!("codebox-{}", workspaces[0])])
+        .output()
+        .expect("docker inspect");
+    assert!(!inspect.status.success(), "the one-shot sandbox is removed");
 }
 
 #[test]

@@ -464,6 +464,7 @@ async fn caps_are_reported_not_silent() {
         config.limits.max_files_per_run = 2;
         config.limits.max_file_bytes = bytesize::ByteSize::kib(1);
         config.limits.max_depth = 2;
+        config.limits.max_path_bytes = 40;
     })
     .await;
     let report = env
@@ -476,6 +477,7 @@ for name in ['a.csv', 'b.csv', 'c.csv']:
 open('/mnt/data/big.pdf', 'wb').write(b'0' * 5000)
 os.makedirs('/mnt/data/one/two')
 open('/mnt/data/one/two/deep.csv', 'w').write('x')
+open('/mnt/data/' + 'n' * 40 + '.csv', 'w').write('x')
 "#,
             &[],
         )
@@ -499,6 +501,10 @@ open('/mnt/data/one/two/deep.csv', 'w').write('x')
     );
     assert!(
         joined.contains("/mnt/data/one/two/deep.csv: deeper than 2 folders"),
+        "{joined}"
+    );
+    assert!(
+        joined.contains(".csv: path longer than 40 bytes"),
         "{joined}"
     );
 }
@@ -687,4 +693,39 @@ async fn reconcile_removes_only_this_instances_orphans() {
         .release("ws_orphan")
         .await
         .expect("again");
+}
+
+#[tokio::test]
+async fn process_limit_holds_and_the_run_still_ends() {
+    let env = TestEnv::with_config(|config| {
+        config.sandbox.pids_limit = 32;
+    })
+    .await;
+    let report = env
+        .run(
+            "m-pids",
+            r#"
+import subprocess
+started, refused = 0, 0
+for _ in range(100):
+    try:
+        subprocess.Popen(['sleep', '600'])
+        started += 1
+    except OSError:
+        refused += 1
+print(started < 32, refused > 0)
+"#,
+            &[],
+        )
+        .await;
+    assert_eq!(report.run.stdout, "True True\n", "{}", report.run.stderr);
+    // Everything the run started is gone, so the next run has the whole budget again.
+    let report = env
+        .run(
+            "m-pids",
+            "import subprocess\nprocs = [subprocess.Popen(['true']) for _ in range(20)]\nprint('ok')",
+            &[],
+        )
+        .await;
+    assert_eq!(report.run.stdout, "ok\n", "{}", report.run.stderr);
 }

@@ -284,28 +284,33 @@ impl Supervisor {
         self.prepare_sandbox(&message, &workspace).await?;
         let before = self.snapshot(&workspace).await?;
         let mut run = self.record_start(owner, &message, &request).await?;
-        let outcome = match self
-            .execute(&workspace, &request, timeout, events.as_ref())
-            .await
-        {
-            Ok(outcome) => outcome,
+        // From here on the run is in the catalog: whatever fails marks it failed there too.
+        let finished = async {
+            let outcome = self
+                .execute(&workspace, &request, timeout, events.as_ref())
+                .await?;
+            let after = self.snapshot(&workspace).await?;
+            let (files, truncated) = self
+                .register(
+                    owner,
+                    &message,
+                    &run,
+                    &workspace,
+                    &inputs,
+                    &before,
+                    &after,
+                    events.as_ref(),
+                )
+                .await?;
+            self.answer(&mut run, outcome, truncated, &workspace, &inputs, timeout)
+                .await?;
+            Ok(files)
+        }
+        .await;
+        let files = match finished {
+            Ok(files) => files,
             Err(error) => return Err(self.record_failure(run, error).await),
         };
-        let after = self.snapshot(&workspace).await?;
-        let (files, truncated) = self
-            .register(
-                owner,
-                &message,
-                &run,
-                &workspace,
-                &inputs,
-                &before,
-                &after,
-                events.as_ref(),
-            )
-            .await?;
-        self.answer(&mut run, outcome, truncated, &workspace, &inputs, timeout)
-            .await?;
         Ok(RunReport { run, files })
     }
 
@@ -544,10 +549,11 @@ impl Supervisor {
         Ok(outcome?)
     }
 
-    /// Marks a run that could not execute as failed, and returns the error to report.
+    /// Marks a run that could not be carried through as failed, and returns the error to
+    /// report.
     async fn record_failure(&self, mut run: RunRecord, error: Error) -> Error {
         run.status = RunStatus::Failed;
-        run.reason = Some("the sandbox could not run the code".to_owned());
+        run.reason = Some("codebox could not carry the run through".to_owned());
         run.finished_at = Some(catalog::now());
         if let Err(record_error) = self.catalog.runs().finish(&run).await {
             tracing::error!(run = %run.id, error = %record_error, "could not record a failed run");

@@ -6,6 +6,7 @@
 //! fresh machine: everything lives under `./codebox-data` (a SQLite catalog file and a local
 //! blob folder) and runs on the local Docker engine.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -33,6 +34,10 @@ pub struct Config {
     pub limits: Limits,
     /// Which outputs are registered.
     pub outputs: OutputsConfig,
+    /// The HTTP server.
+    pub server: ServerConfig,
+    /// How long containers, workspaces and files are kept.
+    pub retention: RetentionConfig,
 }
 
 impl Default for Config {
@@ -44,6 +49,8 @@ impl Default for Config {
             sandbox: SandboxConfig::default(),
             limits: Limits::default(),
             outputs: OutputsConfig::default(),
+            server: ServerConfig::default(),
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -188,6 +195,115 @@ impl OutputsConfig {
     }
 }
 
+/// The HTTP server (`codebox serve`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// The address to listen on.
+    pub listen: SocketAddr,
+    /// The URL clients reach the server at, the base of signed download links. Unset means
+    /// `http://<listen>`.
+    pub public_url: Option<String>,
+    /// The secret that signs download links. Unset means a random one kept in
+    /// `<data_dir>/signing-secret`; several servers behind one name must share one.
+    pub signing_secret: Option<String>,
+    /// How long a signed download link stays valid.
+    #[serde(with = "humantime_serde")]
+    pub download_url_ttl: Duration,
+    /// Runs executing at once; further runs wait in the queue.
+    pub max_runs_in_flight: usize,
+    /// Runs waiting for a slot; past that a run is refused with 503.
+    pub max_queued_runs: usize,
+    /// Largest JSON request body (code included).
+    pub max_body_bytes: ByteSize,
+    /// How long shutdown waits for runs in flight before they are marked failed.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// The bearer tokens the server accepts. With none configured, `codebox serve` creates
+    /// `<data_dir>/tokens.toml` with one service and one admin token for tenant `default`.
+    pub tokens: Vec<TokenConfig>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: None,
+            signing_secret: None,
+            download_url_ttl: Duration::from_secs(3600),
+            max_runs_in_flight: 4,
+            max_queued_runs: 32,
+            max_body_bytes: ByteSize::mib(2),
+            shutdown_grace: Duration::from_secs(60),
+            tokens: Vec::new(),
+        }
+    }
+}
+
+/// One accepted bearer token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// The token itself (keep the file private), or use `token_sha256`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// The lower-case hex sha256 of the token, so the file need not hold the secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_sha256: Option<String>,
+    /// The tenant everything done with this token belongs to.
+    pub tenant: String,
+    /// What the token may do.
+    pub role: Role,
+}
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// A chat backend: acts for the end user named in `X-User-Id`.
+    Service,
+    /// An operator: the admin routes.
+    Admin,
+}
+
+/// Retention: how long things are kept, and how much disk workspaces may use.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// A message's container is removed after this long without a run.
+    #[serde(with = "humantime_serde")]
+    pub container_idle: Duration,
+    /// A message's workspace folder is removed after this long without a run (its registered
+    /// files stay in storage).
+    #[serde(with = "humantime_serde")]
+    pub workspace_idle: Duration,
+    /// Registered and uploaded files are deleted after this long; unset keeps them for good.
+    #[serde(with = "humantime_serde")]
+    pub file_ttl: Option<Duration>,
+    /// The bytes of a deleted file are purged after this grace period.
+    #[serde(with = "humantime_serde")]
+    pub deleted_file_grace: Duration,
+    /// Disk all workspaces together may use; past it the least recently used idle ones are
+    /// removed first. Unset means no limit.
+    pub max_workspace_bytes: Option<ByteSize>,
+    /// How often the reaper runs inside `codebox serve`.
+    #[serde(with = "humantime_serde")]
+    pub reap_interval: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            container_idle: Duration::from_secs(10 * 60),
+            workspace_idle: Duration::from_secs(24 * 3600),
+            file_ttl: None,
+            deleted_file_grace: Duration::from_secs(24 * 3600),
+            max_workspace_bytes: None,
+            reap_interval: Duration::from_secs(60),
+        }
+    }
+}
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -234,6 +350,17 @@ impl Config {
         }
         if self.limits.max_depth == 0 {
             return bad("limits.max_depth must be at least 1");
+        }
+        if self.server.max_runs_in_flight == 0 {
+            return bad("server.max_runs_in_flight must be at least 1");
+        }
+        for token in &self.server.tokens {
+            if token.token.is_some() == token.token_sha256.is_some() {
+                return bad("each server.tokens entry needs exactly one of token and token_sha256");
+            }
+            if token.token.as_ref().is_some_and(|t| t.len() < 16) {
+                return bad("server.tokens: a token must be at least 16 characters");
+            }
         }
         crate::runtime::parse_user(&self.sandbox.user)
             .map_err(|reason| ConfigError::Inconsistent(format!("sandbox.user: {reason}")))?;

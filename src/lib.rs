@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod ids;
 pub mod image;
+pub mod retention;
 pub mod runtime;
 pub mod snapshot;
 pub mod supervisor;

@@ -78,6 +78,41 @@ pub enum RunEvent {
     File(Box<FileRecord>),
 }
 
+/// A workspace as operators see it.
+#[derive(Debug, Clone)]
+pub struct WorkspaceOverview {
+    /// The message it belongs to (tenant, user, chat, last use).
+    pub message: MessageRecord,
+    /// Whether its folder exists (the reaper may have removed it).
+    pub exists: bool,
+    /// Bytes its folder takes.
+    pub bytes: u64,
+    /// Its container's state.
+    pub container: ContainerState,
+}
+
+/// The state of a workspace's container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerState {
+    /// It exists and runs.
+    Running,
+    /// It exists but does not run.
+    Stopped,
+    /// There is none.
+    None,
+}
+
+impl ContainerState {
+    /// The word the API shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Stopped => "stopped",
+            Self::None => "none",
+        }
+    }
+}
+
 /// The run pipeline and the stores it works on.
 pub struct Supervisor {
     config: Arc<Config>,
@@ -114,6 +149,11 @@ impl Supervisor {
             workspaces,
             runtime,
         })
+    }
+
+    /// This instance's id (one per data folder); it labels every sandbox made here.
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     /// The configuration in force.
@@ -164,16 +204,137 @@ impl Supervisor {
         Ok(removed)
     }
 
-    /// Stops and removes the sandbox of `owner`'s message `message_id`, keeping its workspace
-    /// folder: a later run of the message starts a new sandbox on the same files.
-    pub async fn release_sandbox(&self, owner: &Owner, message_id: &str) -> Result<()> {
-        let message = self
-            .catalog
+    /// The message `message_id` if it is bound to `owner`.
+    pub async fn message(&self, owner: &Owner, message_id: &str) -> Result<MessageRecord> {
+        self.catalog
             .messages()
             .get(&owner.tenant, message_id)
             .await?
             .filter(|message| message.user_id == owner.user)
-            .ok_or(Error::NotFound("message"))?;
+            .ok_or(Error::NotFound("message"))
+    }
+
+    /// The live files of one of `owner`'s messages, oldest first: those its runs generated,
+    /// and the uploads tied to it when `include_uploads` is set.
+    pub async fn message_files(
+        &self,
+        owner: &Owner,
+        message_id: &str,
+        include_uploads: bool,
+    ) -> Result<Vec<FileRecord>> {
+        self.message(owner, message_id).await?;
+        Ok(self
+            .catalog
+            .files()
+            .of_message(owner, message_id, include_uploads)
+            .await?)
+    }
+
+    /// The live generated files of one of `owner`'s chats, oldest first.
+    pub async fn chat_files(&self, owner: &Owner, chat_id: &str) -> Result<Vec<FileRecord>> {
+        if !self.catalog.messages().chat_exists(owner, chat_id).await? {
+            return Err(Error::NotFound("chat"));
+        }
+        Ok(self.catalog.files().of_chat(owner, chat_id).await?)
+    }
+
+    /// Replaces every `sandbox:/mnt/data/<path>` and `/mnt/data/<path>` in `text` that names a
+    /// file of the message (the newest one at that path) by `url_for(file)`.
+    pub async fn render_links(
+        &self,
+        owner: &Owner,
+        message_id: &str,
+        text: &str,
+        url_for: impl Fn(&FileRecord) -> String,
+    ) -> Result<String> {
+        let files = self.message_files(owner, message_id, true).await?;
+        let mut by_path: HashMap<&str, &FileRecord> = HashMap::new();
+        for file in &files {
+            // Oldest first, so the newest file at a path wins.
+            if let Some(relative) = file.path.strip_prefix("/mnt/data/") {
+                by_path.insert(relative, file);
+            }
+        }
+        Ok(translate::render_links(text, |relative| {
+            by_path.get(relative).map(|file| url_for(file))
+        }))
+    }
+
+    /// Soft-deletes one of `owner`'s files: gone from listings and downloads at once, its
+    /// bytes purged by the reaper after the grace period.
+    pub async fn delete_file(&self, owner: &Owner, file_id: &str) -> Result<()> {
+        if self
+            .catalog
+            .files()
+            .soft_delete(owner, file_id, &catalog::now())
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(Error::NotFound("file"))
+        }
+    }
+
+    /// Removes the container and the workspace folder of one of `owner`'s messages now; its
+    /// registered files stay. A later run of the message starts from an empty workspace.
+    pub async fn delete_workspace(&self, owner: &Owner, message_id: &str) -> Result<()> {
+        let message = self.message(owner, message_id).await?;
+        let workspace = self.workspaces.get(&message.workspace_id)?;
+        let _lock = lock(&workspace).await?;
+        self.remove_workspace_locked(&message, &workspace).await
+    }
+
+    /// Removes a workspace whose lock the caller holds: container, folder, attachment rows,
+    /// and the lock file last.
+    pub(crate) async fn remove_workspace_locked(
+        &self,
+        message: &MessageRecord,
+        workspace: &Workspace,
+    ) -> Result<()> {
+        self.runtime.release(&workspace.id).await?;
+        self.workspaces.remove(&workspace.id)?;
+        self.catalog
+            .attachments()
+            .delete_of_message(&message.tenant, &message.message_id)
+            .await?;
+        workspace.remove_lock_file()?;
+        Ok(())
+    }
+
+    /// Every workspace this instance knows, least recently used first, with its size on disk
+    /// and its container's state: the operators' view.
+    pub async fn workspace_overview(&self) -> Result<Vec<WorkspaceOverview>> {
+        let containers: HashMap<String, bool> = self
+            .runtime
+            .list()
+            .await?
+            .into_iter()
+            .filter(|sandbox| sandbox.instance.as_deref() == Some(self.instance.as_str()))
+            .map(|sandbox| (sandbox.workspace_id, sandbox.running))
+            .collect();
+        let mut overview = Vec::new();
+        for message in self.catalog.messages().all().await? {
+            let workspace = self.workspaces.get(&message.workspace_id)?;
+            let exists = workspace.exists();
+            let container = match containers.get(&message.workspace_id) {
+                Some(true) => ContainerState::Running,
+                Some(false) => ContainerState::Stopped,
+                None => ContainerState::None,
+            };
+            overview.push(WorkspaceOverview {
+                bytes: if exists { workspace.bytes() } else { 0 },
+                exists,
+                container,
+                message,
+            });
+        }
+        Ok(overview)
+    }
+
+    /// Stops and removes the sandbox of `owner`'s message `message_id`, keeping its workspace
+    /// folder: a later run of the message starts a new sandbox on the same files.
+    pub async fn release_sandbox(&self, owner: &Owner, message_id: &str) -> Result<()> {
+        let message = self.message(owner, message_id).await?;
         self.runtime.release(&message.workspace_id).await?;
         Ok(())
     }
@@ -278,8 +439,9 @@ impl Supervisor {
         let message = self
             .claim(owner, &request.chat_id, &request.message_id)
             .await?;
+        let _lock = lock(&self.workspaces.get(&message.workspace_id)?).await?;
+        // Prepared under the lock: the reaper may have removed the folder while we waited.
         let workspace = self.workspaces.prepare(&message.workspace_id)?;
-        let _lock = lock(&workspace).await?;
         let inputs = self.attach(&message, &workspace, &attachments).await?;
         self.prepare_sandbox(&message, &workspace).await?;
         let before = self.snapshot(&workspace).await?;

@@ -9,7 +9,9 @@
 //!   appears in it as a relative symlink `data/<name> -> ../inputs/<name>`, which resolves the
 //!   same way on the host and inside the container.
 //!
-//! A `lock` file beside them serializes the runs of one message across processes.
+//! A lock file per workspace, `<workspaces>/.locks/<workspace_id>`, serializes everything done
+//! to one workspace (runs, removal) across tasks and processes. It lives outside the workspace
+//! so that removing a workspace never removes a lock someone is waiting on.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -44,7 +46,12 @@ pub struct Workspace {
     pub data: PathBuf,
     /// The folder mounted at `/mnt/inputs`.
     pub inputs: PathBuf,
+    /// The workspace's lock file.
+    lock_path: PathBuf,
 }
+
+/// The folder that holds the lock files, inside the workspaces folder.
+const LOCKS: &str = ".locks";
 
 impl Workspaces {
     /// Opens (creating it if needed) the folder that holds every workspace. Its path is made
@@ -52,7 +59,7 @@ impl Workspaces {
     /// `(uid, gid)` that must own each `data/` folder, or `None` when the sandbox runs as the
     /// supervisor's own user.
     pub fn open(root: &Path, sandbox_owner: Option<(u32, u32)>) -> Result<Self, IoError> {
-        fs::create_dir_all(root).with_path("create", root)?;
+        fs::create_dir_all(root.join(LOCKS)).with_path("create", root)?;
         let root = root.canonicalize().with_path("resolve", root)?;
         Ok(Self {
             root,
@@ -72,10 +79,18 @@ impl Workspaces {
             path: PathBuf::from(id),
             source,
         })?;
+        if id.starts_with('.') {
+            return Err(IoError {
+                action: "name workspace",
+                path: PathBuf::from(id),
+                source: io::Error::new(io::ErrorKind::InvalidInput, "hidden name"),
+            });
+        }
         Ok(Workspace {
             id: id.to_owned(),
             data: root.join(DATA),
             inputs: root.join(INPUTS),
+            lock_path: self.root.join(LOCKS).join(id),
             root,
         })
     }
@@ -130,19 +145,75 @@ fn create_dir_with_mode(dir: &Path, mode: u32) -> Result<bool, IoError> {
 }
 
 impl Workspace {
-    /// Takes the workspace's exclusive lock, blocking until it is free. Runs of one message
-    /// hold it so that two of them (even in two processes) never share the folder at once.
+    /// Takes the workspace's exclusive lock, blocking until it is free. Everything that
+    /// changes a workspace holds it, so that two runs of a message (even in two processes), or
+    /// a run and the reaper, never work on the folder at once. The lock is released when the
+    /// returned file is dropped.
     pub fn lock(&self) -> Result<File, IoError> {
-        let path = self.root.join("lock");
-        let file = OpenOptions::new()
+        loop {
+            let file = self.open_lock_file()?;
+            file.lock().with_path("lock", &self.lock_path)?;
+            if self.lock_is_current(&file)? {
+                return Ok(file);
+            }
+        }
+    }
+
+    /// Like [`Workspace::lock`] but gives up at once, returning `None`, when someone holds it.
+    pub fn try_lock(&self) -> Result<Option<File>, IoError> {
+        let file = self.open_lock_file()?;
+        match file.try_lock() {
+            Ok(()) if self.lock_is_current(&file)? => Ok(Some(file)),
+            Ok(()) | Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(error)) => Err(error).with_path("lock", &self.lock_path),
+        }
+    }
+
+    /// Removes the lock file; call it while holding the lock, just before dropping it.
+    pub fn remove_lock_file(&self) -> Result<(), IoError> {
+        match fs::remove_file(&self.lock_path) {
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other.with_path("remove", &self.lock_path),
+        }
+    }
+
+    fn open_lock_file(&self) -> Result<File, IoError> {
+        OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(&path)
-            .with_path("open", &path)?;
-        file.lock().with_path("lock", &path)?;
-        Ok(file)
+            .open(&self.lock_path)
+            .with_path("open", &self.lock_path)
+    }
+
+    /// Whether the locked file is still the one at the lock path: whoever removed the
+    /// workspace may have removed the lock file while we waited on it.
+    fn lock_is_current(&self, file: &File) -> Result<bool, IoError> {
+        use std::os::unix::fs::MetadataExt;
+        let held = file.metadata().with_path("inspect", &self.lock_path)?;
+        match fs::symlink_metadata(&self.lock_path) {
+            Ok(current) => Ok(current.ino() == held.ino() && current.dev() == held.dev()),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(error) => Err(error).with_path("inspect", &self.lock_path),
+        }
+    }
+
+    /// Bytes the workspace takes on disk (the sizes of its entries, links not followed).
+    pub fn bytes(&self) -> u64 {
+        walkdir::WalkDir::new(&self.root)
+            .follow_links(false)
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter_map(|entry| entry.metadata().ok())
+            .filter(|metadata| !metadata.is_dir())
+            .map(|metadata| metadata.len())
+            .sum()
+    }
+
+    /// Whether the workspace's folder exists.
+    pub fn exists(&self) -> bool {
+        fs::symlink_metadata(&self.root).is_ok_and(|metadata| metadata.is_dir())
     }
 
     /// A name for a new attachment that is free in both `data/` and `inputs/`: the sanitized
@@ -525,5 +596,30 @@ mod tests {
         workspaces.remove("ws_2").expect("remove");
         workspaces.remove("ws_2").expect("remove again");
         assert!(workspaces.get("../escape").is_err());
+        assert!(workspaces.get(".locks").is_err());
+    }
+
+    #[test]
+    fn locks_exclude_each_other_and_survive_removal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let workspaces = Workspaces::open(dir.path(), None).expect("open");
+        let workspace = workspaces.prepare("ws_3").expect("prepare");
+        let held = workspace.lock().expect("lock");
+        assert!(
+            workspace.try_lock().expect("try").is_none(),
+            "held elsewhere"
+        );
+        workspace.remove_lock_file().expect("remove");
+        drop(held);
+        let again = workspace
+            .try_lock()
+            .expect("try")
+            .expect("free after removal");
+        workspaces.remove("ws_3").expect("remove workspace");
+        drop(again);
+        assert!(
+            workspace.lock().is_ok(),
+            "a removed workspace can be locked again"
+        );
     }
 }

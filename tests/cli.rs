@@ -140,6 +140,7 @@ fn exit_code_is_the_runs() {
         .expect("workspaces")
         .filter_map(Result::ok)
         .filter_map(|entry| entry.file_name().into_string().ok())
+        .filter(|name| !name.starts_with('.'))
         .collect();
     assert_eq!(workspaces.len(), 1);
     let inspect = Command::new("docker")

@@ -47,6 +47,21 @@ impl<'a> Attachments<'a> {
         Ok(())
     }
 
+    /// Forgets every attachment of a message, when its workspace folder is removed: a later
+    /// run places them again.
+    pub async fn delete_of_message(
+        &self,
+        tenant: &str,
+        message_id: &str,
+    ) -> Result<(), CatalogError> {
+        sqlx::query("DELETE FROM attachments WHERE tenant = $1 AND message_id = $2")
+            .bind(tenant)
+            .bind(message_id)
+            .execute(self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Every attachment of a message, oldest first.
     pub async fn of_message(
         &self,

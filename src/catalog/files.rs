@@ -185,6 +185,50 @@ impl<'a> Files<'a> {
             .await?)
     }
 
+    /// Live files stored before `cutoff`, for the retention reaper.
+    pub async fn created_before(&self, cutoff: &str) -> Result<Vec<FileRecord>, CatalogError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM files WHERE deleted_at IS NULL AND created_at < $1 \
+             ORDER BY created_at, id"
+        );
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(cutoff)
+            .fetch_all(self.pool)
+            .await?)
+    }
+
+    /// Files deleted before `cutoff`, whose bytes may now be purged.
+    pub async fn deleted_before(&self, cutoff: &str) -> Result<Vec<FileRecord>, CatalogError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM files WHERE deleted_at IS NOT NULL AND deleted_at < $1 \
+             ORDER BY deleted_at, id"
+        );
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(cutoff)
+            .fetch_all(self.pool)
+            .await?)
+    }
+
+    /// Soft-deletes a file whoever owns it (retention), if it is still live.
+    pub async fn expire(&self, id: &str, now: &str) -> Result<bool, CatalogError> {
+        let result =
+            sqlx::query("UPDATE files SET deleted_at = $2 WHERE id = $1 AND deleted_at IS NULL")
+                .bind(id)
+                .bind(now)
+                .execute(self.pool)
+                .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    /// Removes the row of a deleted file, once its bytes are purged.
+    pub async fn purge(&self, id: &str) -> Result<(), CatalogError> {
+        sqlx::query("DELETE FROM files WHERE id = $1 AND deleted_at IS NOT NULL")
+            .bind(id)
+            .execute(self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Soft-deletes the file `id` of `owner`; returns whether a live file was deleted.
     pub async fn soft_delete(
         &self,

@@ -107,6 +107,27 @@ impl<'a> Messages<'a> {
         Ok(())
     }
 
+    /// Every message, least recently used first.
+    pub async fn all(&self) -> Result<Vec<MessageRecord>, CatalogError> {
+        let sql = format!("SELECT {COLUMNS} FROM messages ORDER BY last_used_at, message_id");
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .fetch_all(self.pool)
+            .await?)
+    }
+
+    /// Whether `owner` has any message in chat `chat_id`: a chat exists for its user only.
+    pub async fn chat_exists(&self, owner: &Owner, chat_id: &str) -> Result<bool, CatalogError> {
+        let row = sqlx::query(
+            "SELECT 1 FROM messages WHERE tenant = $1 AND user_id = $2 AND chat_id = $3 LIMIT 1",
+        )
+        .bind(&owner.tenant)
+        .bind(&owner.user)
+        .bind(chat_id)
+        .fetch_optional(self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
     /// The message that uses `workspace_id`, if any.
     pub async fn by_workspace(
         &self,

@@ -139,6 +139,7 @@ pub fn remove_containers_of(data_dir: &Path) {
     let names: Vec<String> = entries
         .filter_map(Result::ok)
         .filter_map(|entry| entry.file_name().into_string().ok())
+        .filter(|id| !id.starts_with('.'))
         .map(|id| format!("codebox-{id}"))
         .collect();
     if !names.is_empty() {

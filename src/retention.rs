@@ -1,0 +1,165 @@
+//! The reaper: applies the retention policy (`[retention]` in the configuration).
+//!
+//! One pass, in this order:
+//!
+//! 1. containers: a message's container goes after `container_idle` without a run, and any
+//!    container of this instance that no message owns goes at once;
+//! 2. workspaces: a message's folder goes after `workspace_idle` without a run, then the least
+//!    recently used ones go until all of them fit in `max_workspace_bytes`;
+//! 3. files: files older than `file_ttl` are deleted, and the bytes of files deleted more than
+//!    `deleted_file_grace` ago are purged with their rows.
+//!
+//! A workspace some run holds (its lock is taken) is never touched: the pass skips it and the
+//! next pass looks again. With `dry_run` the pass reports what it would remove and changes
+//! nothing.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::catalog::{self, MessageRecord};
+use crate::error::Result;
+use crate::supervisor::Supervisor;
+
+/// What one pass removed (or, dry, would remove).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ReapReport {
+    /// Whether nothing was changed.
+    pub dry_run: bool,
+    /// Workspace ids whose containers were removed.
+    pub containers: Vec<String>,
+    /// Workspace ids whose folders were removed.
+    pub workspaces: Vec<String>,
+    /// Ids of files deleted because they outlived `file_ttl`.
+    pub files_expired: Vec<String>,
+    /// Ids of deleted files whose bytes were purged.
+    pub files_purged: Vec<String>,
+    /// Bytes freed: workspace folders plus purged files.
+    pub bytes_freed: u64,
+}
+
+/// The time `age` ago, in the catalog's format.
+fn ago(age: Duration) -> String {
+    let age = time::Duration::try_from(age).unwrap_or(time::Duration::MAX);
+    let at = time::OffsetDateTime::now_utc()
+        .checked_sub(age)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    catalog::format_time(at)
+}
+
+/// Runs one pass of the reaper.
+pub async fn reap(supervisor: &Supervisor, dry_run: bool) -> Result<ReapReport> {
+    let mut report = ReapReport {
+        dry_run,
+        ..ReapReport::default()
+    };
+    let messages = supervisor.catalog().messages().all().await?;
+    let running = reap_containers(supervisor, &messages, &mut report).await?;
+    reap_workspaces(supervisor, &messages, &running, &mut report).await?;
+    reap_files(supervisor, &mut report).await?;
+    Ok(report)
+}
+
+/// Removes idle and orphaned containers; returns the workspaces whose containers remain.
+async fn reap_containers(
+    supervisor: &Supervisor,
+    messages: &[MessageRecord],
+    report: &mut ReapReport,
+) -> Result<HashSet<String>> {
+    let mut remaining = HashSet::new();
+    let policy = &supervisor.config().retention;
+    let idle_before = ago(policy.container_idle);
+    let by_workspace: HashMap<&str, &MessageRecord> = messages
+        .iter()
+        .map(|message| (message.workspace_id.as_str(), message))
+        .collect();
+    for sandbox in supervisor.runtime().list().await? {
+        if sandbox.instance.as_deref() != Some(supervisor.instance()) {
+            continue;
+        }
+        let idle = match by_workspace.get(sandbox.workspace_id.as_str()) {
+            Some(message) => message.last_used_at < idle_before,
+            None => true,
+        };
+        let workspace = supervisor.workspaces().get(&sandbox.workspace_id)?;
+        let lock = if idle { workspace.try_lock()? } else { None };
+        let Some(_lock) = lock else {
+            remaining.insert(sandbox.workspace_id);
+            continue;
+        };
+        if !report.dry_run {
+            supervisor.runtime().release(&sandbox.workspace_id).await?;
+        }
+        report.containers.push(sandbox.workspace_id);
+    }
+    Ok(remaining)
+}
+
+async fn reap_workspaces(
+    supervisor: &Supervisor,
+    messages: &[MessageRecord],
+    running: &HashSet<String>,
+    report: &mut ReapReport,
+) -> Result<()> {
+    let policy = &supervisor.config().retention;
+    let idle_before = ago(policy.workspace_idle);
+    // Least recently used first: `messages` comes sorted that way.
+    let mut present = Vec::new();
+    for message in messages {
+        let workspace = supervisor.workspaces().get(&message.workspace_id)?;
+        if workspace.exists() {
+            let bytes = workspace.bytes();
+            present.push((message, workspace, bytes));
+        }
+    }
+    let mut total: u64 = present.iter().map(|(_, _, bytes)| bytes).sum();
+    let limit = policy.max_workspace_bytes.map(|limit| limit.as_u64());
+    for (message, workspace, bytes) in present {
+        let expired = message.last_used_at < idle_before;
+        let over_quota = limit.is_some_and(|limit| total > limit);
+        if !expired && !over_quota {
+            continue;
+        }
+        let Some(_lock) = workspace.try_lock()? else {
+            continue;
+        };
+        if !report.dry_run {
+            supervisor
+                .remove_workspace_locked(message, &workspace)
+                .await?;
+        }
+        if running.contains(&workspace.id) {
+            report.containers.push(workspace.id.clone());
+        }
+        report.workspaces.push(workspace.id.clone());
+        report.bytes_freed += bytes;
+        total = total.saturating_sub(bytes);
+    }
+    Ok(())
+}
+
+async fn reap_files(supervisor: &Supervisor, report: &mut ReapReport) -> Result<()> {
+    let policy = &supervisor.config().retention;
+    let files = supervisor.catalog().files();
+    if let Some(ttl) = policy.file_ttl {
+        let now = catalog::now();
+        for file in files.created_before(&ago(ttl)).await? {
+            if report.dry_run || files.expire(&file.id, &now).await? {
+                report.files_expired.push(file.id);
+            }
+        }
+    }
+    for file in files
+        .deleted_before(&ago(policy.deleted_file_grace))
+        .await?
+    {
+        if !report.dry_run {
+            supervisor.blobs().delete(&file.blob_key).await?;
+            files.purge(&file.id).await?;
+        }
+        report.bytes_freed += u64::try_from(file.size).unwrap_or(0);
+        report.files_purged.push(file.id);
+    }
+    Ok(())
+}

@@ -40,6 +40,45 @@ const READ_ONLY_HINT: &str = "codebox: attached files are read-only. Write a new
      delete the link first (os.remove('/mnt/data/<name>')) and then write a file of the same \
      name: it is registered as derived from the attachment.";
 
+/// What a user says about a file they upload.
+#[derive(Debug, Clone, Default)]
+pub struct UploadMeta {
+    /// The file's name as the user has it (kept as is; sanitized where it becomes a path).
+    pub name: String,
+    /// The chat it belongs to, if any.
+    pub chat_id: Option<String>,
+    /// The message it belongs to, if any (needs `chat_id`).
+    pub message_id: Option<String>,
+}
+
+impl UploadMeta {
+    fn check(&self) -> Result<()> {
+        if self.name.trim().is_empty() || self.name.len() > 1024 {
+            return Err(Error::invalid(
+                "name",
+                "must be 1 to 1024 bytes and not blank",
+            ));
+        }
+        if let Some(chat_id) = &self.chat_id {
+            ids::check_external("chat_id", chat_id)?;
+        }
+        if let Some(message_id) = &self.message_id {
+            ids::check_external("message_id", message_id)?;
+            if self.chat_id.is_none() {
+                return Err(Error::invalid("chat_id", "required with message_id"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Bytes of an upload that are stored but not yet recorded.
+#[derive(Debug)]
+pub struct StoredUpload {
+    id: String,
+    stored: crate::blobs::Stored,
+}
+
 /// What a caller asks to run.
 #[derive(Debug, Clone)]
 pub struct RunRequest {
@@ -179,6 +218,20 @@ impl Supervisor {
     /// The runtime.
     pub fn runtime(&self) -> &Arc<dyn Runtime> {
         &self.runtime
+    }
+
+    /// Marks the runs this instance left `running` when it last stopped as failed. Call it at
+    /// start-up, before accepting runs. Returns how many there were.
+    pub async fn fail_interrupted_runs(&self) -> Result<u64> {
+        Ok(self
+            .catalog
+            .runs()
+            .fail_interrupted(
+                &self.instance,
+                "codebox stopped while the run was in progress",
+                &catalog::now(),
+            )
+            .await?)
     }
 
     /// Removes this instance's sandboxes that no message owns (left by a crash, or by a
@@ -349,57 +402,79 @@ impl Supervisor {
         message_id: Option<&str>,
         body: impl AsyncRead + Unpin,
     ) -> Result<FileRecord> {
-        if name.trim().is_empty() || name.len() > 1024 {
-            return Err(Error::invalid(
-                "name",
-                "must be 1 to 1024 bytes and not blank",
-            ));
-        }
-        if let Some(chat_id) = chat_id {
-            ids::check_external("chat_id", chat_id)?;
-        }
-        if let Some(message_id) = message_id {
-            ids::check_external("message_id", message_id)?;
-            let chat_id =
-                chat_id.ok_or_else(|| Error::invalid("chat_id", "required with message_id"))?;
-            self.claim(owner, chat_id, message_id).await?;
-        }
+        let upload = UploadMeta {
+            name: name.to_owned(),
+            chat_id: chat_id.map(str::to_owned),
+            message_id: message_id.map(str::to_owned),
+        };
+        upload.check()?;
+        let stored = self.store_upload(body).await?;
+        self.register_upload(owner, upload, stored).await
+    }
+
+    /// First half of an upload whose metadata may arrive after its bytes (a multipart form):
+    /// streams the bytes into the blob store, capped at the upload limit.
+    pub async fn store_upload(&self, body: impl AsyncRead + Unpin) -> Result<StoredUpload> {
         let id = ids::mint("file");
         let key = Blobs::file_key(&id);
         let limit = self.config.limits.max_upload_bytes.as_u64();
-        let stored = match self.blobs.put_stream(&key, body, limit).await {
-            Err(BlobError::TooLarge { limit }) => {
-                return Err(Error::TooLarge(format!(
-                    "the upload is larger than {}",
-                    ByteSize::b(limit).display().iec()
-                )));
-            }
-            other => other?,
-        };
-        let safe_name = workspace::sanitize_name(name);
+        match self.blobs.put_stream(&key, body, limit).await {
+            Ok(stored) => Ok(StoredUpload { id, stored }),
+            Err(BlobError::TooLarge { limit }) => Err(Error::TooLarge(format!(
+                "the upload is larger than {}",
+                ByteSize::b(limit).display().iec()
+            ))),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Second half of an upload: checks the metadata, binds the message if one is named, and
+    /// records the file. If anything is refused, the stored bytes are deleted again.
+    pub async fn register_upload(
+        &self,
+        owner: &Owner,
+        upload: UploadMeta,
+        stored: StoredUpload,
+    ) -> Result<FileRecord> {
+        let key = stored.stored.key.clone();
+        let result = self.record_upload(owner, upload, stored).await;
+        if result.is_err() {
+            // Without its row the blob would be an orphan nobody can reach.
+            let _ = self.blobs.delete(&key).await;
+        }
+        result
+    }
+
+    async fn record_upload(
+        &self,
+        owner: &Owner,
+        upload: UploadMeta,
+        stored: StoredUpload,
+    ) -> Result<FileRecord> {
+        upload.check()?;
+        if let (Some(chat_id), Some(message_id)) = (&upload.chat_id, &upload.message_id) {
+            self.claim(owner, chat_id, message_id).await?;
+        }
+        let safe_name = workspace::sanitize_name(&upload.name);
         let record = FileRecord {
-            id,
+            id: stored.id,
             tenant: owner.tenant.clone(),
             user_id: owner.user.clone(),
-            chat_id: chat_id.map(str::to_owned),
-            message_id: message_id.map(str::to_owned),
+            chat_id: upload.chat_id,
+            message_id: upload.message_id,
             run_id: None,
-            name: name.to_owned(),
+            name: upload.name,
             path: format!("{SANDBOX_DATA}/{safe_name}"),
-            size: i64::try_from(stored.size).unwrap_or(i64::MAX),
+            size: i64::try_from(stored.stored.size).unwrap_or(i64::MAX),
             content_type: content_type_of(&safe_name),
-            sha256: stored.sha256,
+            sha256: stored.stored.sha256,
             source: FileSource::Upload,
             derived_from: None,
-            blob_key: stored.key,
+            blob_key: stored.stored.key,
             created_at: catalog::now(),
             deleted_at: None,
         };
-        if let Err(error) = self.catalog.files().insert(&record).await {
-            // Without its row the blob would be an orphan nobody can reach.
-            let _ = self.blobs.delete(&record.blob_key).await;
-            return Err(error.into());
-        }
+        self.catalog.files().insert(&record).await?;
         Ok(record)
     }
 
@@ -662,6 +737,10 @@ impl Supervisor {
             finished_at: None,
         };
         self.catalog.runs().insert(&run).await?;
+        self.catalog
+            .runs()
+            .set_instance(&run.id, &self.instance)
+            .await?;
         Ok(run)
     }
 

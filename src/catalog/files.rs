@@ -132,6 +132,15 @@ impl<'a> Files<'a> {
             .await?)
     }
 
+    /// The live file `id` whoever owns it: for checking signed links, which carry no token.
+    pub async fn get_live(&self, id: &str) -> Result<Option<FileRecord>, CatalogError> {
+        let sql = format!("SELECT {COLUMNS} FROM files WHERE id = $1 AND deleted_at IS NULL");
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(self.pool)
+            .await?)
+    }
+
     /// The live files a run registered, oldest first.
     pub async fn of_run(&self, run_id: &str) -> Result<Vec<FileRecord>, CatalogError> {
         let sql = format!(

@@ -193,6 +193,36 @@ impl<'a> Runs<'a> {
         Ok(())
     }
 
+    /// Records which instance executes the run.
+    pub async fn set_instance(&self, id: &str, instance: &str) -> Result<(), CatalogError> {
+        sqlx::query("UPDATE runs SET instance = $2 WHERE id = $1")
+            .bind(id)
+            .bind(instance)
+            .execute(self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Marks the runs `instance` left `running` (it stopped while they ran) as failed, with a
+    /// reason. Returns how many there were.
+    pub async fn fail_interrupted(
+        &self,
+        instance: &str,
+        reason: &str,
+        now: &str,
+    ) -> Result<u64, CatalogError> {
+        let result = sqlx::query(
+            "UPDATE runs SET status = 'failed', reason = $2, finished_at = $3 \
+             WHERE instance = $1 AND status = 'running'",
+        )
+        .bind(instance)
+        .bind(reason)
+        .bind(now)
+        .execute(self.pool)
+        .await?;
+        Ok(result.rows_affected())
+    }
+
     /// Writes the outcome of a run that was inserted as `running`.
     pub async fn finish(&self, run: &RunRecord) -> Result<(), CatalogError> {
         sqlx::query(

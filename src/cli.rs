@@ -11,7 +11,6 @@ use serde::Serialize;
 use codebox::api::dto;
 use codebox::catalog::{FileRecord, Owner};
 use codebox::image::{self, BuildMethod, ImageBuildOptions, ImageVariant};
-use codebox::runtime::RuntimeError;
 use codebox::workspace::join_safely;
 use codebox::{Config, RunRequest, Supervisor};
 
@@ -43,6 +42,13 @@ pub struct Overrides {
     data_dir: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     sandbox: Option<SandboxOverrides>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server: Option<ServerOverrides>,
+}
+
+#[derive(Debug, Serialize)]
+struct ServerOverrides {
+    listen: std::net::SocketAddr,
 }
 
 #[derive(Debug, Serialize)]
@@ -52,12 +58,41 @@ struct SandboxOverrides {
 
 impl Overrides {
     /// Overrides from the global flags.
-    pub fn new(data_dir: Option<PathBuf>, image: Option<String>) -> Self {
+    pub fn new(
+        data_dir: Option<PathBuf>,
+        image: Option<String>,
+        listen: Option<std::net::SocketAddr>,
+    ) -> Self {
         Self {
             data_dir,
             sandbox: image.map(|image| SandboxOverrides { image }),
+            server: listen.map(|listen| ServerOverrides { listen }),
         }
     }
+}
+
+/// `codebox serve`: builds the sandbox image first if it is a built-in one and missing.
+pub async fn serve(config_file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config_file, overrides)?;
+    ensure_image(&config).await?;
+    codebox::server::run(config).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Builds the configured image when it is one of the built-in ones and the engine lacks it.
+async fn ensure_image(config: &Config) -> anyhow::Result<()> {
+    let image = &config.sandbox.image;
+    if built_in_variant(image).is_none() {
+        return Ok(());
+    }
+    let docker = image::connect().await?;
+    if docker.inspect_image(image).await.is_err() {
+        eprintln!(
+            "codebox: the sandbox image {image} is missing; building it now (first use only, a few minutes)"
+        );
+        build_image(image).await?;
+    }
+    Ok(())
 }
 
 /// `codebox run`.
@@ -102,18 +137,8 @@ pub async fn run(
         std::fs::read_to_string(&args.script)
             .with_context(|| format!("read {}", args.script.display()))?
     };
-    let supervisor = match Supervisor::open(config.clone()).await {
-        Err(codebox::Error::Runtime(RuntimeError::ImageMissing(missing)))
-            if built_in_variant(&missing).is_some() =>
-        {
-            eprintln!(
-                "codebox: the sandbox image {missing} is missing; building it now (first use only, a few minutes)"
-            );
-            build_image(&missing).await?;
-            Supervisor::open(config).await?
-        }
-        other => other?,
-    };
+    ensure_image(&config).await?;
+    let supervisor = Supervisor::open(config).await?;
     let removed = supervisor.reconcile().await?;
     if removed > 0 {
         tracing::info!(removed, "removed sandboxes that no message owns");

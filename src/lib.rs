@@ -14,6 +14,7 @@ pub mod ids;
 pub mod image;
 pub mod retention;
 pub mod runtime;
+pub mod server;
 pub mod snapshot;
 pub mod supervisor;
 pub mod translate;

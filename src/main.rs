@@ -26,6 +26,12 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Serve the HTTP API (see shared/API.md) until Ctrl-C or SIGTERM.
+    Serve {
+        /// The address to listen on; overrides the configuration.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
     /// Run a script as one chat message, register its outputs and print them.
     Run(cli::RunArgs),
     /// Manage the sandbox image.
@@ -57,9 +63,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let overrides = cli::Overrides::new(args.data_dir, args.image);
+    let listen = match &args.command {
+        Command::Serve { listen } => *listen,
+        _ => None,
+    };
+    let overrides = cli::Overrides::new(args.data_dir, args.image, listen);
     let outcome = runtime.block_on(async {
         match args.command {
+            Command::Serve { .. } => cli::serve(args.config.as_deref(), &overrides).await,
             Command::Run(run) => cli::run(args.config.as_deref(), &overrides, run).await,
             Command::Image {
                 command: ImageCommand::Build(build),

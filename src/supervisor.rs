@@ -445,6 +445,13 @@ impl Supervisor {
         result
     }
 
+    /// Deletes the bytes of an upload that will not be recorded (its request was refused).
+    pub async fn discard_upload(&self, stored: StoredUpload) {
+        if let Err(error) = self.blobs.delete(&stored.stored.key).await {
+            tracing::warn!(key = %stored.stored.key, %error, "could not delete a refused upload");
+        }
+    }
+
     async fn record_upload(
         &self,
         owner: &Owner,

@@ -1,13 +1,16 @@
 //! The JSON objects of the API (`shared/API.md`): `File` and `Run`. Their field names are a
 //! contract with chat backends and never change; fields may be added.
 
-use serde::Serialize;
+use std::collections::BTreeMap;
 
-use crate::catalog::{FileRecord, RunRecord, Truncation};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::catalog::{FileRecord, RunRecord};
 use crate::supervisor::RunReport;
 
 /// A stored file, as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct File {
     /// Opaque id.
     pub id: String,
@@ -22,6 +25,7 @@ pub struct File {
     /// Hex sha256 of the bytes.
     pub sha256: String,
     /// `upload` or `code_execution`.
+    #[schema(value_type = String, pattern = "^(upload|code_execution)$")]
     pub source: &'static str,
     /// The chat, if any.
     pub chat_id: Option<String>,
@@ -58,8 +62,17 @@ impl File {
     }
 }
 
+/// Something a cap left out of a run's results.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Truncation {
+    /// The path concerned (`/mnt/data/...`).
+    pub path: String,
+    /// Why it was left out.
+    pub reason: String,
+}
+
 /// A run, as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Run {
     /// Opaque id.
     pub id: String,
@@ -68,6 +81,7 @@ pub struct Run {
     /// The message.
     pub message_id: String,
     /// `succeeded`, `failed`, `timed_out`, `killed` (or `running` while it runs).
+    #[schema(value_type = String, pattern = "^(running|succeeded|failed|timed_out|killed)$")]
     pub status: &'static str,
     /// Why a limit stopped it, for `timed_out` and `killed`.
     pub reason: Option<String>,
@@ -112,8 +126,151 @@ impl Run {
                 .iter()
                 .map(|file| File::new(file, url_for(file)))
                 .collect(),
-            truncated: run.truncated.clone(),
+            truncated: run
+                .truncated
+                .iter()
+                .map(|t| Truncation {
+                    path: t.path.clone(),
+                    reason: t.reason.clone(),
+                })
+                .collect(),
             created_at: run.created_at.clone(),
         }
     }
+}
+
+/// `POST /v1/runs`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunCreate {
+    /// The chat (1-128 characters of `[A-Za-z0-9._:-]`).
+    pub chat_id: String,
+    /// The message (1-128 characters of `[A-Za-z0-9._:-]`); its workspace is reused by its
+    /// later runs.
+    pub message_id: String,
+    /// The program.
+    pub code: String,
+    /// The language; only `python`.
+    #[serde(default = "python")]
+    pub language: String,
+    /// Files to attach (uploads of the same user).
+    #[serde(default)]
+    pub file_ids: Vec<String>,
+    /// Wall-clock limit in seconds (capped by the configuration).
+    #[serde(default)]
+    #[schema(minimum = 1)]
+    pub timeout_secs: Option<u64>,
+}
+
+fn python() -> String {
+    "python".to_owned()
+}
+
+/// `GET /v1/messages/{message_id}/files`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct MessageFiles {
+    /// The message.
+    pub message_id: String,
+    /// Its files, oldest first.
+    pub files: Vec<File>,
+}
+
+/// `GET /v1/chats/{chat_id}/files`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ChatFiles {
+    /// The chat.
+    pub chat_id: String,
+    /// How many files in all.
+    pub total_files: usize,
+    /// The files, grouped by message, each group oldest first.
+    pub messages: BTreeMap<String, Vec<File>>,
+}
+
+/// `POST /v1/messages/{message_id}/render`, both ways.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RenderText {
+    /// The text.
+    pub text: String,
+}
+
+/// Text output of a streamed run (`stdout` and `stderr` events).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct OutputEvent {
+    /// The output, host paths translated.
+    pub text: String,
+}
+
+/// One workspace in `GET /v1/admin/workspaces`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WorkspaceInfo {
+    /// The workspace id.
+    pub workspace_id: String,
+    /// The tenant.
+    pub tenant: String,
+    /// The user.
+    pub user_id: String,
+    /// The chat.
+    pub chat_id: String,
+    /// The message.
+    pub message_id: String,
+    /// Bytes the folder takes.
+    pub bytes: u64,
+    /// Whether the folder exists.
+    pub exists: bool,
+    /// When a run last used it.
+    pub last_used_at: String,
+    /// `running`, `stopped` or `none`.
+    #[schema(value_type = String)]
+    pub container: &'static str,
+}
+
+/// `GET /v1/admin/workspaces`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WorkspaceList {
+    /// Every workspace, least recently used first.
+    pub workspaces: Vec<WorkspaceInfo>,
+}
+
+/// `POST /v1/admin/gc`.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GcRequest {
+    /// Report what would be removed, remove nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// What a reaper pass removed (or would remove).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct GcReport {
+    /// Whether nothing was changed.
+    pub dry_run: bool,
+    /// Workspaces whose containers were removed.
+    pub containers: Vec<String>,
+    /// Workspaces whose folders were removed.
+    pub workspaces: Vec<String>,
+    /// Files deleted for outliving the file retention.
+    pub files_expired: Vec<String>,
+    /// Deleted files whose bytes were purged.
+    pub files_purged: Vec<String>,
+    /// Bytes freed.
+    pub bytes_freed: u64,
+}
+
+/// `GET /v1/admin/retention`: the policy in force.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RetentionPolicy {
+    /// Seconds a container may sit idle.
+    pub container_idle_secs: u64,
+    /// Seconds a workspace folder may sit idle.
+    pub workspace_idle_secs: u64,
+    /// Seconds files are kept; `null` keeps them for good.
+    pub file_ttl_secs: Option<u64>,
+    /// Seconds between deleting a file and purging its bytes.
+    pub deleted_file_grace_secs: u64,
+    /// Bytes all workspaces may take; `null` is no limit.
+    pub max_workspace_bytes: Option<u64>,
+    /// Seconds between reaper passes.
+    pub reap_interval_secs: u64,
 }

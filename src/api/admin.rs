@@ -1,0 +1,103 @@
+//! Operators' routes (admin tokens): the workspaces on this instance, a reaper pass on demand,
+//! and the retention policy in force.
+
+use axum::Json;
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+
+use super::AppState;
+use super::auth::AdminCaller;
+use super::dto::{GcReport, GcRequest, RetentionPolicy, WorkspaceInfo, WorkspaceList};
+use super::error::{ApiResult, ErrorBody};
+use super::runs::json_rejection;
+use crate::retention;
+
+/// Every workspace, least recently used first.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/workspaces",
+    tag = "admin",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = WorkspaceList),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    )
+)]
+pub async fn workspaces(
+    State(state): State<AppState>,
+    _admin: AdminCaller,
+) -> ApiResult<Json<WorkspaceList>> {
+    let overview = state.supervisor.workspace_overview().await?;
+    Ok(Json(WorkspaceList {
+        workspaces: overview
+            .into_iter()
+            .map(|workspace| WorkspaceInfo {
+                workspace_id: workspace.message.workspace_id,
+                tenant: workspace.message.tenant,
+                user_id: workspace.message.user_id,
+                chat_id: workspace.message.chat_id,
+                message_id: workspace.message.message_id,
+                bytes: workspace.bytes,
+                exists: workspace.exists,
+                last_used_at: workspace.message.last_used_at,
+                container: workspace.container.as_str(),
+            })
+            .collect(),
+    }))
+}
+
+/// Run the reaper now (or, with `dry_run`, report what it would remove).
+#[utoipa::path(
+    post,
+    path = "/v1/admin/gc",
+    tag = "admin",
+    security(("bearer" = [])),
+    request_body = GcRequest,
+    responses(
+        (status = 200, body = GcReport),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    )
+)]
+pub async fn gc(
+    State(state): State<AppState>,
+    _admin: AdminCaller,
+    body: Result<Json<GcRequest>, JsonRejection>,
+) -> ApiResult<Json<GcReport>> {
+    let Json(request) = body.map_err(json_rejection)?;
+    let report = retention::reap(&state.supervisor, request.dry_run).await?;
+    Ok(Json(GcReport {
+        dry_run: report.dry_run,
+        containers: report.containers,
+        workspaces: report.workspaces,
+        files_expired: report.files_expired,
+        files_purged: report.files_purged,
+        bytes_freed: report.bytes_freed,
+    }))
+}
+
+/// The retention policy in force.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/retention",
+    tag = "admin",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = RetentionPolicy),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    )
+)]
+pub async fn retention(
+    State(state): State<AppState>,
+    _admin: AdminCaller,
+) -> Json<RetentionPolicy> {
+    let policy = &state.supervisor.config().retention;
+    Json(RetentionPolicy {
+        container_idle_secs: policy.container_idle.as_secs(),
+        workspace_idle_secs: policy.workspace_idle.as_secs(),
+        file_ttl_secs: policy.file_ttl.map(|ttl| ttl.as_secs()),
+        deleted_file_grace_secs: policy.deleted_file_grace.as_secs(),
+        max_workspace_bytes: policy.max_workspace_bytes.map(|bytes| bytes.as_u64()),
+        reap_interval_secs: policy.reap_interval.as_secs(),
+    })
+}

@@ -1,0 +1,255 @@
+//! Who is calling: bearer tokens from the configuration, each with a tenant and a role, and
+//! the end user a service call acts for (`X-User-Id`).
+//!
+//! Tokens are kept only as sha256 digests and compared in constant time; neither a token nor
+//! its digest is ever logged.
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::catalog::Owner;
+use crate::config::{Role, TokenConfig};
+
+/// The header that names the end user of a service call.
+pub const USER_HEADER: &str = "x-user-id";
+
+/// The accepted tokens.
+#[derive(Clone, Default)]
+pub struct Tokens {
+    entries: Vec<([u8; 32], String, Role)>,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tokens({} configured)", self.entries.len())
+    }
+}
+
+impl Tokens {
+    /// The tokens of the configuration. A `token_sha256` that is not 64 hex digits is refused.
+    pub fn new(configured: &[TokenConfig]) -> Result<Self, String> {
+        let mut entries = Vec::new();
+        for token in configured {
+            let digest: [u8; 32] = match (&token.token, &token.token_sha256) {
+                (Some(secret), _) => Sha256::digest(secret.as_bytes()).into(),
+                (None, Some(hex_digest)) => hex::decode(hex_digest)
+                    .ok()
+                    .and_then(|bytes| bytes.try_into().ok())
+                    .ok_or_else(|| {
+                        format!(
+                            "token_sha256 of tenant {:?} is not 64 hex digits",
+                            token.tenant
+                        )
+                    })?,
+                (None, None) => {
+                    return Err("a token entry has neither token nor token_sha256".into());
+                }
+            };
+            entries.push((digest, token.tenant.clone(), token.role));
+        }
+        Ok(Self { entries })
+    }
+
+    /// The tenant and role of `presented`, comparing against every token in constant time.
+    pub fn check(&self, presented: &str) -> Option<Caller> {
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let mut found = None;
+        for (known, tenant, role) in &self.entries {
+            if bool::from(known.ct_eq(&digest)) {
+                found = Some(Caller {
+                    tenant: tenant.clone(),
+                    role: *role,
+                });
+            }
+        }
+        found
+    }
+
+    /// Whether no token is configured.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// A caller with a valid token.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The token's tenant.
+    pub tenant: String,
+    /// The token's role.
+    pub role: Role,
+}
+
+/// The caller of a request with a bearer token (any role).
+pub fn caller_of(headers: &HeaderMap, tokens: &Tokens) -> Result<Caller, ApiError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token>"))?;
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+        .ok_or_else(|| ApiError::unauthorized("the Authorization header is not Bearer <token>"))?;
+    tokens
+        .check(token)
+        .ok_or_else(|| ApiError::unauthorized("unknown token"))
+}
+
+/// The end user named in `X-User-Id`: 1 to 256 visible ASCII characters.
+pub fn user_of(headers: &HeaderMap) -> Result<String, ApiError> {
+    let value = headers
+        .get(USER_HEADER)
+        .ok_or_else(|| ApiError::invalid("the X-User-Id header is required"))?;
+    let user = value
+        .to_str()
+        .map_err(|_| ApiError::invalid("X-User-Id must be visible ASCII"))?;
+    if user.is_empty() || user.len() > 256 || !user.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(ApiError::invalid(
+            "X-User-Id must be 1 to 256 visible ASCII characters",
+        ));
+    }
+    Ok(user.to_owned())
+}
+
+/// A service call acting for one end user: the owner every lookup is scoped to.
+#[derive(Debug, Clone)]
+pub struct UserCaller(pub Owner);
+
+impl FromRequestParts<AppState> for UserCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let caller = caller_of(&parts.headers, &state.tokens)?;
+        if caller.role != Role::Service {
+            return Err(ApiError::forbidden("this route needs a service token"));
+        }
+        let user = user_of(&parts.headers)?;
+        Ok(Self(Owner::new(caller.tenant, user)))
+    }
+}
+
+/// An operator's call.
+#[derive(Debug, Clone)]
+pub struct AdminCaller(pub Caller);
+
+impl FromRequestParts<AppState> for AdminCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let caller = caller_of(&parts.headers, &state.tokens)?;
+        if caller.role != Role::Admin {
+            return Err(ApiError::forbidden("this route needs an admin token"));
+        }
+        Ok(Self(caller))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens() -> Tokens {
+        Tokens::new(&[
+            TokenConfig {
+                token: Some("service-token-0123456789".into()),
+                token_sha256: None,
+                tenant: "acme".into(),
+                role: Role::Service,
+            },
+            TokenConfig {
+                token: None,
+                token_sha256: Some(hex::encode(Sha256::digest(b"admin-token-0123456789"))),
+                tenant: "ops".into(),
+                role: Role::Admin,
+            },
+        ])
+        .expect("tokens")
+    }
+
+    #[test]
+    fn tokens_resolve_to_tenant_and_role() {
+        let tokens = tokens();
+        let service = tokens.check("service-token-0123456789").expect("known");
+        assert_eq!(
+            (service.tenant.as_str(), service.role),
+            ("acme", Role::Service)
+        );
+        let admin = tokens
+            .check("admin-token-0123456789")
+            .expect("known by digest");
+        assert_eq!((admin.tenant.as_str(), admin.role), ("ops", Role::Admin));
+        assert!(tokens.check("service-token-012345678").is_none());
+        assert!(tokens.check("").is_none());
+    }
+
+    #[test]
+    fn headers_are_checked() {
+        let tokens = tokens();
+        let mut headers = HeaderMap::new();
+        assert_eq!(
+            caller_of(&headers, &tokens)
+                .expect_err("none")
+                .status()
+                .as_u16(),
+            401
+        );
+        headers.insert(header::AUTHORIZATION, "Basic abc".parse().expect("header"));
+        assert_eq!(
+            caller_of(&headers, &tokens)
+                .expect_err("basic")
+                .status()
+                .as_u16(),
+            401
+        );
+        headers.insert(
+            header::AUTHORIZATION,
+            "Bearer nope".parse().expect("header"),
+        );
+        assert_eq!(
+            caller_of(&headers, &tokens)
+                .expect_err("unknown")
+                .status()
+                .as_u16(),
+            401
+        );
+        headers.insert(
+            header::AUTHORIZATION,
+            "Bearer service-token-0123456789".parse().expect("header"),
+        );
+        assert!(caller_of(&headers, &tokens).is_ok());
+
+        assert_eq!(
+            user_of(&headers).expect_err("missing").status().as_u16(),
+            422
+        );
+        headers.insert(USER_HEADER, "a b".parse().expect("header"));
+        assert_eq!(user_of(&headers).expect_err("space").status().as_u16(), 422);
+        headers.insert(USER_HEADER, "alice@example.com".parse().expect("header"));
+        assert_eq!(user_of(&headers).expect("ok"), "alice@example.com");
+    }
+
+    #[test]
+    fn bad_digests_are_refused() {
+        let error = Tokens::new(&[TokenConfig {
+            token: None,
+            token_sha256: Some("abc".into()),
+            tenant: "t".into(),
+            role: Role::Admin,
+        }])
+        .expect_err("short digest");
+        assert!(error.contains("64 hex digits"));
+    }
+}

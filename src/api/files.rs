@@ -1,0 +1,327 @@
+//! `/v1/files`: uploads (streamed into the blob store), metadata, soft deletion and downloads.
+//!
+//! A download is authorized either by a token and `X-User-Id`, or by a signed link
+//! (`?expires=&signature=`) with no token at all. It is streamed in constant memory with
+//! `Content-Length`, `ETag` (the sha256), `If-None-Match`, single `Range` requests, a safe
+//! `Content-Disposition` and `X-Content-Type-Options: nosniff`.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Multipart, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::TryStreamExt;
+use serde::Deserialize;
+use tokio_util::io::StreamReader;
+use utoipa::{IntoParams, ToSchema};
+
+use super::auth::{self, UserCaller};
+use super::download::{self, RangeRequest};
+use super::dto::File;
+use super::error::{ApiError, ApiResult, ErrorBody};
+use super::signing::LinkError;
+use super::{AppState, unix_now};
+use crate::catalog::{FileRecord, Owner};
+use crate::supervisor::{StoredUpload, UploadMeta};
+
+/// The multipart form of an upload (for the OpenAPI document).
+#[derive(ToSchema)]
+#[allow(dead_code)] // Only its schema is used; the form is read field by field.
+struct UploadForm {
+    /// The file.
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+    /// The chat it belongs to.
+    chat_id: Option<String>,
+    /// The message it belongs to (needs `chat_id`).
+    message_id: Option<String>,
+}
+
+/// Upload a file.
+#[utoipa::path(
+    post,
+    path = "/v1/files",
+    tag = "files",
+    security(("bearer" = [])),
+    params(("X-User-Id" = String, Header, description = "The end user")),
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 201, description = "Stored", body = File),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, description = "The message belongs to someone else", body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+    )
+)]
+pub async fn upload_file(
+    State(state): State<AppState>,
+    UserCaller(owner): UserCaller,
+    mut form: Multipart,
+) -> ApiResult<(StatusCode, Json<File>)> {
+    let supervisor = &state.supervisor;
+    let mut meta = UploadMeta::default();
+    let mut stored: Option<StoredUpload> = None;
+    let outcome: ApiResult<()> = async {
+        while let Some(field) = form
+            .next_field()
+            .await
+            .map_err(|error| ApiError::invalid(format!("malformed form: {error}")))?
+        {
+            match field.name() {
+                Some("file") if stored.is_none() => {
+                    meta.name = field.file_name().unwrap_or("upload").to_owned();
+                    let reader = StreamReader::new(field.map_err(std::io::Error::other));
+                    stored = Some(supervisor.store_upload(reader).await?);
+                }
+                Some("file") => return Err(ApiError::invalid("only one file per upload")),
+                Some("chat_id") => meta.chat_id = Some(text(field).await?),
+                Some("message_id") => meta.message_id = Some(text(field).await?),
+                Some(other) => {
+                    return Err(ApiError::invalid(format!("unknown form field {other:?}")));
+                }
+                None => return Err(ApiError::invalid("a form field has no name")),
+            }
+        }
+        Ok(())
+    }
+    .await;
+    let stored = match (outcome, stored) {
+        (Ok(()), Some(stored)) => stored,
+        (Ok(()), None) => return Err(ApiError::invalid("the form has no file field")),
+        (Err(error), stored) => {
+            if let Some(stored) = stored {
+                // Nothing half-stored remains of a refused upload.
+                supervisor.discard_upload(stored).await;
+            }
+            return Err(error);
+        }
+    };
+    let file = supervisor.register_upload(&owner, meta, stored).await?;
+    metrics::counter!("codebox_uploaded_bytes_total")
+        .increment(u64::try_from(file.size).unwrap_or(0));
+    Ok((StatusCode::CREATED, Json(state.file_dto(&file))))
+}
+
+async fn text(field: axum::extract::multipart::Field<'_>) -> ApiResult<String> {
+    field
+        .text()
+        .await
+        .map_err(|error| ApiError::invalid(format!("malformed form field: {error}")))
+}
+
+/// A file's metadata.
+#[utoipa::path(
+    get,
+    path = "/v1/files/{file_id}",
+    tag = "files",
+    security(("bearer" = [])),
+    params(
+        ("file_id" = String, Path, description = "The file"),
+        ("X-User-Id" = String, Header, description = "The end user"),
+    ),
+    responses(
+        (status = 200, body = File),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
+    )
+)]
+pub async fn get_file(
+    State(state): State<AppState>,
+    UserCaller(owner): UserCaller,
+    Path(file_id): Path<String>,
+) -> ApiResult<Json<File>> {
+    let file = state.supervisor.file(&owner, &file_id).await?;
+    Ok(Json(state.file_dto(&file)))
+}
+
+/// Delete a file: gone from listings and downloads at once, bytes purged later.
+#[utoipa::path(
+    delete,
+    path = "/v1/files/{file_id}",
+    tag = "files",
+    security(("bearer" = [])),
+    params(
+        ("file_id" = String, Path, description = "The file"),
+        ("X-User-Id" = String, Header, description = "The end user"),
+    ),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
+    )
+)]
+pub async fn delete_file(
+    State(state): State<AppState>,
+    UserCaller(owner): UserCaller,
+    Path(file_id): Path<String>,
+) -> ApiResult<StatusCode> {
+    state.supervisor.delete_file(&owner, &file_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The query of a signed link.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct LinkQuery {
+    /// Unix seconds after which the link is refused.
+    expires: Option<u64>,
+    /// Hex HMAC of the link.
+    signature: Option<String>,
+}
+
+/// Download a file's bytes, with a token or a signed link.
+#[utoipa::path(
+    get,
+    path = "/v1/files/{file_id}/content",
+    tag = "files",
+    security((), ("bearer" = [])),
+    params(
+        ("file_id" = String, Path, description = "The file"),
+        ("X-User-Id" = Option<String>, Header, description = "The end user (with a token)"),
+        ("Range" = Option<String>, Header, description = "One byte range"),
+        ("If-None-Match" = Option<String>, Header, description = "A known ETag"),
+        LinkQuery,
+    ),
+    responses(
+        (status = 200, description = "The bytes", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 206, description = "The requested range", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 304, description = "Not modified"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 416, description = "Range not satisfiable"),
+        (status = 422, body = ErrorBody),
+    )
+)]
+pub async fn download(
+    State(state): State<AppState>,
+    Path(file_id): Path<String>,
+    Query(link): Query<LinkQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let file = match (link.expires, link.signature) {
+        (Some(expires), Some(signature)) => {
+            let file = state
+                .supervisor
+                .catalog()
+                .files()
+                .get_live(&file_id)
+                .await
+                .map_err(crate::Error::from)?;
+            // An unknown file and a bad signature answer alike, so links cannot probe ids.
+            let verified = file.as_ref().map(|file| {
+                state.signer.verify(
+                    &file.id,
+                    &file.tenant,
+                    &file.user_id,
+                    expires,
+                    &signature,
+                    unix_now(),
+                )
+            });
+            match (file, verified) {
+                (Some(file), Some(Ok(()))) => file,
+                (_, Some(Err(LinkError::Expired))) => {
+                    return Err(ApiError::forbidden("the download link has expired"));
+                }
+                _ => return Err(ApiError::forbidden("the download link is not valid")),
+            }
+        }
+        (None, None) => {
+            let caller = auth::caller_of(&headers, &state.tokens)?;
+            if caller.role != crate::config::Role::Service {
+                return Err(ApiError::forbidden("this route needs a service token"));
+            }
+            let owner = Owner::new(caller.tenant, auth::user_of(&headers)?);
+            state.supervisor.file(&owner, &file_id).await?
+        }
+        _ => return Err(ApiError::forbidden("the download link is not valid")),
+    };
+    serve_file(&state, &file, &headers).await
+}
+
+/// Streams a file's bytes with the caching and range headers.
+async fn serve_file(
+    state: &AppState,
+    file: &FileRecord,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
+    let etag = format!("\"{}\"", file.sha256);
+    let size = u64::try_from(file.size).unwrap_or(0);
+    let mut response_headers = HeaderMap::new();
+    let set = |headers: &mut HeaderMap, name, value: &str| {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(name, value);
+        }
+    };
+    set(&mut response_headers, header::ETAG, &etag);
+    set(
+        &mut response_headers,
+        header::CACHE_CONTROL,
+        "private, no-cache",
+    );
+    set(
+        &mut response_headers,
+        header::X_CONTENT_TYPE_OPTIONS,
+        "nosniff",
+    );
+    set(&mut response_headers, header::ACCEPT_RANGES, "bytes");
+
+    let if_none_match = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|value| value.to_str().ok());
+    if if_none_match.is_some_and(|tags| {
+        tags.split(',').any(|tag| {
+            tag.trim() == etag || tag.trim() == "*" || tag.trim().trim_start_matches("W/") == etag
+        })
+    }) {
+        return Ok((StatusCode::NOT_MODIFIED, response_headers).into_response());
+    }
+
+    let range = download::parse_range(
+        headers
+            .get(header::RANGE)
+            .and_then(|value| value.to_str().ok()),
+        size,
+    );
+    let (status, span) = match range {
+        RangeRequest::Full => (StatusCode::OK, None),
+        RangeRequest::Partial { start, end } => (StatusCode::PARTIAL_CONTENT, Some(start..end)),
+        RangeRequest::Unsatisfiable => {
+            set(
+                &mut response_headers,
+                header::CONTENT_RANGE,
+                &format!("bytes */{size}"),
+            );
+            return Ok((StatusCode::RANGE_NOT_SATISFIABLE, response_headers).into_response());
+        }
+    };
+    let length = span.as_ref().map_or(size, |span| span.end - span.start);
+    if let Some(span) = &span {
+        set(
+            &mut response_headers,
+            header::CONTENT_RANGE,
+            &format!("bytes {}-{}/{size}", span.start, span.end - 1),
+        );
+    }
+    set(
+        &mut response_headers,
+        header::CONTENT_TYPE,
+        &file.content_type,
+    );
+    set(
+        &mut response_headers,
+        header::CONTENT_LENGTH,
+        &length.to_string(),
+    );
+    set(
+        &mut response_headers,
+        header::CONTENT_DISPOSITION,
+        &download::content_disposition(&file.name),
+    );
+    let stored = state
+        .supervisor
+        .blobs()
+        .get(&file.blob_key, span)
+        .await
+        .map_err(crate::Error::from)?;
+    metrics::counter!("codebox_downloaded_bytes_total").increment(length);
+    let body = Body::from_stream(stored.into_stream());
+    Ok((status, response_headers, body).into_response())
+}

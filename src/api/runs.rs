@@ -1,0 +1,179 @@
+//! `/v1/runs`: execute code for a message, answered as one JSON `Run` or, with
+//! `Accept: text/event-stream`, as server-sent events `stdout`, `stderr`, `file` and `done`.
+//!
+//! Every run passes the [`super::RunLimiter`] first: past the queue it is refused with 503 and
+//! `Retry-After` before anything is claimed or written. A streamed run keeps going when its
+//! client goes away, so that its files are still registered and its record completed.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::Stream;
+use tokio::sync::mpsc;
+
+use super::AppState;
+use super::auth::UserCaller;
+use super::dto::{OutputEvent, Run, RunCreate};
+use super::error::{ApiError, ApiResult, ErrorBody};
+use crate::catalog::Owner;
+use crate::supervisor::{RunEvent, RunReport, RunRequest};
+
+/// Run code for a message.
+#[utoipa::path(
+    post,
+    path = "/v1/runs",
+    tag = "runs",
+    security(("bearer" = [])),
+    params(("X-User-Id" = String, Header, description = "The end user")),
+    request_body = RunCreate,
+    responses(
+        (status = 200, description = "The run finished (a non-zero exit is still 200). With \
+            `Accept: text/event-stream`: events `stdout`/`stderr` {text}, `file` {File}, `done` {Run}.",
+            body = Run),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, description = "The message or a file belongs to someone else", body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 503, description = "Too many runs; see Retry-After", body = ErrorBody),
+    )
+)]
+pub async fn create_run(
+    State(state): State<AppState>,
+    UserCaller(owner): UserCaller,
+    headers: HeaderMap,
+    body: Result<Json<RunCreate>, JsonRejection>,
+) -> ApiResult<Response> {
+    let Json(body) = body.map_err(json_rejection)?;
+    let request = RunRequest {
+        chat_id: body.chat_id,
+        message_id: body.message_id,
+        code: body.code,
+        language: body.language,
+        file_ids: body.file_ids,
+        timeout: match body.timeout_secs {
+            Some(0) => return Err(ApiError::invalid("timeout_secs must be at least 1")),
+            Some(seconds) => Some(Duration::from_secs(seconds)),
+            None => None,
+        },
+    };
+    let permit = state
+        .limiter
+        .admit()
+        .await
+        .map_err(|_| ApiError::busy("too many runs in flight and queued; retry later", 2))?;
+    let streaming = headers
+        .get(header::ACCEPT)
+        .and_then(|accept| accept.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/event-stream"));
+    if streaming {
+        return Ok(stream_run(state, owner, request, permit).into_response());
+    }
+    let report = state.supervisor.run(&owner, request, None).await;
+    drop(permit);
+    let report = report?;
+    record_metrics(&report);
+    Ok(Json(Run::new(&report, |file| Some(state.download_url(file)))).into_response())
+}
+
+/// Turns a JSON body rejection into the API's error shape.
+pub fn json_rejection(rejection: JsonRejection) -> ApiError {
+    if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::too_large("the request body is larger than the configured limit")
+    } else {
+        ApiError::invalid(rejection.body_text())
+    }
+}
+
+/// Runs in a task of its own and streams its events; `done` carries the Run, or `error` the
+/// reason it could not run.
+fn stream_run(
+    state: AppState,
+    owner: Owner,
+    request: RunRequest,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let (run_tx, mut run_rx) = mpsc::channel::<RunEvent>(64);
+    let (sse_tx, sse_rx) = mpsc::channel::<Event>(64);
+    let supervisor = state.supervisor.clone();
+    let run = tokio::spawn(async move {
+        let report = supervisor.run(&owner, request, Some(run_tx)).await;
+        drop(permit);
+        report
+    });
+    tokio::spawn(async move {
+        // Sends fail only when the client left; the run goes on regardless.
+        while let Some(event) = run_rx.recv().await {
+            let event = match event {
+                RunEvent::Stdout(text) => json_event("stdout", &OutputEvent { text }),
+                RunEvent::Stderr(text) => json_event("stderr", &OutputEvent { text }),
+                RunEvent::File(file) => json_event("file", &state.file_dto(&file)),
+            };
+            let _ = sse_tx.send(event).await;
+        }
+        let last = match run.await {
+            Ok(Ok(report)) => {
+                record_metrics(&report);
+                json_event(
+                    "done",
+                    &Run::new(&report, |file| Some(state.download_url(file))),
+                )
+            }
+            Ok(Err(error)) => json_event("error", &ApiError::from(error).body()),
+            Err(join_error) => json_event("error", &ApiError::internal(&join_error).body()),
+        };
+        let _ = sse_tx.send(last).await;
+    });
+    let stream = futures::stream::unfold(sse_rx, |mut rx| async move {
+        rx.recv().await.map(|event| (Ok(event), rx))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+fn json_event(name: &str, data: &impl serde::Serialize) -> Event {
+    Event::default()
+        .event(name)
+        .json_data(data)
+        .unwrap_or_else(|_| Event::default().event(name).data("{}"))
+}
+
+fn record_metrics(report: &RunReport) {
+    let run = &report.run;
+    metrics::counter!("codebox_runs_total", "status" => run.status.as_str()).increment(1);
+    metrics::histogram!("codebox_run_duration_seconds").record(run.duration_ms as f64 / 1000.0);
+    metrics::counter!("codebox_files_registered_total").increment(report.files.len() as u64);
+    let bytes: i64 = report.files.iter().map(|file| file.size).sum();
+    metrics::counter!("codebox_files_registered_bytes_total")
+        .increment(u64::try_from(bytes).unwrap_or(0));
+}
+
+/// A run's record.
+#[utoipa::path(
+    get,
+    path = "/v1/runs/{run_id}",
+    tag = "runs",
+    security(("bearer" = [])),
+    params(
+        ("run_id" = String, Path, description = "The run"),
+        ("X-User-Id" = String, Header, description = "The end user"),
+    ),
+    responses(
+        (status = 200, body = Run),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
+    )
+)]
+pub async fn get_run(
+    State(state): State<AppState>,
+    UserCaller(owner): UserCaller,
+    Path(run_id): Path<String>,
+) -> ApiResult<Json<Run>> {
+    let report = state.supervisor.run_report(&owner, &run_id).await?;
+    Ok(Json(Run::new(&report, |file| {
+        Some(state.download_url(file))
+    })))
+}

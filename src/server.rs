@@ -1,0 +1,183 @@
+//! `codebox serve`: everything around the HTTP API that a long-running server does at start
+//! and in the background. Start-up marks runs interrupted by the last stop as failed, removes
+//! orphaned sandboxes, loads tokens and the link-signing secret, then serves; a reaper pass
+//! runs every `retention.reap_interval`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::api::{self, AppState, Signer, Tokens};
+use crate::config::{Config, Role, TokenConfig};
+use crate::retention;
+use crate::supervisor::Supervisor;
+
+/// The file `serve` creates with development tokens when none are configured.
+pub const TOKENS_FILE: &str = "tokens.toml";
+/// The file that keeps a generated link-signing secret.
+pub const SECRET_FILE: &str = "signing-secret";
+
+/// The tokens file's shape.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct TokensFile {
+    tokens: Vec<TokenConfig>,
+}
+
+/// Opens the supervisor and builds the API state the way `codebox serve` does.
+pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
+    let supervisor = Arc::new(Supervisor::open(config).await?);
+    let interrupted = supervisor.fail_interrupted_runs().await?;
+    if interrupted > 0 {
+        tracing::warn!(
+            interrupted,
+            "marked runs interrupted by the last stop as failed"
+        );
+    }
+    let removed = supervisor.reconcile().await?;
+    if removed > 0 {
+        tracing::info!(removed, "removed sandboxes that no message owns");
+    }
+    let config = supervisor.config();
+    let tokens = if config.server.tokens.is_empty() {
+        development_tokens(&config.data_dir)?
+    } else {
+        config.server.tokens.clone()
+    };
+    let tokens = Tokens::new(&tokens).map_err(anyhow::Error::msg)?;
+    let secret = match &config.server.signing_secret {
+        Some(secret) => secret.clone(),
+        None => stored_secret(&config.data_dir.join(SECRET_FILE))?,
+    };
+    let signer = Signer::new(secret.as_bytes())
+        .map_err(|_| anyhow::anyhow!("server.signing_secret must not be empty"))?;
+    Ok(AppState::new(supervisor, tokens, signer))
+}
+
+/// Serves until Ctrl-C or SIGTERM, with the reaper running in the background.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let listen = config.server.listen;
+    let state = prepare(config).await?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listen on {listen}"))?;
+    let address = listener.local_addr().context("read the bound address")?;
+    eprintln!("codebox: listening on http://{address}");
+    let reaper = tokio::spawn(reap_forever(state.supervisor.clone()));
+    api::serve(listener, state, shutdown_signal()).await?;
+    reaper.abort();
+    Ok(())
+}
+
+/// One reaper pass every `reap_interval`, logging what it removed.
+async fn reap_forever(supervisor: Arc<Supervisor>) {
+    let mut ticks = tokio::time::interval(supervisor.config().retention.reap_interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match retention::reap(&supervisor, false).await {
+            Ok(report) => {
+                if !(report.containers.is_empty()
+                    && report.workspaces.is_empty()
+                    && report.files_purged.is_empty()
+                    && report.files_expired.is_empty())
+                {
+                    tracing::info!(?report, "reaper pass");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "reaper pass failed"),
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
+
+/// A fresh random secret: two v4 UUIDs, 244 random bits from the OS.
+fn random_secret() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+/// Writes `content` to a new file readable by its owner only; refuses to overwrite.
+fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("create {}", path.display()))?;
+    file.write_all(content.as_bytes())
+        .with_context(|| format!("write {}", path.display()))
+}
+
+/// The link-signing secret kept in `path`, created on first use.
+fn stored_secret(path: &Path) -> anyhow::Result<String> {
+    if !path.exists() {
+        write_private(path, &random_secret())?;
+    }
+    let secret =
+        std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    Ok(secret.trim().to_owned())
+}
+
+/// With no tokens configured: the tokens in `<data_dir>/tokens.toml`, created on first use
+/// with one service and one admin token for tenant `default`.
+fn development_tokens(data_dir: &Path) -> anyhow::Result<Vec<TokenConfig>> {
+    let path = data_dir.join(TOKENS_FILE);
+    if !path.exists() {
+        let tokens = TokensFile {
+            tokens: vec![
+                TokenConfig {
+                    token: Some(format!("svc_{}", random_secret())),
+                    token_sha256: None,
+                    tenant: "default".to_owned(),
+                    role: Role::Service,
+                },
+                TokenConfig {
+                    token: Some(format!("adm_{}", random_secret())),
+                    token_sha256: None,
+                    tenant: "default".to_owned(),
+                    role: Role::Admin,
+                },
+            ],
+        };
+        let text = toml::to_string(&tokens).context("write the development tokens")?;
+        write_private(&path, &text)?;
+        eprintln!(
+            "codebox: no tokens configured; created {} with a service and an admin token for tenant \"default\"",
+            path.display()
+        );
+    }
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    let file: TokensFile =
+        toml::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
+    Ok(file.tokens)
+}

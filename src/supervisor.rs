@@ -47,7 +47,8 @@ pub struct UploadMeta {
     pub name: String,
     /// The chat it belongs to, if any.
     pub chat_id: Option<String>,
-    /// The message it belongs to, if any (needs `chat_id`).
+    /// The message it belongs to, if any. With `chat_id` it binds the message like a run
+    /// does; without, it must name an existing message of the uploader.
     pub message_id: Option<String>,
 }
 
@@ -64,9 +65,6 @@ impl UploadMeta {
         }
         if let Some(message_id) = &self.message_id {
             ids::check_external("message_id", message_id)?;
-            if self.chat_id.is_none() {
-                return Err(Error::invalid("chat_id", "required with message_id"));
-            }
         }
         Ok(())
     }
@@ -393,7 +391,7 @@ impl Supervisor {
     }
 
     /// Stores an uploaded file for `owner`, streamed from `body`, optionally tied to a chat
-    /// and message (a message needs its chat, and binds to them as a run would).
+    /// and message (see [`UploadMeta`]).
     pub async fn upload(
         &self,
         owner: &Owner,
@@ -458,9 +456,17 @@ impl Supervisor {
         upload: UploadMeta,
         stored: StoredUpload,
     ) -> Result<FileRecord> {
+        let mut upload = upload;
         upload.check()?;
-        if let (Some(chat_id), Some(message_id)) = (&upload.chat_id, &upload.message_id) {
-            self.claim(owner, chat_id, message_id).await?;
+        match (&upload.chat_id, &upload.message_id) {
+            (Some(chat_id), Some(message_id)) => {
+                self.claim(owner, chat_id, message_id).await?;
+            }
+            // A message named without its chat must already be the caller's.
+            (None, Some(message_id)) => {
+                upload.chat_id = Some(self.message(owner, message_id).await?.chat_id);
+            }
+            _ => {}
         }
         let safe_name = workspace::sanitize_name(&upload.name);
         let record = FileRecord {

@@ -144,22 +144,42 @@ impl Run {
 #[serde(deny_unknown_fields)]
 pub struct RunCreate {
     /// The chat (1-128 characters of `[A-Za-z0-9._:-]`).
+    #[schema(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
     pub chat_id: String,
     /// The message (1-128 characters of `[A-Za-z0-9._:-]`); its workspace is reused by its
     /// later runs.
+    #[schema(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
     pub message_id: String,
     /// The program.
     pub code: String,
     /// The language; only `python`.
     #[serde(default = "python")]
+    #[schema(pattern = "^python$")]
     pub language: String,
     /// Files to attach (uploads of the same user).
     #[serde(default)]
     pub file_ids: Vec<String>,
     /// Wall-clock limit in seconds (capped by the configuration).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_seconds")]
     #[schema(minimum = 1)]
     pub timeout_secs: Option<u64>,
+}
+
+/// Reads a whole number of seconds, also when written as a JSON float such as `30.0` (JSON
+/// does not tell the two apart).
+fn whole_seconds<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u64>, D::Error> {
+    use serde::de::Error;
+    let Some(value) = Option::<f64>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    if value.fract() != 0.0 || value < 0.0 || value > u64::MAX as f64 {
+        return Err(D::Error::custom(
+            "timeout_secs must be a whole number of seconds",
+        ));
+    }
+    Ok(Some(value as u64))
 }
 
 fn python() -> String {

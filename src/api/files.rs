@@ -25,16 +25,22 @@ use crate::catalog::{FileRecord, Owner};
 use crate::supervisor::{StoredUpload, UploadMeta};
 
 /// The multipart form of an upload (for the OpenAPI document).
-#[derive(ToSchema)]
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)] // Only its schema is used; the form is read field by field.
 struct UploadForm {
     /// The file.
     #[schema(value_type = String, format = Binary)]
     file: Vec<u8>,
     /// The chat it belongs to.
-    chat_id: Option<String>,
-    /// The message it belongs to (needs `chat_id`).
-    message_id: Option<String>,
+    #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
+    chat_id: String,
+    /// The message it belongs to: with `chat_id` the upload binds it like a run; without,
+    /// it must be an existing message of the user.
+    #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
+    message_id: String,
 }
 
 /// Upload a file.
@@ -43,7 +49,7 @@ struct UploadForm {
     path = "/v1/files",
     tag = "files",
     security(("bearer" = [])),
-    params(("X-User-Id" = String, Header, description = "The end user")),
+    params(("X-User-Id" = String, Header, description = "The end user", pattern = "^[!-~]{1,256}$")),
     request_body(content = UploadForm, content_type = "multipart/form-data"),
     responses(
         (status = 201, description = "Stored", body = File),
@@ -116,7 +122,7 @@ async fn text(field: axum::extract::multipart::Field<'_>) -> ApiResult<String> {
     security(("bearer" = [])),
     params(
         ("file_id" = String, Path, description = "The file"),
-        ("X-User-Id" = String, Header, description = "The end user"),
+        ("X-User-Id" = String, Header, description = "The end user", pattern = "^[!-~]{1,256}$"),
     ),
     responses(
         (status = 200, body = File),
@@ -141,7 +147,7 @@ pub async fn get_file(
     security(("bearer" = [])),
     params(
         ("file_id" = String, Path, description = "The file"),
-        ("X-User-Id" = String, Header, description = "The end user"),
+        ("X-User-Id" = String, Header, description = "The end user", pattern = "^[!-~]{1,256}$"),
     ),
     responses(
         (status = 204, description = "Deleted"),
@@ -175,14 +181,14 @@ pub struct LinkQuery {
     security((), ("bearer" = [])),
     params(
         ("file_id" = String, Path, description = "The file"),
-        ("X-User-Id" = Option<String>, Header, description = "The end user (with a token)"),
+        ("X-User-Id" = Option<String>, Header, description = "The end user (with a token)", pattern = "^[!-~]{1,256}$"),
         ("Range" = Option<String>, Header, description = "One byte range"),
         ("If-None-Match" = Option<String>, Header, description = "A known ETag"),
         LinkQuery,
     ),
     responses(
-        (status = 200, description = "The bytes", content_type = "application/octet-stream", body = Vec<u8>),
-        (status = 206, description = "The requested range", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 200, description = "The bytes, with the file's own Content-Type", content_type = "*/*", body = Vec<u8>),
+        (status = 206, description = "The requested range", content_type = "*/*", body = Vec<u8>),
         (status = 304, description = "Not modified"),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 416, description = "Range not satisfiable"),

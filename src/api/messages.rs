@@ -36,8 +36,8 @@ fn check_id(field: &'static str, value: &str) -> ApiResult<()> {
     tag = "listings",
     security(("bearer" = [])),
     params(
-        ("message_id" = String, Path, description = "The message"),
-        ("X-User-Id" = String, Header, description = "The end user"),
+        ("message_id" = String, Path, description = "The message", pattern = "^[A-Za-z0-9._:-]{1,128}$"),
+        ("X-User-Id" = String, Header, description = "The end user", pattern = "^[!-~]{1,256}$"),
         ListQuery,
     ),
     responses(
@@ -79,8 +79,8 @@ pub async fn message_files(
     tag = "listings",
     security(("bearer" = [])),
     params(
-        ("chat_id" = String, Path, description = "The chat"),
-        ("X-User-Id" = String, Header, description = "The end user"),
+        ("chat_id" = String, Path, description = "The chat", pattern = "^[A-Za-z0-9._:-]{1,128}$"),
+        ("X-User-Id" = String, Header, description = "The end user", pattern = "^[!-~]{1,256}$"),
     ),
     responses(
         (status = 200, body = ChatFiles),
@@ -118,8 +118,8 @@ pub async fn chat_files(
     tag = "listings",
     security(("bearer" = [])),
     params(
-        ("message_id" = String, Path, description = "The message"),
-        ("X-User-Id" = String, Header, description = "The end user"),
+        ("message_id" = String, Path, description = "The message", pattern = "^[A-Za-z0-9._:-]{1,128}$"),
+        ("X-User-Id" = String, Header, description = "The end user", pattern = "^[!-~]{1,256}$"),
     ),
     request_body = RenderText,
     responses(
@@ -153,8 +153,8 @@ pub async fn render(
     tag = "listings",
     security(("bearer" = [])),
     params(
-        ("message_id" = String, Path, description = "The message"),
-        ("X-User-Id" = String, Header, description = "The end user"),
+        ("message_id" = String, Path, description = "The message", pattern = "^[A-Za-z0-9._:-]{1,128}$"),
+        ("X-User-Id" = String, Header, description = "The end user", pattern = "^[!-~]{1,256}$"),
     ),
     responses(
         (status = 204, description = "Removed"),

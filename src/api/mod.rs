@@ -178,14 +178,65 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(max_body))
         .split_for_parts();
     service::add_openapi_route(&mut openapi);
+    document_configured_limits(&mut openapi, &state);
     let document: Arc<str> = openapi.to_json().unwrap_or_default().into();
     api.route(
         "/openapi.json",
         axum::routing::get(move || service::openapi(document.clone())),
     )
     .fallback(service::not_found)
+    .layer(middleware::from_fn(rejections_as_api_errors))
     .layer(middleware::from_fn(count_requests))
     .with_state(state)
+}
+
+/// Writes the limits that come from the configuration into the OpenAPI document, so that it
+/// describes this server: the longest `timeout_secs` a run may ask for.
+fn document_configured_limits(openapi: &mut utoipa::openapi::OpenApi, state: &AppState) {
+    use utoipa::openapi::{RefOr, schema::Schema};
+    let max_timeout = state.supervisor.config().limits.max_timeout.as_secs();
+    let Some(components) = openapi.components.as_mut() else {
+        return;
+    };
+    if let Some(RefOr::T(Schema::Object(run_create))) = components.schemas.get_mut("RunCreate")
+        && let Some(RefOr::T(Schema::Object(timeout))) =
+            run_create.properties.get_mut("timeout_secs")
+    {
+        timeout.maximum = Some(max_timeout.into());
+    }
+}
+
+/// Gives axum's own rejections (a malformed path, query or form: plain-text 400, 413 or 415)
+/// the API's JSON error shape and status, so that every error a client sees is documented.
+async fn rejections_as_api_errors(request: Request, next: Next) -> Response {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    let response = next.run(request).await;
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/json"));
+    let status = response.status();
+    if is_json
+        || !matches!(
+            status,
+            StatusCode::BAD_REQUEST
+                | StatusCode::PAYLOAD_TOO_LARGE
+                | StatusCode::UNSUPPORTED_MEDIA_TYPE
+        )
+    {
+        return response;
+    }
+    // Rejection bodies are short sentences; anything longer is cut.
+    let body = axum::body::to_bytes(response.into_body(), 4096)
+        .await
+        .unwrap_or_default();
+    let message = String::from_utf8_lossy(&body).into_owned();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        error::ApiError::too_large(message).into_response()
+    } else {
+        error::ApiError::invalid(message).into_response()
+    }
 }
 
 /// Counts requests by route and status for `/metrics`.

@@ -30,7 +30,7 @@ use crate::supervisor::{RunEvent, RunReport, RunRequest};
     path = "/v1/runs",
     tag = "runs",
     security(("bearer" = [])),
-    params(("X-User-Id" = String, Header, description = "The end user")),
+    params(("X-User-Id" = String, Header, description = "The end user", pattern = "^[!-~]{1,256}$")),
     request_body = RunCreate,
     responses(
         (status = 200, description = "The run finished (a non-zero exit is still 200). With \
@@ -159,7 +159,7 @@ fn record_metrics(report: &RunReport) {
     security(("bearer" = [])),
     params(
         ("run_id" = String, Path, description = "The run"),
-        ("X-User-Id" = String, Header, description = "The end user"),
+        ("X-User-Id" = String, Header, description = "The end user", pattern = "^[!-~]{1,256}$"),
     ),
     responses(
         (status = 200, body = Run),

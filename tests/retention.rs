@@ -1,0 +1,158 @@
+//! The reaper on the real engine: idle containers and workspaces go, files expire and are
+//! purged after their grace period, the disk quota evicts the least recently used workspace,
+//! a dry run changes nothing, and a workspace in use is never touched.
+
+mod common;
+
+use std::time::Duration;
+
+use codebox::retention::reap;
+use common::TestEnv;
+
+async fn container_exists(workspace_id: &str) -> bool {
+    tokio::process::Command::new("docker")
+        .args(["inspect", &format!("codebox-{workspace_id}")])
+        .output()
+        .await
+        .map(|output| output.status.success())
+        .unwrap_or(false)
+}
+
+async fn workspace_id(env: &TestEnv, message_id: &str) -> String {
+    env.supervisor
+        .catalog()
+        .messages()
+        .get(&env.owner.tenant, message_id)
+        .await
+        .expect("catalog")
+        .expect("message")
+        .workspace_id
+}
+
+#[tokio::test]
+async fn idle_containers_and_workspaces_go_files_stay() {
+    let env = TestEnv::with_config(|config| {
+        config.retention.container_idle = Duration::ZERO;
+        config.retention.workspace_idle = Duration::ZERO;
+    })
+    .await;
+    let input = env.upload("in.csv", b"a\n1\n").await;
+    let report = env
+        .run(
+            "m-idle",
+            "open('/mnt/data/out.csv', 'w').write('x')",
+            &[&input],
+        )
+        .await;
+    let output = report.files[0].clone();
+    let workspace = workspace_id(&env, "m-idle").await;
+    let data = env.data_dir_of("m-idle").await;
+    assert!(container_exists(&workspace).await);
+
+    let dry = reap(&env.supervisor, true).await.expect("dry run");
+    assert!(dry.dry_run);
+    assert_eq!(dry.containers, vec![workspace.clone()]);
+    assert_eq!(dry.workspaces, vec![workspace.clone()]);
+    assert!(dry.bytes_freed > 0);
+    assert!(
+        container_exists(&workspace).await,
+        "a dry run removes nothing"
+    );
+    assert!(data.exists());
+
+    let done = reap(&env.supervisor, false).await.expect("reap");
+    assert_eq!(done.containers, dry.containers);
+    assert_eq!(done.workspaces, dry.workspaces);
+    assert!(!container_exists(&workspace).await);
+    assert!(!data.exists());
+    // Registered files outlive their workspace.
+    assert_eq!(env.bytes_of(&output).await, b"x");
+
+    // The message still works: a new workspace, and its attachment placed again.
+    let again = env
+        .run(
+            "m-idle",
+            "import os\nprint(sorted(os.listdir('/mnt/data')))",
+            &[&input],
+        )
+        .await;
+    assert_eq!(again.run.stdout, "['in.csv']\n", "{}", again.run.stderr);
+}
+
+#[tokio::test]
+async fn files_expire_then_their_bytes_are_purged() {
+    let env = TestEnv::with_config(|config| {
+        config.retention.file_ttl = Some(Duration::ZERO);
+        config.retention.deleted_file_grace = Duration::from_secs(3600);
+    })
+    .await;
+    let file = env.upload("old.csv", b"old").await;
+    let blob = env
+        .supervisor
+        .blobs()
+        .local_path(&file.blob_key)
+        .expect("local");
+
+    let first = reap(&env.supervisor, false).await.expect("reap");
+    assert_eq!(first.files_expired, vec![file.id.clone()]);
+    assert!(
+        first.files_purged.is_empty(),
+        "the grace period has not passed"
+    );
+    assert!(env.supervisor.file(&env.owner, &file.id).await.is_err());
+    assert!(blob.exists(), "bytes are kept during the grace period");
+
+    // A supervisor with no grace purges at once.
+    let mut config = env.config.clone();
+    config.retention.file_ttl = None;
+    config.retention.deleted_file_grace = Duration::ZERO;
+    let impatient = codebox::Supervisor::open(config).await.expect("open");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let second = reap(&impatient, false).await.expect("reap");
+    assert_eq!(second.files_purged, vec![file.id.clone()]);
+    assert_eq!(second.bytes_freed, 3);
+    assert!(!blob.exists());
+    assert!(
+        reap(&impatient, false)
+            .await
+            .expect("reap")
+            .files_purged
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn quota_evicts_least_recently_used_and_skips_busy_workspaces() {
+    let env = TestEnv::with_config(|config| {
+        config.retention.max_workspace_bytes = Some(bytesize::ByteSize::kib(150));
+    })
+    .await;
+    let write = "open('/mnt/data/blob.bin', 'wb').write(b'0' * 100 * 1024)";
+    env.run("m-old", write, &[]).await;
+    env.run("m-new", write, &[]).await;
+    let old = workspace_id(&env, "m-old").await;
+    let new = workspace_id(&env, "m-new").await;
+
+    // Without contention the least recently used workspace goes, and that is enough.
+    let report = reap(&env.supervisor, false).await.expect("reap");
+    assert_eq!(report.workspaces, vec![old.clone()], "{report:?}");
+    assert!(!env.supervisor.workspaces().get(&old).expect("ws").exists());
+    assert!(env.supervisor.workspaces().get(&new).expect("ws").exists());
+
+    // A workspace a run holds is never touched, even over the quota.
+    env.run("m-old", write, &[]).await;
+    env.run("m-third", write, &[]).await;
+    let third = workspace_id(&env, "m-third").await;
+    let held = env.supervisor.workspaces().get(&new).expect("workspace");
+    let lock = held.lock().expect("lock");
+    let report = reap(&env.supervisor, false).await.expect("reap");
+    drop(lock);
+    assert!(!report.workspaces.contains(&new), "{report:?}");
+    assert!(held.exists());
+    // The next least recently used idle ones went instead, until the rest fit.
+    assert_eq!(
+        report.workspaces,
+        vec![old.clone(), third.clone()],
+        "{report:?}"
+    );
+}

@@ -321,13 +321,13 @@ async fn serve_file(
         header::CONTENT_DISPOSITION,
         &download::content_disposition(&file.name),
     );
-    let stored = state
+    let stream = state
         .supervisor
         .blobs()
-        .get(&file.blob_key, span)
+        .read_stream(&file.blob_key, span)
         .await
         .map_err(crate::Error::from)?;
     metrics::counter!("codebox_downloaded_bytes_total").increment(length);
-    let body = Body::from_stream(stored.into_stream());
+    let body = Body::from_stream(stream);
     Ok((status, response_headers, body).into_response())
 }

@@ -56,18 +56,34 @@ pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
 }
 
 /// Serves until Ctrl-C or SIGTERM, with the reaper running in the background.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let listen = config.server.listen;
-    let state = prepare(config).await?;
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("listen on {listen}"))?;
     let address = listener.local_addr().context("read the bound address")?;
+    if config.server.public_url.is_none() {
+        config.server.public_url = Some(default_public_url(address));
+    }
+    let state = prepare(config).await?;
     eprintln!("codebox: listening on http://{address}");
     let reaper = tokio::spawn(reap_forever(state.supervisor.clone()));
     api::serve(listener, state, shutdown_signal()).await?;
     reaper.abort();
     Ok(())
+}
+
+/// The base of signed links when `server.public_url` is unset: the address actually bound
+/// (so `--listen 127.0.0.1:0` gets its real port). A wildcard address is no place a browser
+/// can go, so it becomes loopback, with a hint to configure the real name.
+fn default_public_url(bound: std::net::SocketAddr) -> String {
+    if bound.ip().is_unspecified() {
+        tracing::warn!(
+            "listening on {bound}: signed links will name 127.0.0.1; set server.public_url to the name clients use"
+        );
+        return format!("http://127.0.0.1:{}", bound.port());
+    }
+    format!("http://{bound}")
 }
 
 /// One reaper pass every `reap_interval`, logging what it removed.

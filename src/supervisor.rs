@@ -95,6 +95,16 @@ pub struct RunRequest {
     pub timeout: Option<Duration>,
 }
 
+/// A run that passed its checks and bound its message; see [`Supervisor::accept`].
+#[derive(Debug)]
+pub struct AcceptedRun {
+    owner: Owner,
+    request: RunRequest,
+    timeout: Duration,
+    attachments: Vec<FileRecord>,
+    message: MessageRecord,
+}
+
 /// What a run produced: its record and the files it registered, oldest first.
 #[derive(Debug, Clone)]
 pub struct RunReport {
@@ -522,11 +532,42 @@ impl Supervisor {
         request: RunRequest,
         events: Option<mpsc::Sender<RunEvent>>,
     ) -> Result<RunReport> {
+        let accepted = self.accept(owner, request).await?;
+        self.carry_out(accepted, events).await
+    }
+
+    /// The first half of [`Supervisor::run`], for callers that must answer a refusal before
+    /// they start streaming: checks the request, looks up the attachments and binds the
+    /// message. Nothing is executed yet.
+    pub async fn accept(&self, owner: &Owner, request: RunRequest) -> Result<AcceptedRun> {
         let timeout = self.check(&request)?;
         let attachments = self.attachments_of(owner, &request.file_ids).await?;
         let message = self
             .claim(owner, &request.chat_id, &request.message_id)
             .await?;
+        Ok(AcceptedRun {
+            owner: owner.clone(),
+            request,
+            timeout,
+            attachments,
+            message,
+        })
+    }
+
+    /// The second half of [`Supervisor::run`]: everything from the workspace on.
+    pub async fn carry_out(
+        &self,
+        accepted: AcceptedRun,
+        events: Option<mpsc::Sender<RunEvent>>,
+    ) -> Result<RunReport> {
+        let AcceptedRun {
+            owner,
+            request,
+            timeout,
+            attachments,
+            message,
+        } = accepted;
+        let owner = &owner;
         let _lock = lock(&self.workspaces.get(&message.workspace_id)?).await?;
         // Prepared under the lock: the reaper may have removed the folder while we waited.
         let workspace = self.workspaces.prepare(&message.workspace_id)?;

@@ -3,7 +3,7 @@
 //! `codebox::api::serve`), the real Docker engine, a real SQLite file and the local blob
 //! folder, and `reqwest` as the client. Nothing is mocked.
 //!
-//! Every test starts its own [`TestServer`] on its own data folder, so tests run in parallel;
+//! Every test starts its own `TestServer` on its own data folder, so tests run in parallel;
 //! dropping the server removes the containers it created, also when a test panicked. No test
 //! asserts how long anything took.
 
@@ -12,7 +12,6 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 
 use codebox::catalog::Owner;
 use common::{
@@ -120,7 +119,7 @@ async fn bytes_of(response: reqwest::Response, status: u16) -> Vec<u8> {
 }
 
 /// A header of a response as text; it must be there and be visible ASCII.
-fn header_of<'a>(response: &'a reqwest::Response, name: header::HeaderName) -> &'a str {
+fn header_of(response: &reqwest::Response, name: header::HeaderName) -> &str {
     response
         .headers()
         .get(&name)
@@ -230,6 +229,32 @@ fn proc_status_bytes(field: &str) -> u64 {
         .and_then(|value| value.parse().ok())
         .unwrap_or_else(|| panic!("bad line {line:?}"));
     kib * 1024
+}
+
+/// Held by each test that measures this process's memory (the server runs in it), so that two
+/// such tests never overlap: each resets and reads the process-wide peak.
+static MEMORY_MEASURE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Forgets the peak resident size so far (Linux 4.0+) and returns the resident size now. If
+/// the reset is refused, the earlier peak stays in later readings, which only makes a check on
+/// them stricter.
+fn reset_memory_peak() -> u64 {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    proc_status_bytes("VmRSS")
+}
+
+/// Checks that the peak resident size since [`reset_memory_peak`] stayed within `limit` bytes
+/// of `before`.
+fn assert_memory_flat(before: u64, limit: u64) {
+    let peak = proc_status_bytes("VmHWM");
+    let growth = peak.saturating_sub(before);
+    assert!(
+        growth < limit,
+        "memory grew by {} MiB (from {} MiB to a peak of {} MiB)",
+        growth >> 20,
+        before >> 20,
+        peak >> 20
+    );
 }
 
 /// One server-sent event: its name and its JSON data.
@@ -513,6 +538,18 @@ async fn runs_listings_render_and_workspace_deletion() {
     let other_workspace = server.workspace_id("tenant-a", "msg-2").await;
     assert!(container_exists(&other_workspace));
     assert!(server.workspace_dir(&other_workspace).exists());
+    // A later run of the message starts from an empty workspace, in a new sandbox.
+    let fresh = server
+        .run_ok(
+            ALICE,
+            "chat-1",
+            "msg-1",
+            "import os; print(sorted(os.listdir('/mnt/data')))",
+            &[],
+        )
+        .await;
+    assert_eq!(fresh["stdout"], "[]\n", "{fresh:#}");
+    assert!(container_exists(&workspace_id));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -946,6 +983,15 @@ async fn every_user_route_hides_other_owners_and_checks_credentials() {
             "{context} without X-User-Id"
         );
         assert_error(response, 422, "invalid").await;
+        let response = call
+            .send(&server, Some(TENANT_A_TOKEN), Some("al ice"))
+            .await;
+        assert_eq!(
+            response.status().as_u16(),
+            422,
+            "{context} with a bad X-User-Id"
+        );
+        assert_error(response, 422, "invalid").await;
         let response = call.send(&server, Some(ADMIN_TOKEN), Some("alice")).await;
         assert_eq!(
             response.status().as_u16(),
@@ -1183,6 +1229,21 @@ async fn signed_links_work_without_a_token_and_only_unaltered_and_in_time() {
         ),
         ("no signature", with_query(&link, &[("expires", &expires)])),
         ("no expiry", with_query(&link, &[("signature", &signature)])),
+        // An expiry altered into something that is not a Unix time is still an altered link.
+        (
+            "expiry not a number",
+            with_query(&link, &[("expires", "soon"), ("signature", &signature)]),
+        ),
+        (
+            "expiry out of range",
+            with_query(
+                &link,
+                &[
+                    ("expires", "99999999999999999999999"),
+                    ("signature", &signature),
+                ],
+            ),
+        ),
         (
             "signature not hex",
             with_query(&link, &[("expires", &expires), ("signature", "zz")]),
@@ -1480,6 +1541,16 @@ const LARGE_BYTES: u64 = 1 << 30;
 /// Size of each generated piece of it.
 const PIECE_BYTES: usize = 1 << 20;
 
+/// The sha256 of the large upload, worked out once outside the test so that the test spends
+/// no second pass of sha256 over a GiB in a debug build (about half a minute) on it:
+///
+/// ```text
+/// python3 -c "import hashlib, struct; h = hashlib.sha256()
+/// for i in range(1024): b = bytearray([i % 251]) * (1 << 20); b[:8] = struct.pack('>Q', i); h.update(b)
+/// print(h.hexdigest())"
+/// ```
+const LARGE_SHA256: &str = "8caeae7158dba8490a7a6263ca66dc94d776824bd1129893531323d5f0717f9b";
+
 /// Piece `index` of the large upload: not all alike, so that a misplaced piece changes the
 /// hash.
 fn piece(index: u64) -> Vec<u8> {
@@ -1494,19 +1565,12 @@ async fn a_gibibyte_goes_up_and_down_in_flat_memory() {
         config.limits.max_upload_bytes = bytesize::ByteSize::gib(2);
     })
     .await;
-    // Forget the peak of whatever ran before (Linux 4.0+); if refused, the peak so far stays
-    // in the measure, which only makes the check stricter.
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-    let rss_before = proc_status_bytes("VmRSS");
+    let _measuring = MEMORY_MEASURE.lock().await;
+    let rss_before = reset_memory_peak();
 
-    // The upload is generated piece by piece while it is sent, and hashed on the way.
-    let sent = Arc::new(Mutex::new(Sha256::new()));
-    let hasher = sent.clone();
-    let pieces = futures::stream::iter(0..LARGE_BYTES / PIECE_BYTES as u64).map(move |index| {
-        let bytes = piece(index);
-        hasher.lock().expect("hasher").update(&bytes);
-        Ok::<_, std::io::Error>(bytes::Bytes::from(bytes))
-    });
+    // The upload is generated piece by piece while it is sent.
+    let pieces = futures::stream::iter(0..LARGE_BYTES / PIECE_BYTES as u64)
+        .map(|index| Ok::<_, std::io::Error>(bytes::Bytes::from(piece(index))));
     let part = reqwest::multipart::Part::stream_with_length(
         reqwest::Body::wrap_stream(pieces),
         LARGE_BYTES,
@@ -1520,9 +1584,8 @@ async fn a_gibibyte_goes_up_and_down_in_flat_memory() {
         .await
         .expect("upload");
     let file = json_of(response, 201).await;
-    let expected = hex::encode(sent.lock().expect("hasher").clone().finalize());
     assert_eq!(file["size"], LARGE_BYTES);
-    assert_eq!(file["sha256"], expected.as_str());
+    assert_eq!(file["sha256"], LARGE_SHA256);
 
     let response = server
         .get(
@@ -1537,26 +1600,80 @@ async fn a_gibibyte_goes_up_and_down_in_flat_memory() {
         header_of(&response, header::CONTENT_LENGTH),
         LARGE_BYTES.to_string()
     );
-    let mut received = Sha256::new();
+    assert_eq!(
+        header_of(&response, header::ETAG),
+        format!("\"{LARGE_SHA256}\"")
+    );
+    // The download is compared byte for byte with the generator, whose bytes hash to
+    // `LARGE_SHA256`: the same check as hashing the download, at the cost of a memcmp.
     let mut count = 0u64;
+    let mut current: Option<(u64, Vec<u8>)> = None;
     let mut body = response.bytes_stream();
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.expect("a chunk");
-        count += chunk.len() as u64;
-        received.update(&chunk);
+        let mut chunk = &chunk.expect("a chunk")[..];
+        while !chunk.is_empty() {
+            let index = count / PIECE_BYTES as u64;
+            if current.as_ref().is_none_or(|(at, _)| *at != index) {
+                current = Some((index, piece(index)));
+            }
+            let (_, generated) = current.as_ref().expect("the current piece");
+            let offset = (count % PIECE_BYTES as u64) as usize;
+            let take = chunk.len().min(PIECE_BYTES - offset);
+            assert!(
+                chunk[..take] == generated[offset..offset + take],
+                "the download differs within bytes {count}..{}",
+                count + take as u64
+            );
+            chunk = &chunk[take..];
+            count += take as u64;
+        }
+        assert!(count <= LARGE_BYTES, "more bytes than uploaded");
     }
     assert_eq!(count, LARGE_BYTES);
-    assert_eq!(hex::encode(received.finalize()), expected);
 
-    let peak = proc_status_bytes("VmHWM");
-    let growth = peak.saturating_sub(rss_before);
-    assert!(
-        growth < 200 * 1024 * 1024,
-        "memory grew by {} MiB (from {} MiB to a peak of {} MiB)",
-        growth >> 20,
-        rss_before >> 20,
-        peak >> 20
+    assert_memory_flat(rss_before, 200 << 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_form_fields_are_refused_in_flat_memory() {
+    // The upload route has no body limit (its file is streamed and capped on its own), so its
+    // text fields must be capped too: ids are at most 128 characters, and a form that sends a
+    // chat id of hundreds of MiB must be refused without holding it in memory.
+    let server = TestServer::new().await;
+    let _measuring = MEMORY_MEASURE.lock().await;
+    let rss_before = reset_memory_peak();
+    let field_bytes: u64 = 256 << 20;
+    let pieces = futures::stream::iter(0..field_bytes / PIECE_BYTES as u64)
+        .map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'c'; PIECE_BYTES])));
+    let chat_id = reqwest::multipart::Part::stream_with_length(
+        reqwest::Body::wrap_stream(pieces),
+        field_bytes,
     );
+    let form = reqwest::multipart::Form::new()
+        .part("chat_id", chat_id)
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(CSV.to_vec()).file_name("sales.csv"),
+        );
+    let sent = server
+        .request(ALICE, Method::POST, "/v1/files")
+        .multipart(form)
+        .send()
+        .await;
+    match sent {
+        Ok(response) if response.status().as_u16() == 413 => {
+            assert_error(response, 413, "too_large").await;
+        }
+        Ok(response) => {
+            assert_error(response, 422, "invalid").await;
+        }
+        // The server may answer and close the connection before the client has sent the
+        // whole field; the client then sees the refusal as a broken connection.
+        Err(error) => assert!(!error.is_timeout(), "{error}"),
+    };
+    assert_memory_flat(rss_before, 200 << 20);
+    let stored = files_below(&server.data_dir().join("blobs"));
+    assert!(stored.is_empty(), "{stored:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1662,6 +1779,74 @@ print('last line', flush=True)
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_run_that_cannot_start_answers_with_its_status() {
+    // Streaming changes how a run's progress is delivered, not the contract of the request:
+    // what is refused before anything runs gets the same status and error body as without
+    // `Accept: text/event-stream`.
+    let server = TestServer::new().await;
+    let csv = server
+        .upload_ok(ALICE, "sales.csv", CSV, Some(("chat-1", "msg-1")))
+        .await;
+    let csv_id = text_of(&csv["id"]);
+    let refused = [
+        (
+            "unknown language",
+            ALICE,
+            json!({ "chat_id": "chat-1", "message_id": "msg-2", "code": "1", "language": "ruby" }),
+            422,
+            "invalid",
+        ),
+        (
+            "timeout above the maximum",
+            ALICE,
+            json!({ "chat_id": "chat-1", "message_id": "msg-2", "code": "1", "timeout_secs": 100000 }),
+            422,
+            "invalid",
+        ),
+        (
+            "code over its limit",
+            ALICE,
+            json!({ "chat_id": "chat-1", "message_id": "msg-2", "code": "#".repeat(600 * 1024) }),
+            413,
+            "too_large",
+        ),
+        (
+            "someone else's message",
+            BOB,
+            json!({ "chat_id": "chat-1", "message_id": "msg-1", "code": "print(1)" }),
+            404,
+            "not_found",
+        ),
+        (
+            "someone else's file",
+            BOB,
+            json!({ "chat_id": "chat-9", "message_id": "msg-9", "code": "1", "file_ids": [csv_id] }),
+            404,
+            "not_found",
+        ),
+    ];
+    for (case, caller, body, status, code) in refused {
+        let response = server
+            .request(caller, Method::POST, "/v1/runs")
+            .header(header::ACCEPT, "text/event-stream")
+            .json(&body)
+            .send()
+            .await
+            .expect("run");
+        assert_eq!(response.status().as_u16(), status, "{case}");
+        assert_error(response, status, code).await;
+    }
+    // The same requests without streaming, for comparison.
+    let response = server
+        .run(
+            BOB,
+            &json!({ "chat_id": "chat-1", "message_id": "msg-1", "code": "print(1)" }),
+        )
+        .await;
+    assert_error(response, 404, "not_found").await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // 8. Message binding.
 // ---------------------------------------------------------------------------------------------
@@ -1697,10 +1882,32 @@ async fn a_message_stays_bound_to_its_user_and_chat() {
         .upload(ALICE, "alice.csv", CSV, Some(("chat-2", "msg-1")))
         .await;
     assert_error(response, 404, "not_found").await;
+    // A message named without its chat must be the uploader's own.
+    let message_only = |caller: Caller| {
+        let form = reqwest::multipart::Form::new()
+            .part(
+                "file",
+                reqwest::multipart::Part::bytes(CSV.to_vec()).file_name("only.csv"),
+            )
+            .text("message_id", "msg-1");
+        server
+            .request(caller, Method::POST, "/v1/files")
+            .multipart(form)
+            .send()
+    };
+    let response = message_only(BOB).await.expect("upload");
+    assert_error(response, 404, "not_found").await;
     assert_eq!(
         files_below(&blobs).len(),
         blobs_before,
         "refused uploads leave no bytes behind"
+    );
+    let response = message_only(ALICE).await.expect("upload");
+    let joined = json_of(response, 201).await;
+    assert_eq!(joined["message_id"], "msg-1");
+    assert_eq!(
+        joined["chat_id"], "chat-1",
+        "the chat comes from the message"
     );
     let response = server
         .get(BOB, "/v1/messages/msg-1/files")
@@ -1910,28 +2117,58 @@ async fn limits_and_malformed_requests_are_refused() {
         .await
         .expect("list");
     assert_error(response, 422, "invalid").await;
-    // An upload needs its file, and a message needs its chat.
-    let form = reqwest::multipart::Form::new().text("chat_id", "chat-1");
-    let response = server
-        .request(ALICE, Method::POST, "/v1/files")
-        .multipart(form)
-        .send()
+    // An upload needs its file; its ids are checked like a run's; a message named without
+    // its chat must already exist (it cannot be bound without one).
+    let upload_form = |fields: &[(&'static str, &'static str)]| {
+        let mut form = reqwest::multipart::Form::new();
+        for (name, value) in fields {
+            form = if *name == "file" {
+                form.part(
+                    "file",
+                    reqwest::multipart::Part::bytes(CSV.to_vec()).file_name(*value),
+                )
+            } else {
+                form.text(*name, *value)
+            };
+        }
+        server
+            .request(ALICE, Method::POST, "/v1/files")
+            .multipart(form)
+            .send()
+    };
+    for (case, fields) in [
+        ("no file", &[("chat_id", "chat-1")][..]),
+        ("two files", &[("file", "a.csv"), ("file", "b.csv")][..]),
+        (
+            "message id with a slash",
+            &[
+                ("file", "a.csv"),
+                ("chat_id", "chat-1"),
+                ("message_id", "a/b"),
+            ][..],
+        ),
+        (
+            "chat id with a space",
+            &[
+                ("file", "a.csv"),
+                ("chat_id", "a b"),
+                ("message_id", "msg-1"),
+            ][..],
+        ),
+        (
+            "unknown field",
+            &[("file", "a.csv"), ("colour", "blue")][..],
+        ),
+        ("blank name", &[("file", " ")][..]),
+    ] {
+        let response = upload_form(fields).await.expect("upload");
+        assert_eq!(response.status().as_u16(), 422, "{case}");
+        assert_error(response, 422, "invalid").await;
+    }
+    let response = upload_form(&[("file", "a.csv"), ("message_id", "msg-new")])
         .await
         .expect("upload");
-    assert_error(response, 422, "invalid").await;
-    let form = reqwest::multipart::Form::new()
-        .part(
-            "file",
-            reqwest::multipart::Part::bytes(CSV.to_vec()).file_name("a.csv"),
-        )
-        .text("message_id", "msg-1");
-    let response = server
-        .request(ALICE, Method::POST, "/v1/files")
-        .multipart(form)
-        .send()
-        .await
-        .expect("upload");
-    assert_error(response, 422, "invalid").await;
+    assert_error(response, 404, "not_found").await;
 
     // None of the refused requests bound a message or left bytes behind.
     let messages = server
@@ -1955,28 +2192,9 @@ async fn limits_and_malformed_requests_are_refused() {
     assert_eq!(stored, [text_of(&at_limit["id"])]);
 }
 
-// ---------------------------------------------------------------------------------------------
-// 11. Graceful shutdown.
-// ---------------------------------------------------------------------------------------------
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_lets_the_run_in_flight_finish() {
-    let server = TestServer::new().await;
-    let state = server.state.clone();
-    let client = server.client.clone();
-    let healthz = server.url("/healthz");
-    let request = server
-        .request(ALICE, Method::POST, "/v1/runs")
-        .json(&json!({
-            "chat_id": "chat-1",
-            "message_id": "msg-1",
-            "code": "open('/mnt/data/started', 'w').close()\nimport time\ntime.sleep(2)\nprint('finished')",
-        }))
-        .send();
-    let pending = tokio::spawn(request);
-
-    // The run is in flight once its code has written the marker into the workspace. Polling
-    // has a generous bound only so that a broken server fails the test instead of hanging it.
+/// Polls until the message `msg-1` of Alice has run the marker code (its workspace holds
+/// `started`). The bound only turns a broken server into a failure instead of a hang.
+async fn wait_for_marker(state: &codebox::api::AppState) {
     let mut polls = 0;
     loop {
         let message = state
@@ -1997,12 +2215,98 @@ async fn shutdown_lets_the_run_in_flight_finish() {
                 .exists()
         });
         if started {
-            break;
+            return;
         }
         polls += 1;
         assert!(polls < 2400, "the run never started");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// Code that marks that it started, sleeps 2 s, then writes a tracked file.
+const MARKED_SLEEP: &str = "open('/mnt/data/started', 'w').close()\n\
+    import time\n\
+    time.sleep(2)\n\
+    open('/mnt/data/late.csv', 'w').write('1\\n')\n\
+    print('finished')";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_client_went_away_still_ends_in_the_catalog() {
+    // A chat backend may give up on a long run (its own timeout) and close the connection.
+    // The run must not stay `running` in the catalog for good: it either finishes, as a
+    // streamed run does when its client leaves, or is stopped and recorded as such.
+    let server = TestServer::new().await;
+    let request = server
+        .request(ALICE, Method::POST, "/v1/runs")
+        .json(&json!({ "chat_id": "chat-1", "message_id": "msg-1", "code": MARKED_SLEEP }))
+        .send();
+    let pending = tokio::spawn(request);
+    wait_for_marker(&server.state).await;
+    // Dropping the request closes its connection before any answer came.
+    pending.abort();
+    let _ = pending.await;
+
+    let catalog = server.data_dir().join("catalog.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", catalog.display()))
+        .await
+        .expect("open the catalog");
+    let (run_id,): (String,) = sqlx::query_as("SELECT id FROM runs WHERE message_id = 'msg-1'")
+        .fetch_one(&pool)
+        .await
+        .expect("the run is recorded");
+    pool.close().await;
+    // The code needs about two more seconds; the bound is far above that.
+    let mut polls = 0;
+    let run = loop {
+        let response = server
+            .get(ALICE, &format!("/v1/runs/{run_id}"))
+            .send()
+            .await
+            .expect("get run");
+        let run = json_of(response, 200).await;
+        if run["status"] != "running" {
+            break run;
+        }
+        polls += 1;
+        assert!(
+            polls < 300,
+            "the run is still `running` long after its code ended: {run:#}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let status = text_of(&run["status"]);
+    assert!(
+        ["succeeded", "failed", "killed"].contains(&status),
+        "{run:#}"
+    );
+    if status == "succeeded" {
+        // A run that went on registered what its code wrote.
+        assert_eq!(run["files"][0]["name"], "late.csv", "{run:#}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 11. Graceful shutdown.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_the_run_in_flight_finish() {
+    let server = TestServer::new().await;
+    let state = server.state.clone();
+    let client = server.client.clone();
+    let healthz = server.url("/healthz");
+    let request = server
+        .request(ALICE, Method::POST, "/v1/runs")
+        .json(&json!({
+            "chat_id": "chat-1",
+            "message_id": "msg-1",
+            "code": MARKED_SLEEP,
+        }))
+        .send();
+    let pending = tokio::spawn(request);
+
+    // The run is in flight once its code has written the marker into the workspace.
+    wait_for_marker(&state).await;
 
     let (response, stopped) = tokio::join!(pending, server.shutdown());
     stopped.expect("the server stops cleanly");

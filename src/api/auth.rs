@@ -93,7 +93,11 @@ pub fn caller_of(headers: &HeaderMap, tokens: &Tokens) -> Result<Caller, ApiErro
     let token = value
         .to_str()
         .ok()
-        .and_then(|value| value.strip_prefix("Bearer "))
+        .and_then(|value| {
+            // The scheme name is case-insensitive (RFC 9110).
+            let (scheme, token) = value.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(token)
+        })
         .map(str::trim)
         .filter(|token| !token.is_empty())
         .ok_or_else(|| ApiError::unauthorized("the Authorization header is not Bearer <token>"))?;

@@ -36,6 +36,7 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     retry_after: Option<u64>,
+    close_connection: bool,
 }
 
 impl ApiError {
@@ -45,6 +46,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            close_connection: false,
         }
     }
 
@@ -96,6 +98,13 @@ impl ApiError {
         )
     }
 
+    /// Asks the client not to reuse the connection: for refusals sent before the request
+    /// body was read to its end, after which the server closes the connection anyway.
+    pub fn closing_connection(mut self) -> Self {
+        self.close_connection = true;
+        self
+    }
+
     /// The body it answers with.
     pub fn body(&self) -> ErrorBody {
         ErrorBody {
@@ -134,6 +143,11 @@ impl From<Error> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, Json(self.body())).into_response();
+        if self.close_connection {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let Some(seconds) = self.retry_after {
             response
                 .headers_mut()

@@ -98,7 +98,7 @@ pub async fn upload_file(
                 // Nothing half-stored remains of a refused upload.
                 supervisor.discard_upload(stored).await;
             }
-            return Err(error);
+            return Err(error.closing_connection());
         }
     };
     let file = supervisor.register_upload(&owner, meta, stored).await?;
@@ -107,11 +107,28 @@ pub async fn upload_file(
     Ok((StatusCode::CREATED, Json(state.file_dto(&file))))
 }
 
-async fn text(field: axum::extract::multipart::Field<'_>) -> ApiResult<String> {
-    field
-        .text()
+/// The longest text field an upload form may carry (ids are at most 128 characters).
+const MAX_FORM_TEXT_BYTES: usize = 1024;
+
+/// Reads a text field of the form, refusing it as soon as it passes the cap: the upload route
+/// has no body limit, so nothing else stops a huge field from filling memory.
+async fn text(mut field: axum::extract::multipart::Field<'_>) -> ApiResult<String> {
+    let name = field.name().unwrap_or_default().to_owned();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = field
+        .chunk()
         .await
-        .map_err(|error| ApiError::invalid(format!("malformed form field: {error}")))
+        .map_err(|error| ApiError::invalid(format!("malformed form field: {error}")))?
+    {
+        if bytes.len() + chunk.len() > MAX_FORM_TEXT_BYTES {
+            return Err(ApiError::invalid(format!(
+                "form field {name} is longer than {MAX_FORM_TEXT_BYTES} bytes"
+            )));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| ApiError::invalid(format!("form field {name} is not UTF-8")))
 }
 
 /// A file's metadata.
@@ -168,7 +185,7 @@ pub async fn delete_file(
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct LinkQuery {
     /// Unix seconds after which the link is refused.
-    expires: Option<u64>,
+    expires: Option<String>,
     /// Hex HMAC of the link.
     signature: Option<String>,
 }
@@ -203,6 +220,10 @@ pub async fn download(
 ) -> ApiResult<Response> {
     let file = match (link.expires, link.signature) {
         (Some(expires), Some(signature)) => {
+            // An expiry that is not a number is an altered link like any other.
+            let expires: u64 = expires
+                .parse()
+                .map_err(|_| ApiError::forbidden("the download link is not valid"))?;
             let file = state
                 .supervisor
                 .catalog()

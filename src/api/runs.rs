@@ -21,8 +21,7 @@ use super::AppState;
 use super::auth::UserCaller;
 use super::dto::{OutputEvent, Run, RunCreate};
 use super::error::{ApiError, ApiResult, ErrorBody};
-use crate::catalog::Owner;
-use crate::supervisor::{RunEvent, RunReport, RunRequest};
+use crate::supervisor::{AcceptedRun, RunEvent, RunReport, RunRequest};
 
 /// Run code for a message.
 #[utoipa::path(
@@ -66,16 +65,26 @@ pub async fn create_run(
         .admit()
         .await
         .map_err(|_| ApiError::busy("too many runs in flight and queued; retry later", 2))?;
+    // Refusals (bad input, someone else's message or file) are answered with their status
+    // before anything is streamed.
+    let accepted = state.supervisor.accept(&owner, request).await?;
     let streaming = headers
         .get(header::ACCEPT)
         .and_then(|accept| accept.to_str().ok())
         .is_some_and(|accept| accept.contains("text/event-stream"));
     if streaming {
-        return Ok(stream_run(state, owner, request, permit).into_response());
+        return Ok(stream_run(state, accepted, permit).into_response());
     }
-    let report = state.supervisor.run(&owner, request, None).await;
-    drop(permit);
-    let report = report?;
+    // The run goes on in a task of its own: a client that hangs up must not cancel it
+    // halfway, leaving its record `running` and its files unregistered.
+    let supervisor = state.supervisor.clone();
+    let report = tokio::spawn(async move {
+        let report = supervisor.carry_out(accepted, None).await;
+        drop(permit);
+        report
+    })
+    .await
+    .map_err(|join_error| ApiError::internal(&join_error))??;
     record_metrics(&report);
     Ok(Json(Run::new(&report, |file| Some(state.download_url(file)))).into_response())
 }
@@ -93,15 +102,14 @@ pub fn json_rejection(rejection: JsonRejection) -> ApiError {
 /// reason it could not run.
 fn stream_run(
     state: AppState,
-    owner: Owner,
-    request: RunRequest,
+    accepted: AcceptedRun,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let (run_tx, mut run_rx) = mpsc::channel::<RunEvent>(64);
     let (sse_tx, sse_rx) = mpsc::channel::<Event>(64);
     let supervisor = state.supervisor.clone();
     let run = tokio::spawn(async move {
-        let report = supervisor.run(&owner, request, Some(run_tx)).await;
+        let report = supervisor.carry_out(accepted, Some(run_tx)).await;
         drop(permit);
         report
     });

@@ -205,7 +205,8 @@ pub struct TestServer {
     pub client: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
     served: Option<JoinHandle<std::io::Result<()>>>,
-    dir: tempfile::TempDir,
+    /// Holds the data folder; it is deleted when the server is dropped.
+    _dir: tempfile::TempDir,
 }
 
 impl TestServer {
@@ -252,7 +253,7 @@ impl TestServer {
             client: reqwest::Client::new(),
             shutdown: Some(shutdown),
             served: Some(served),
-            dir,
+            _dir: dir,
         }
     }
 
@@ -264,13 +265,6 @@ impl TestServer {
     /// The data folder: `catalog.db`, `blobs/` and `workspaces/`.
     pub fn data_dir(&self) -> &Path {
         &self.config.data_dir
-    }
-
-    /// A folder outside the data folder that the test may use.
-    pub fn scratch(&self) -> PathBuf {
-        let path = self.dir.path().join("scratch");
-        std::fs::create_dir_all(&path).expect("scratch");
-        path
     }
 
     /// A request as `caller`: its bearer token and `X-User-Id`.

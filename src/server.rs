@@ -1,7 +1,8 @@
 //! `codebox serve`: everything around the HTTP API that a long-running server does at start
-//! and in the background. Start-up marks runs interrupted by the last stop as failed, removes
-//! orphaned sandboxes, loads tokens and the link-signing secret, then serves; a reaper pass
-//! runs every `retention.reap_interval`.
+//! and in the background. Start-up checks that the engine sees the workspaces folder (bind
+//! mounts need a shared file system), marks runs interrupted by the last stop as failed,
+//! removes orphaned sandboxes, loads tokens and the link-signing secret, then serves; a reaper
+//! pass runs every `retention.reap_interval`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -28,6 +29,10 @@ struct TokensFile {
 /// Opens the supervisor and builds the API state the way `codebox serve` does.
 pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
     let supervisor = Arc::new(Supervisor::open(config).await?);
+    supervisor
+        .runtime()
+        .check_host_folder(supervisor.workspaces().root())
+        .await?;
     let interrupted = supervisor.fail_interrupted_runs().await?;
     if interrupted > 0 {
         tracing::warn!(

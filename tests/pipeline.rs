@@ -729,3 +729,34 @@ print(started < 32, refused > 0)
         .await;
     assert_eq!(report.run.stdout, "ok\n", "{}", report.run.stderr);
 }
+
+#[tokio::test]
+async fn the_engine_sees_the_workspaces_folder() {
+    let env = TestEnv::new().await;
+    let folder = env.supervisor.workspaces().root().to_path_buf();
+    env.supervisor
+        .runtime()
+        .check_host_folder(&folder)
+        .await
+        .expect("a local engine shares this file system");
+    // The probe leaves nothing behind: no file, no container.
+    let leftovers: Vec<_> = std::fs::read_dir(&folder)
+        .expect("read")
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with(".probe-"))
+        .collect();
+    assert!(leftovers.is_empty());
+    let containers = std::process::Command::new("docker")
+        .args(["ps", "-a", "--format", "{{.Names}}"])
+        .output()
+        .expect("docker ps");
+    assert!(!String::from_utf8_lossy(&containers.stdout).contains("codebox-.probe-"));
+    // A folder the engine cannot reach is refused in one line.
+    let error = env
+        .supervisor
+        .runtime()
+        .check_host_folder(std::path::Path::new("/nonexistent/codebox"))
+        .await
+        .expect_err("no such folder");
+    assert_eq!(error.to_string().lines().count(), 1, "{error}");
+}

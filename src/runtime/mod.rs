@@ -142,6 +142,12 @@ pub trait Runtime: Send + Sync + 'static {
     /// Checks that the back end answers, for readiness probes.
     async fn ping(&self) -> Result<(), RuntimeError>;
 
+    /// Checks that sandboxes can mount `folder` of this machine: a bind mount needs the engine
+    /// on the same host (or file system) as codebox. Runtimes that do not bind-mount succeed.
+    async fn check_host_folder(&self, _folder: &std::path::Path) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
     /// Whether code sees the workspace at [`SANDBOX_DATA`]. A runtime that sees the host's
     /// paths instead (a remote kernel on a shared file system) returns `false`, and the
     /// supervisor rewrites `/mnt/data` in the code before sending it.

@@ -35,6 +35,9 @@ use crate::workspace::{self, Workspace, Workspaces};
 /// The languages codebox runs.
 pub const LANGUAGES: [&str; 1] = ["python"];
 
+/// How long a run waits for a streaming consumer that does not read before it drops events.
+const EVENT_WAIT: Duration = Duration::from_secs(5);
+
 /// The hint added to stderr when code tried to write to an attachment.
 const READ_ONLY_HINT: &str = "codebox: attached files are read-only. Write a new file, or \
      delete the link first (os.remove('/mnt/data/<name>')) and then write a file of the same \
@@ -840,7 +843,12 @@ impl Supervisor {
         });
         let outcome = self.runtime.exec(&workspace.id, &exec, Some(&chunks)).await;
         drop(chunks);
-        let _ = relay.await;
+        // A consumer that does not read may not hold the run: what it has not taken by then
+        // is dropped from the stream (the run's record carries all of it).
+        let mut relay = relay;
+        if tokio::time::timeout(EVENT_WAIT, &mut relay).await.is_err() {
+            relay.abort();
+        }
         Ok(outcome?)
     }
 
@@ -965,7 +973,8 @@ impl Supervisor {
                 return Err(error.into());
             }
             if let Some(events) = events {
-                let _ = events.send(RunEvent::File(Box::new(record.clone()))).await;
+                let event = RunEvent::File(Box::new(record.clone()));
+                let _ = tokio::time::timeout(EVENT_WAIT, events.send(event)).await;
             }
             files.push(record);
         }

@@ -760,3 +760,54 @@ async fn the_engine_sees_the_workspaces_folder() {
         .expect_err("no such folder");
     assert_eq!(error.to_string().lines().count(), 1, "{error}");
 }
+
+#[tokio::test]
+async fn a_consumer_that_never_reads_cannot_hold_a_run() {
+    let env = TestEnv::new().await;
+    // A one-slot event channel that nobody reads, and code that prints without end.
+    let (events, _unread) = tokio::sync::mpsc::channel(1);
+    let mut endless = request(
+        "m-unread",
+        "import sys\nwhile True:\n    sys.stdout.write('x' * 4096)",
+        &[],
+    );
+    endless.timeout = Some(Duration::from_secs(2));
+    // The outer bound only keeps a regression from hanging the suite.
+    let report = tokio::time::timeout(
+        Duration::from_secs(120),
+        env.supervisor.run(&env.owner, endless, Some(events)),
+    )
+    .await
+    .expect("the run ends although its events are never read")
+    .expect("run");
+    assert_eq!(report.run.status, RunStatus::TimedOut);
+    assert!(report.run.stdout_truncated);
+}
+
+#[tokio::test]
+async fn flooding_output_cannot_outrun_the_timeout() {
+    let env = TestEnv::new().await;
+    let mut flood = request(
+        "m-flood",
+        "import sys\nwhile True:\n    sys.stdout.write('x' * 4096)",
+        &[],
+    );
+    flood.timeout = Some(Duration::from_secs(2));
+    // The outer bound only keeps a regression from hanging the suite.
+    let report = tokio::time::timeout(
+        Duration::from_secs(120),
+        env.supervisor.run(&env.owner, flood, None),
+    )
+    .await
+    .expect("a run that floods its output still ends")
+    .expect("run");
+    assert_eq!(report.run.status, RunStatus::TimedOut);
+    assert!(report.run.stdout_truncated);
+    // The sandbox is usable, and removable, afterwards.
+    let again = env.run("m-flood", "print('after')", &[]).await;
+    assert_eq!(again.run.stdout, "after\n");
+    env.supervisor
+        .release_sandbox(&env.owner, "m-flood")
+        .await
+        .expect("release");
+}

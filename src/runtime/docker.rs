@@ -174,30 +174,7 @@ impl DockerRuntime {
 
     /// Runs a short command in the container as the sandbox user and returns its stdout.
     async fn exec_capture(&self, container: &str, script: &str) -> Result<String, RuntimeError> {
-        let exec = self
-            .docker
-            .create_exec(
-                container,
-                CreateExecOptions {
-                    cmd: Some(vec!["sh", "-c", script]),
-                    user: Some(self.user.as_str()),
-                    attach_stdout: Some(true),
-                    attach_stderr: Some(true),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        let mut stdout = String::new();
-        if let StartExecResults::Attached { mut output, .. } =
-            self.docker.start_exec(&exec.id, None).await?
-        {
-            while let Some(chunk) = output.next().await {
-                if let LogOutput::StdOut { message } = chunk? {
-                    stdout.push_str(&String::from_utf8_lossy(&message));
-                }
-            }
-        }
-        Ok(stdout)
+        exec_capture(&self.docker, container, &self.user, script).await
     }
 
     /// The container's OOM-kill counter, or `None` where the cgroup files are not visible.
@@ -246,19 +223,58 @@ impl DockerRuntime {
         self.oom_seen_set(container, count);
         count > before
     }
+}
 
-    /// Kills everything the run left in the container; if that fails, the container itself
-    /// (the next `ensure` starts it again, the workspace is untouched).
-    async fn kill_run(&self, container: &str) {
-        if self.exec_capture(container, KILL_ALL_SCRIPT).await.is_ok() {
-            return;
+/// Runs a short command in `container` as `user` and returns its stdout.
+async fn exec_capture(
+    docker: &Docker,
+    container: &str,
+    user: &str,
+    script: &str,
+) -> Result<String, RuntimeError> {
+    let exec = docker
+        .create_exec(
+            container,
+            CreateExecOptions {
+                cmd: Some(vec!["sh", "-c", script]),
+                user: Some(user),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let mut stdout = String::new();
+    if let StartExecResults::Attached { mut output, .. } = docker.start_exec(&exec.id, None).await?
+    {
+        while let Some(chunk) = output.next().await {
+            if let LogOutput::StdOut { message } = chunk? {
+                stdout.push_str(&String::from_utf8_lossy(&message));
+            }
         }
-        let options = KillContainerOptionsBuilder::default()
-            .signal("SIGKILL")
-            .build();
-        if let Err(error) = self.docker.kill_container(container, Some(options)).await {
-            tracing::warn!(%container, %error, "could not kill a timed-out sandbox");
-        }
+    }
+    Ok(stdout)
+}
+
+/// Kills every process of a timed-out run from inside the container, or the container itself
+/// if that fails (the next `ensure` starts it again; the workspace is untouched).
+async fn kill_run(docker: Docker, container: String, user: String) {
+    if exec_capture(&docker, &container, &user, KILL_ALL_SCRIPT)
+        .await
+        .is_ok()
+    {
+        return;
+    }
+    kill_container(docker, container).await;
+}
+
+/// Kills a container with SIGKILL.
+async fn kill_container(docker: Docker, container: String) {
+    let options = KillContainerOptionsBuilder::default()
+        .signal("SIGKILL")
+        .build();
+    if let Err(error) = docker.kill_container(&container, Some(options)).await {
+        tracing::warn!(%container, %error, "could not kill a sandbox");
     }
 }
 
@@ -401,32 +417,34 @@ impl Runtime for DockerRuntime {
 
         let mut stdout = CappedBuffer::new(request.max_output_bytes);
         let mut stderr = CappedBuffer::new(request.max_output_bytes);
-        let deadline = tokio::time::sleep(request.timeout);
-        tokio::pin!(deadline);
+        let deadline_at = tokio::time::Instant::now() + request.timeout;
         let mut timed_out = false;
-        let mut drain_deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+        // Set once the run is killed: how long its remaining output may still take to arrive.
+        let mut drain_until: Option<tokio::time::Instant> = None;
         loop {
+            // The clock is read on every turn, not only through a timer: code that floods
+            // its output keeps the stream always ready, and a timer branch could then starve.
+            let now = tokio::time::Instant::now();
+            if !timed_out && now >= deadline_at {
+                timed_out = true;
+                // The kill runs beside this loop, which keeps reading: an engine whose output
+                // stream is not read stalls, and with it the kill's own exec.
+                tokio::spawn(kill_run(
+                    self.docker.clone(),
+                    container.clone(),
+                    self.user.clone(),
+                ));
+                drain_until = Some(now + DRAIN_AFTER_KILL);
+            }
+            if drain_until.is_some_and(|until| now >= until) {
+                // The kill from inside did not end the output: stop the whole container.
+                tokio::spawn(kill_container(self.docker.clone(), container.clone()));
+                break;
+            }
             let next = tokio::select! {
+                biased;
+                () = tokio::time::sleep_until(drain_until.unwrap_or(deadline_at)) => continue,
                 next = output.next() => next,
-                () = &mut deadline, if !timed_out => {
-                    timed_out = true;
-                    self.kill_run(&container).await;
-                    drain_deadline = Some(Box::pin(tokio::time::sleep(DRAIN_AFTER_KILL)));
-                    continue;
-                }
-                () = async {
-                    match drain_deadline.as_mut() {
-                        Some(sleep) => sleep.await,
-                        None => std::future::pending().await,
-                    }
-                } => {
-                    // The kill from inside did not end the run: stop the whole container.
-                    let options = KillContainerOptionsBuilder::default().signal("SIGKILL").build();
-                    if let Err(error) = self.docker.kill_container(&container, Some(options)).await {
-                        tracing::warn!(%container, %error, "could not kill a stuck sandbox");
-                    }
-                    break;
-                }
             };
             let Some(item) = next else { break };
             let (buffer, chunk) = match item? {
@@ -447,8 +465,10 @@ impl Runtime for DockerRuntime {
                         OutputChunk::Stdout(_) => OutputChunk::Stdout(kept),
                         OutputChunk::Stderr(_) => OutputChunk::Stderr(kept),
                     };
-                    // A caller that stopped listening does not stop the run.
-                    let _ = live.send(chunk).await;
+                    // A caller that stopped listening does not stop the run, and one that
+                    // reads slowly may not stretch it: the wait for room in the channel
+                    // ends at the run's deadline, where the loop above takes over.
+                    let _ = tokio::time::timeout_at(deadline_at, live.send(chunk)).await;
                 }
             }
         }

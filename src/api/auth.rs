@@ -122,6 +122,25 @@ pub fn user_of(headers: &HeaderMap) -> Result<String, ApiError> {
     Ok(user.to_owned())
 }
 
+/// The caller of a request, refused with 403 unless its token has `role`.
+fn caller_with_role(headers: &HeaderMap, tokens: &Tokens, role: Role) -> Result<Caller, ApiError> {
+    let caller = caller_of(headers, tokens)?;
+    if caller.role != role {
+        let needed = match role {
+            Role::Service => "a service token",
+            Role::Admin => "an admin token",
+        };
+        return Err(ApiError::forbidden(format!("this route needs {needed}")));
+    }
+    Ok(caller)
+}
+
+/// The owner a service call acts for: a service token's tenant and the `X-User-Id` user.
+pub fn owner_of(headers: &HeaderMap, tokens: &Tokens) -> Result<Owner, ApiError> {
+    let caller = caller_with_role(headers, tokens, Role::Service)?;
+    Ok(Owner::new(caller.tenant, user_of(headers)?))
+}
+
 /// A service call acting for one end user: the owner every lookup is scoped to.
 #[derive(Debug, Clone)]
 pub struct UserCaller(pub Owner);
@@ -133,12 +152,7 @@ impl FromRequestParts<AppState> for UserCaller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let caller = caller_of(&parts.headers, &state.tokens)?;
-        if caller.role != Role::Service {
-            return Err(ApiError::forbidden("this route needs a service token"));
-        }
-        let user = user_of(&parts.headers)?;
-        Ok(Self(Owner::new(caller.tenant, user)))
+        owner_of(&parts.headers, &state.tokens).map(Self)
     }
 }
 
@@ -153,11 +167,7 @@ impl FromRequestParts<AppState> for AdminCaller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let caller = caller_of(&parts.headers, &state.tokens)?;
-        if caller.role != Role::Admin {
-            return Err(ApiError::forbidden("this route needs an admin token"));
-        }
-        Ok(Self(caller))
+        caller_with_role(&parts.headers, &state.tokens, Role::Admin).map(Self)
     }
 }
 

@@ -21,7 +21,7 @@ use super::dto::File;
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::signing::LinkError;
 use super::{AppState, unix_now};
-use crate::catalog::{FileRecord, Owner};
+use crate::catalog::FileRecord;
 use crate::supervisor::{StoredUpload, UploadMeta};
 
 /// The multipart form of an upload (for the OpenAPI document).
@@ -251,11 +251,7 @@ pub async fn download(
             }
         }
         (None, None) => {
-            let caller = auth::caller_of(&headers, &state.tokens)?;
-            if caller.role != crate::config::Role::Service {
-                return Err(ApiError::forbidden("this route needs a service token"));
-            }
-            let owner = Owner::new(caller.tenant, auth::user_of(&headers)?);
+            let owner = auth::owner_of(&headers, &state.tokens)?;
             state.supervisor.file(&owner, &file_id).await?
         }
         _ => return Err(ApiError::forbidden("the download link is not valid")),

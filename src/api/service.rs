@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -39,26 +39,19 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         supervisor.blobs().ping(),
         supervisor.runtime().ping()
     );
-    let failing: Vec<&str> = [
-        ("catalog", catalog.is_err()),
-        ("blob store", blobs.is_err()),
-        ("container engine", runtime.is_err()),
-    ]
-    .into_iter()
-    .filter_map(|(part, failed)| failed.then_some(part))
-    .collect();
+    let mut failing = Vec::new();
+    for (part, error) in [
+        ("catalog", catalog.err().map(|e| e.to_string())),
+        ("blob store", blobs.err().map(|e| e.to_string())),
+        ("container engine", runtime.err().map(|e| e.to_string())),
+    ] {
+        if let Some(error) = error {
+            tracing::warn!(part, %error, "not ready");
+            failing.push(part);
+        }
+    }
     if failing.is_empty() {
         return healthz().await.into_response();
-    }
-    for error in [
-        catalog.err().map(|e| e.to_string()),
-        blobs.err().map(|e| e.to_string()),
-        runtime.err().map(|e| e.to_string()),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        tracing::warn!(%error, "not ready");
     }
     ApiError::busy(format!("not ready: {} unreachable", failing.join(", ")), 5).into_response()
 }
@@ -110,8 +103,6 @@ pub async fn openapi(document: Arc<str>) -> Response {
 }
 
 /// Any route that does not exist.
-pub async fn not_found() -> Response {
-    let mut response = ApiError::not_found("route").into_response();
-    *response.status_mut() = StatusCode::NOT_FOUND;
-    response
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("route")
 }

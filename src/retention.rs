@@ -104,17 +104,18 @@ async fn reap_workspaces(
 ) -> Result<()> {
     let policy = &supervisor.config().retention;
     let idle_before = ago(policy.workspace_idle);
-    // Least recently used first: `messages` comes sorted that way.
+    // Least recently used first: `messages` comes sorted that way. Sizes are walked only when
+    // a quota needs them, or for a workspace that goes anyway.
+    let limit = policy.max_workspace_bytes.map(|limit| limit.as_u64());
     let mut present = Vec::new();
     for message in messages {
         let workspace = supervisor.workspaces().get(&message.workspace_id)?;
         if workspace.exists() {
-            let bytes = workspace.bytes();
+            let bytes = limit.map(|_| workspace.bytes());
             present.push((message, workspace, bytes));
         }
     }
-    let mut total: u64 = present.iter().map(|(_, _, bytes)| bytes).sum();
-    let limit = policy.max_workspace_bytes.map(|limit| limit.as_u64());
+    let mut total: u64 = present.iter().filter_map(|(_, _, bytes)| *bytes).sum();
     for (message, workspace, bytes) in present {
         let expired = message.last_used_at < idle_before;
         let over_quota = limit.is_some_and(|limit| total > limit);
@@ -124,6 +125,7 @@ async fn reap_workspaces(
         let Some(_lock) = workspace.try_lock()? else {
             continue;
         };
+        let bytes = bytes.unwrap_or_else(|| workspace.bytes());
         if !report.dry_run {
             supervisor
                 .remove_workspace_locked(message, &workspace)

@@ -793,7 +793,7 @@ impl Supervisor {
             created_at: now,
             finished_at: None,
         };
-        self.catalog.runs().insert(&run).await?;
+        self.catalog.runs().insert_running(&run).await?;
         self.catalog
             .runs()
             .set_instance(&run.id, &self.instance)

@@ -199,15 +199,17 @@ impl Workspace {
         }
     }
 
-    /// Bytes the workspace takes on disk (the sizes of its entries, links not followed).
+    /// Bytes the workspace takes on disk: the blocks its entries occupy (links not followed),
+    /// so that a sparse file the sandbox made counts for what it uses, not what it claims.
     pub fn bytes(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
         walkdir::WalkDir::new(&self.root)
             .follow_links(false)
             .into_iter()
             .filter_map(Result::ok)
             .filter_map(|entry| entry.metadata().ok())
             .filter(|metadata| !metadata.is_dir())
-            .map(|metadata| metadata.len())
+            .map(|metadata| metadata.blocks() * 512)
             .sum()
     }
 

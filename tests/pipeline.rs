@@ -751,7 +751,8 @@ async fn the_engine_sees_the_workspaces_folder() {
         .output()
         .expect("docker ps");
     assert!(!String::from_utf8_lossy(&containers.stdout).contains("codebox-.probe-"));
-    // A folder the engine cannot reach is refused in one line.
+    // A folder that cannot even hold the probe file is refused in one line. (An engine on
+    // another host cannot be staged here; that path is the same check failing later.)
     let error = env
         .supervisor
         .runtime()

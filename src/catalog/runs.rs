@@ -164,32 +164,23 @@ impl<'a> Runs<'a> {
         Self { pool }
     }
 
-    /// Records a run, in whatever state it is.
-    pub async fn insert(&self, run: &RunRecord) -> Result<(), CatalogError> {
-        let sql = format!(
-            "INSERT INTO runs ({COLUMNS}) VALUES \
-             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
-        );
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(&run.id)
-            .bind(&run.tenant)
-            .bind(&run.user_id)
-            .bind(&run.chat_id)
-            .bind(&run.message_id)
-            .bind(&run.language)
-            .bind(run.status.as_str())
-            .bind(run.exit_code)
-            .bind(&run.reason)
-            .bind(&run.stdout)
-            .bind(&run.stderr)
-            .bind(i64::from(run.stdout_truncated))
-            .bind(i64::from(run.stderr_truncated))
-            .bind(truncated_json(&run.truncated))
-            .bind(run.duration_ms)
-            .bind(&run.created_at)
-            .bind(&run.finished_at)
-            .execute(self.pool)
-            .await?;
+    /// Records a run as it starts: `running`, with no output yet. [`Runs::finish`] writes
+    /// its outcome.
+    pub async fn insert_running(&self, run: &RunRecord) -> Result<(), CatalogError> {
+        sqlx::query(
+            "INSERT INTO runs (id, tenant, user_id, chat_id, message_id, language, status, \
+             stdout, stderr, stdout_truncated, stderr_truncated, truncated, duration_ms, \
+             created_at) VALUES ($1, $2, $3, $4, $5, $6, 'running', '', '', 0, 0, '[]', 0, $7)",
+        )
+        .bind(&run.id)
+        .bind(&run.tenant)
+        .bind(&run.user_id)
+        .bind(&run.chat_id)
+        .bind(&run.message_id)
+        .bind(&run.language)
+        .bind(&run.created_at)
+        .execute(self.pool)
+        .await?;
         Ok(())
     }
 

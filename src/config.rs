@@ -103,6 +103,28 @@ pub struct SandboxConfig {
     pub nofile: i64,
     /// Size of the writable `/tmp` in the otherwise read-only root filesystem.
     pub tmpfs_size: ByteSize,
+    /// How `/mnt/data` is capped while code runs (see [`DiskLimit`]).
+    pub disk_limit: DiskLimit,
+    /// The most bytes one workspace's `/mnt/data` may hold.
+    pub disk_size: ByteSize,
+    /// The most files and folders one workspace's `/mnt/data` may hold (with a
+    /// loop-mounted file system, its inode count).
+    pub disk_files: u64,
+}
+
+/// How a workspace's `/mnt/data` is held to `sandbox.disk_size` while code runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiskLimit {
+    /// `loop` when codebox runs as root and `mkfs.ext4` is installed, else `watchdog`.
+    #[default]
+    Auto,
+    /// Each workspace's `data/` is an ext4 file system of its own in a sparse image file,
+    /// loop-mounted: a write past the size fails in the kernel, so nothing overshoots.
+    Loop,
+    /// `data/` is a plain folder whose size is measured while code runs; a run past the size
+    /// is killed at the next measurement, so it can overshoot by what it writes in between.
+    Watchdog,
 }
 
 impl Default for SandboxConfig {
@@ -116,6 +138,9 @@ impl Default for SandboxConfig {
             pids_limit: 256,
             nofile: 1024,
             tmpfs_size: ByteSize::mib(256),
+            disk_limit: DiskLimit::Auto,
+            disk_size: ByteSize::gib(1),
+            disk_files: 100_000,
         }
     }
 }
@@ -347,6 +372,12 @@ impl Config {
         }
         if self.sandbox.memory < ByteSize::mib(16) {
             return bad("sandbox.memory must be at least 16 MiB");
+        }
+        if self.sandbox.disk_size < ByteSize::mib(8) {
+            return bad("sandbox.disk_size must be at least 8 MiB");
+        }
+        if self.sandbox.disk_files < 64 {
+            return bad("sandbox.disk_files must be at least 64");
         }
         if self.limits.max_depth == 0 {
             return bad("limits.max_depth must be at least 1");

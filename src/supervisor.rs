@@ -23,6 +23,7 @@ use crate::catalog::{
     RunStatus, Truncation,
 };
 use crate::config::Config;
+use crate::disk::DiskPolicy;
 use crate::error::{Error, IoContext, IoError, Result};
 use crate::ids;
 use crate::runtime::{
@@ -189,7 +190,9 @@ impl Supervisor {
         std::fs::create_dir_all(&config.data_dir).with_path("create", &config.data_dir)?;
         let catalog = Catalog::connect(&config.catalog_url()).await?;
         let blobs = Blobs::open(&config.blobs, &config.data_dir)?;
-        let workspaces = Workspaces::open(&config.workspaces_dir(), owner)?;
+        let disk = DiskPolicy::resolve(&config.sandbox)
+            .map_err(|error| Error::invalid("sandbox.disk_limit", error.to_string()))?;
+        let workspaces = Workspaces::open(&config.workspaces_dir(), owner)?.with_disk(disk);
         let instance = instance_id(&config.data_dir)?;
         Ok(Self {
             config: Arc::new(config),
@@ -574,6 +577,7 @@ impl Supervisor {
         let _lock = lock(&self.workspaces.get(&message.workspace_id)?).await?;
         // Prepared under the lock: the reaper may have removed the folder while we waited.
         let workspace = self.workspaces.prepare(&message.workspace_id)?;
+        self.cap_workspace(&workspace).await?;
         let inputs = self.attach(&message, &workspace, &attachments).await?;
         self.prepare_sandbox(&message, &workspace).await?;
         let before = self.snapshot(&workspace).await?;
@@ -729,6 +733,25 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Step 2a': gives the workspace's `data/` its own capped file system, where the disk
+    /// policy is `loop`. A sandbox made before that saw the bare folder (the host restarted,
+    /// say): it goes, and the next step makes a new one on the mounted file system.
+    async fn cap_workspace(&self, workspace: &Workspace) -> Result<()> {
+        let workspaces = self.workspaces.clone();
+        let mounting = workspace.clone();
+        let mounted_now = tokio::task::spawn_blocking(move || workspaces.mount_data(&mounting))
+            .await
+            .map_err(|error| IoError {
+                action: "mount",
+                path: workspace.data.clone(),
+                source: std::io::Error::other(error),
+            })??;
+        if mounted_now {
+            self.runtime.release(&workspace.id).await?;
+        }
+        Ok(())
+    }
+
     /// Step 2b: makes sure the message's sandbox runs, with the workspace mounted.
     async fn prepare_sandbox(&self, message: &MessageRecord, workspace: &Workspace) -> Result<()> {
         let spec = SandboxSpec {
@@ -822,7 +845,7 @@ impl Supervisor {
                 .unwrap_or(usize::MAX),
         };
         let Some(events) = events else {
-            return Ok(self.runtime.exec(&workspace.id, &exec, None).await?);
+            return self.exec_within_disk_cap(workspace, &exec, None).await;
         };
         // Output is translated on its way to the caller by a small relay task.
         let (chunks, mut received) = mpsc::channel::<OutputChunk>(64);
@@ -841,7 +864,9 @@ impl Supervisor {
                 let _ = events.send(event).await;
             }
         });
-        let outcome = self.runtime.exec(&workspace.id, &exec, Some(&chunks)).await;
+        let outcome = self
+            .exec_within_disk_cap(workspace, &exec, Some(&chunks))
+            .await;
         drop(chunks);
         // A consumer that does not read may not hold the run: what it has not taken by then
         // is dropped from the stream (the run's record carries all of it).
@@ -849,7 +874,48 @@ impl Supervisor {
         if tokio::time::timeout(EVENT_WAIT, &mut relay).await.is_err() {
             relay.abort();
         }
-        Ok(outcome?)
+        outcome
+    }
+
+    /// Executes while watching the workspace's disk cap: a run that fills `/mnt/data` has all
+    /// its processes killed from outside the sandbox at once, and is reported as killed with
+    /// reason [`DISK_QUOTA`] (also when it filled the disk and ended by itself between two
+    /// checks), with a line on stderr that says which cap it hit.
+    async fn exec_within_disk_cap(
+        &self,
+        workspace: &Workspace,
+        exec: &ExecRequest,
+        live: Option<&mpsc::Sender<OutputChunk>>,
+    ) -> Result<ExecOutcome> {
+        let before = disk_usage(workspace).await;
+        let running = self.runtime.exec(&workspace.id, exec, live);
+        tokio::pin!(running);
+        let watched = disk_filled(workspace.clone(), before.clone());
+        tokio::pin!(watched);
+        let (outcome, mut full) = tokio::select! {
+            outcome = &mut running => (outcome?, None),
+            reason = &mut watched => {
+                self.runtime.kill_processes(&workspace.id).await?;
+                (running.await?, Some(reason))
+            }
+        };
+        if full.is_none()
+            && !outcome.timed_out
+            && let (Some(before), Some(after)) = (&before, disk_usage(workspace).await)
+        {
+            full = after.filled_since(before).map(str::to_owned);
+        }
+        let mut outcome = outcome;
+        if let Some(reason) = full {
+            outcome.killed_reason = Some(DISK_QUOTA.to_owned());
+            if !outcome.stderr.is_empty() && !outcome.stderr.ends_with(b"\n") {
+                outcome.stderr.push(b'\n');
+            }
+            outcome
+                .stderr
+                .extend_from_slice(format!("codebox: killed: {reason}\n").as_bytes());
+        }
+        Ok(outcome)
     }
 
     /// Marks a run that could not be carried through as failed, and returns the error to
@@ -1082,6 +1148,36 @@ impl Supervisor {
 
 /// A message's attachments: file id by name in the workspace.
 type Inputs = HashMap<String, String>;
+
+/// The `reason` of a run killed because `/mnt/data` reached its cap.
+pub const DISK_QUOTA: &str = "disk_quota";
+
+/// Resolves, with a sentence saying which cap, once the run fills the workspace's `data/`
+/// up to its cap (it is full, and holds more than `before`); never, if it does not.
+async fn disk_filled(workspace: Workspace, before: Option<crate::disk::Usage>) -> String {
+    let (Some(interval), Some(before)) = (workspace.disk_check_interval(), before) else {
+        return std::future::pending().await;
+    };
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if let Some(now) = disk_usage(&workspace).await
+            && let Some(reason) = now.filled_since(&before)
+        {
+            return reason.to_owned();
+        }
+    }
+}
+
+/// [`Workspace::disk_usage`] on a blocking thread: in watchdog mode it walks the folder.
+async fn disk_usage(workspace: &Workspace) -> Option<crate::disk::Usage> {
+    let checked = workspace.clone();
+    tokio::task::spawn_blocking(move || checked.disk_usage())
+        .await
+        .ok()
+        .flatten()
+}
 
 /// Why an output was not stored.
 enum Stored {

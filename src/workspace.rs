@@ -18,6 +18,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
+use crate::disk::{self, DiskMode, DiskPolicy};
 use crate::error::{IoContext, IoError};
 
 /// The longest file name given to an attachment, in bytes (file systems allow 255).
@@ -33,6 +34,8 @@ const INPUTS: &str = "inputs";
 pub struct Workspaces {
     root: PathBuf,
     sandbox_owner: Option<(u32, u32)>,
+    /// How each `data/` is capped; `None` leaves it uncapped (unit tests of naming).
+    disk: Option<DiskPolicy>,
 }
 
 /// One message's workspace.
@@ -48,6 +51,8 @@ pub struct Workspace {
     pub inputs: PathBuf,
     /// The workspace's lock file.
     lock_path: PathBuf,
+    /// How its `data/` is capped, if it is.
+    disk: Option<DiskPolicy>,
 }
 
 /// The folder that holds the lock files, inside the workspaces folder.
@@ -64,7 +69,14 @@ impl Workspaces {
         Ok(Self {
             root,
             sandbox_owner,
+            disk: None,
         })
+    }
+
+    /// Caps every workspace's `data/` by `disk` (see [`crate::disk`]).
+    pub fn with_disk(mut self, disk: DiskPolicy) -> Self {
+        self.disk = Some(disk);
+        self
     }
 
     /// The folder that holds every workspace (absolute).
@@ -92,6 +104,7 @@ impl Workspaces {
             inputs: root.join(INPUTS),
             lock_path: self.root.join(LOCKS).join(id),
             root,
+            disk: self.disk,
         })
     }
 
@@ -111,9 +124,25 @@ impl Workspaces {
         Ok(workspace)
     }
 
-    /// Deletes a workspace's folders. A workspace that is already gone is not an error.
+    /// Gives a prepared workspace's `data/` its own capped file system when the policy is
+    /// `loop` (see [`disk::mount_data`]). Returns whether it was mounted now: a sandbox made
+    /// before then saw the bare folder and must be made again.
+    pub fn mount_data(&self, workspace: &Workspace) -> Result<bool, IoError> {
+        match &self.disk {
+            Some(policy) if policy.mode == DiskMode::Loop => {
+                disk::mount_data(&workspace.root, &workspace.data, policy, self.sandbox_owner)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Deletes a workspace's folders, unmounting its `data/` first. A workspace that is
+    /// already gone is not an error.
     pub fn remove(&self, id: &str) -> Result<(), IoError> {
         let workspace = self.get(id)?;
+        // Never remove a folder while a file system is mounted on it: the removal would
+        // empty that file system, then fail on the mount point.
+        disk::unmount_data(&workspace.data)?;
         match fs::remove_dir_all(&workspace.root) {
             Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
             other => other.with_path("remove", &workspace.root),
@@ -205,12 +234,26 @@ impl Workspace {
         use std::os::unix::fs::MetadataExt;
         walkdir::WalkDir::new(&self.root)
             .follow_links(false)
+            // A loop-mounted data/ is counted by its image file, which holds it.
+            .same_file_system(true)
             .into_iter()
             .filter_map(Result::ok)
             .filter_map(|entry| entry.metadata().ok())
             .filter(|metadata| !metadata.is_dir())
             .map(|metadata| metadata.blocks() * 512)
             .sum()
+    }
+
+    /// What `data/` holds, measured against its cap; `None` when it is not capped or cannot
+    /// be measured.
+    pub fn disk_usage(&self) -> Option<disk::Usage> {
+        disk::usage(&self.data, self.disk.as_ref()?)
+    }
+
+    /// How often its `data/` should be checked against the cap while code runs; `None` when
+    /// it is not capped.
+    pub fn disk_check_interval(&self) -> Option<std::time::Duration> {
+        self.disk.as_ref().map(DiskPolicy::check_interval)
     }
 
     /// Whether the workspace's folder exists.

@@ -156,6 +156,27 @@ pub fn remove_containers_of(data_dir: &Path) {
             .args(&names)
             .output();
     }
+    unmount_under(data_dir);
+}
+
+/// Unmounts every file system mounted below `dir` (the workspaces' loop-mounted `data/`), so
+/// that removing the test's folder neither empties a mounted file system nor leaks it.
+pub fn unmount_under(dir: &Path) {
+    let Ok(dir) = dir.canonicalize() else {
+        return;
+    };
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    for line in mountinfo.lines() {
+        let Some(point) = line.split(' ').nth(4) else {
+            continue;
+        };
+        let point = point.replace("\\040", " ");
+        if Path::new(&point).starts_with(&dir) {
+            let _ = Command::new("umount").args(["-l", &point]).output();
+        }
+    }
 }
 
 /// The service token of tenant `tenant-a`.

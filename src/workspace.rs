@@ -667,6 +667,37 @@ mod tests {
     }
 
     #[test]
+    fn removing_an_input_spares_what_is_not_its_link() {
+        let (dir, workspace) = workspace();
+        for name in ["a.csv", "b.csv", "c.csv"] {
+            workspace.create_input(name).expect("create");
+        }
+        workspace.link_input("a.csv").expect("link");
+        // The code replaced b.csv's link with a link of its own, and c.csv's with a file.
+        let outside = dir.path().join("outside.csv");
+        fs::write(&outside, b"host").expect("write");
+        std::os::unix::fs::symlink(&outside, workspace.data.join("b.csv")).expect("symlink");
+        workspace.write_data_file("c.csv", b"mine").expect("write");
+        for name in ["a.csv", "b.csv", "c.csv", "never.csv"] {
+            workspace.remove_input(name).expect("remove");
+            assert!(
+                fs::symlink_metadata(workspace.inputs.join(name)).is_err(),
+                "{name}"
+            );
+        }
+        assert!(fs::symlink_metadata(workspace.data.join("a.csv")).is_err());
+        assert!(fs::symlink_metadata(workspace.data.join("b.csv")).is_ok());
+        assert_eq!(fs::read(&outside).expect("untouched"), b"host");
+        assert_eq!(
+            fs::read(workspace.data.join("c.csv")).expect("kept"),
+            b"mine"
+        );
+        for bad in ["", ".", "..", "../inputs/x", "a/b"] {
+            assert!(workspace.remove_input(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn input_links_are_relative_and_recognized() {
         let (_dir, workspace) = workspace();
         workspace.create_input("a.csv").expect("create");

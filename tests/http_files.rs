@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use codebox::config::Role;
 use common::{
-    ADMIN_A_TOKEN, ADMIN_B_TOKEN, ADMIN_TOKEN, ALICE, ALICE_OF_B, TestServer, json_of, token,
+    ADMIN_A_TOKEN, ADMIN_B_TOKEN, ADMIN_TOKEN, ALICE, ALICE_OF_B, BOB, TestServer, json_of, token,
 };
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -383,6 +383,15 @@ for name in sorted(os.listdir('/mnt/data')):
         200,
     )
     .await;
+    // Another user or tenant cannot see a message's attachments.
+    for stranger in [BOB, ALICE_OF_B] {
+        let response = server
+            .get(stranger, "/v1/messages/m-r/attachments")
+            .send()
+            .await
+            .expect("attachments");
+        common::assert_error(response, 404, "not_found").await;
+    }
     let shown: Vec<(&str, &str, &str, &str)> = attachments["attachments"]
         .as_array()
         .expect("attachments")

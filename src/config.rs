@@ -275,10 +275,31 @@ pub struct TokenConfig {
     /// The lower-case hex sha256 of the token, so the file need not hold the secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_sha256: Option<String>,
-    /// The tenant everything done with this token belongs to.
+    /// The tenant everything done with this token belongs to. An admin token of tenant
+    /// [`ALL_TENANTS`] is a global operator; a service token must name one tenant.
     pub tenant: String,
     /// What the token may do.
     pub role: Role,
+}
+
+/// The tenant of a global operator's token: its admin routes see and reap every tenant.
+pub const ALL_TENANTS: &str = "*";
+
+impl TokenConfig {
+    /// Why this entry cannot be used, if it cannot: a service token acts for end users of
+    /// one tenant, so [`ALL_TENANTS`] means nothing for it and would mix every tenant's data.
+    pub fn problem(&self) -> Option<String> {
+        if self.tenant.is_empty() {
+            return Some("server.tokens: a token's tenant must not be empty".to_owned());
+        }
+        if self.role == Role::Service && self.tenant == ALL_TENANTS {
+            return Some(format!(
+                "server.tokens: tenant \"{ALL_TENANTS}\" (every tenant) is for admin tokens only, \
+                 not service tokens"
+            ));
+        }
+        None
+    }
 }
 
 /// What a token may do.
@@ -391,6 +412,9 @@ impl Config {
             }
             if token.token.as_ref().is_some_and(|t| t.len() < 16) {
                 return bad("server.tokens: a token must be at least 16 characters");
+            }
+            if let Some(problem) = token.problem() {
+                return bad(&problem);
             }
         }
         crate::runtime::parse_user(&self.sandbox.user)

@@ -61,8 +61,27 @@ struct UploadForm {
 pub async fn upload_file(
     State(state): State<AppState>,
     UserCaller(owner): UserCaller,
-    mut form: Multipart,
+    form: Multipart,
 ) -> ApiResult<(StatusCode, Json<File>)> {
+    // The upload runs in a task of its own: when the client goes away mid-body, hyper drops
+    // this handler, but the task still sees the body end, and so deletes what it had staged
+    // instead of leaving a staging file or an unrecorded blob behind.
+    let receiving = tokio::spawn(receive_upload(state.clone(), owner, form));
+    let file = receiving
+        .await
+        .map_err(|join_error| ApiError::internal(&join_error))??;
+    metrics::counter!("codebox_uploaded_bytes_total")
+        .increment(u64::try_from(file.size).unwrap_or(0));
+    Ok((StatusCode::CREATED, Json(state.file_dto(&file))))
+}
+
+/// Reads the upload form, stores its file and records it; whatever is refused or broken on
+/// the way leaves no bytes behind.
+async fn receive_upload(
+    state: AppState,
+    owner: crate::catalog::Owner,
+    mut form: Multipart,
+) -> ApiResult<FileRecord> {
     let supervisor = &state.supervisor;
     let mut meta = UploadMeta::default();
     let mut stored: Option<StoredUpload> = None;
@@ -70,13 +89,17 @@ pub async fn upload_file(
         while let Some(field) = form
             .next_field()
             .await
-            .map_err(|error| ApiError::invalid(format!("malformed form: {error}")))?
+            .map_err(|error| ApiError::from_body_error("form", &error))?
         {
             match field.name() {
                 Some("file") if stored.is_none() => {
                     meta.name = field.file_name().unwrap_or("upload").to_owned();
                     let reader = StreamReader::new(field.map_err(std::io::Error::other));
-                    stored = Some(supervisor.store_upload(reader).await?);
+                    let upload = supervisor.store_upload(reader).await;
+                    stored = Some(upload.map_err(|error| match form_failure(&error) {
+                        Some(failure) => ApiError::from_body_error("form", failure),
+                        None => ApiError::from(error),
+                    })?);
                 }
                 Some("file") => return Err(ApiError::invalid("only one file per upload")),
                 Some("chat_id") => meta.chat_id = Some(text(field).await?),
@@ -101,14 +124,25 @@ pub async fn upload_file(
             return Err(error.closing_connection());
         }
     };
-    let file = supervisor.register_upload(&owner, meta, stored).await?;
-    metrics::counter!("codebox_uploaded_bytes_total")
-        .increment(u64::try_from(file.size).unwrap_or(0));
-    Ok((StatusCode::CREATED, Json(state.file_dto(&file))))
+    Ok(supervisor.register_upload(&owner, meta, stored).await?)
+}
+
+/// The form's own failure behind an error of storing its file: the client's broken, too large
+/// or too slow body, which is the client's error and not the store's.
+fn form_failure(error: &crate::Error) -> Option<&(dyn std::error::Error + 'static)> {
+    match error {
+        crate::Error::Blobs(crate::blobs::BlobError::Read(io)) => {
+            let inner = io.get_ref()?;
+            inner
+                .is::<axum::extract::multipart::MultipartError>()
+                .then_some(inner as &(dyn std::error::Error + 'static))
+        }
+        _ => None,
+    }
 }
 
 /// The longest text field an upload form may carry (ids are at most 128 characters).
-const MAX_FORM_TEXT_BYTES: usize = 1024;
+pub(super) const MAX_FORM_TEXT_BYTES: usize = 1024;
 
 /// Reads a text field of the form, refusing it as soon as it passes the cap: the upload route
 /// has no body limit, so nothing else stops a huge field from filling memory.
@@ -118,7 +152,7 @@ async fn text(mut field: axum::extract::multipart::Field<'_>) -> ApiResult<Strin
     while let Some(chunk) = field
         .chunk()
         .await
-        .map_err(|error| ApiError::invalid(format!("malformed form field: {error}")))?
+        .map_err(|error| ApiError::from_body_error("form field", &error))?
     {
         if bytes.len() + chunk.len() > MAX_FORM_TEXT_BYTES {
             return Err(ApiError::invalid(format!(

@@ -319,8 +319,8 @@ async fn an_upload_abandoned_halfway_leaves_no_staging_file_or_blob() {
         &[("chat_id", "chat-1"), ("message_id", "msg-1")],
         b"half.csv",
     );
-    // Past the first 5 MiB part, so that the store has written a staging file.
-    start.extend_from_slice(&vec![b'x'; 6 << 20]);
+    // The store makes its staging file as soon as the file begins.
+    start.extend_from_slice(&vec![b'x'; 1 << 20]);
     let head = format!(
         "{}\r\nContent-Type: {}\r\nContent-Length: {}\r\n\r\n",
         raw::head("POST", "/v1/files", TENANT_A_TOKEN, ALICE.user),

@@ -63,11 +63,15 @@ pub async fn upload_file(
     UserCaller(owner): UserCaller,
     form: Multipart,
 ) -> ApiResult<(StatusCode, Json<File>)> {
-    // The upload runs in a task of its own: when the client goes away mid-body, hyper drops
-    // this handler, but the task still sees the body end, and so deletes what it had staged
-    // instead of leaving a staging file or an unrecorded blob behind.
-    let receiving = tokio::spawn(receive_upload(state.clone(), owner, form));
-    let file = receiving
+    let (meta, staged) = receive_form(&state, form).await?;
+    // Recording runs in a task of its own: once the bytes are stored, a client that goes away
+    // (hyper then drops this handler) must not cut the recording in half and leave a blob
+    // without its row. The bytes are handed over with no await in between.
+    let stored = staged
+        .hand_over()
+        .ok_or_else(|| ApiError::internal(&"an upload's stored bytes were handed over twice"))?;
+    let supervisor = state.supervisor.clone();
+    let file = tokio::spawn(async move { supervisor.register_upload(&owner, meta, stored).await })
         .await
         .map_err(|join_error| ApiError::internal(&join_error))??;
     metrics::counter!("codebox_uploaded_bytes_total")
@@ -75,16 +79,12 @@ pub async fn upload_file(
     Ok((StatusCode::CREATED, Json(state.file_dto(&file))))
 }
 
-/// Reads the upload form, stores its file and records it; whatever is refused or broken on
-/// the way leaves no bytes behind.
-async fn receive_upload(
-    state: AppState,
-    owner: crate::catalog::Owner,
-    mut form: Multipart,
-) -> ApiResult<FileRecord> {
+/// Reads the upload form and streams its file into the store (staging it in the back end
+/// until it is complete). Whatever is refused or broken on the way leaves no bytes behind.
+async fn receive_form(state: &AppState, mut form: Multipart) -> ApiResult<(UploadMeta, Staged)> {
     let supervisor = &state.supervisor;
     let mut meta = UploadMeta::default();
-    let mut stored: Option<StoredUpload> = None;
+    let mut staged: Option<Staged> = None;
     let outcome: ApiResult<()> = async {
         while let Some(field) = form
             .next_field()
@@ -92,14 +92,18 @@ async fn receive_upload(
             .map_err(|error| ApiError::from_body_error("form", &error))?
         {
             match field.name() {
-                Some("file") if stored.is_none() => {
+                Some("file") if staged.is_none() => {
                     meta.name = field.file_name().unwrap_or("upload").to_owned();
                     let reader = StreamReader::new(field.map_err(std::io::Error::other));
                     let upload = supervisor.store_upload(reader).await;
-                    stored = Some(upload.map_err(|error| match form_failure(&error) {
+                    let stored = upload.map_err(|error| match form_failure(&error) {
                         Some(failure) => ApiError::from_body_error("form", failure),
                         None => ApiError::from(error),
-                    })?);
+                    })?;
+                    staged = Some(Staged {
+                        supervisor: supervisor.clone(),
+                        stored: Some(stored),
+                    });
                 }
                 Some("file") => return Err(ApiError::invalid("only one file per upload")),
                 Some("chat_id") => meta.chat_id = Some(text(field).await?),
@@ -113,18 +117,52 @@ async fn receive_upload(
         Ok(())
     }
     .await;
-    let stored = match (outcome, stored) {
-        (Ok(()), Some(stored)) => stored,
-        (Ok(()), None) => return Err(ApiError::invalid("the form has no file field")),
-        (Err(error), stored) => {
-            if let Some(stored) = stored {
+    match (outcome, staged) {
+        (Ok(()), Some(staged)) => Ok((meta, staged)),
+        (Ok(()), None) => Err(ApiError::invalid("the form has no file field")),
+        (Err(error), staged) => {
+            if let Some(staged) = staged {
                 // Nothing half-stored remains of a refused upload.
-                supervisor.discard_upload(stored).await;
+                staged.discard().await;
             }
-            return Err(error.closing_connection());
+            Err(error.closing_connection())
         }
-    };
-    Ok(supervisor.register_upload(&owner, meta, stored).await?)
+    }
+}
+
+/// The stored bytes of an upload that is not recorded yet. Dropped before it is handed over
+/// (the client went away mid-form and hyper dropped the handler), it deletes them in the
+/// background, so that no unrecorded blob remains.
+struct Staged {
+    supervisor: std::sync::Arc<crate::Supervisor>,
+    stored: Option<StoredUpload>,
+}
+
+impl Staged {
+    /// The bytes, now the caller's to record or delete. `stored` is only taken here and in
+    /// `discard`, which both consume `self`, so this is always `Some`.
+    fn hand_over(mut self) -> Option<StoredUpload> {
+        self.stored.take()
+    }
+
+    /// Deletes the bytes now.
+    async fn discard(mut self) {
+        if let Some(stored) = self.stored.take() {
+            self.supervisor.discard_upload(stored).await;
+        }
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let Some(stored) = self.stored.take() else {
+            return;
+        };
+        let supervisor = self.supervisor.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { supervisor.discard_upload(stored).await });
+        }
+    }
 }
 
 /// The form's own failure behind an error of storing its file: the client's broken, too large

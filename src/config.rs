@@ -221,7 +221,13 @@ impl OutputsConfig {
 }
 
 /// The HTTP server (`codebox serve`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+///
+/// A hostile client gets a bounded share of it: the request head must arrive within
+/// `header_read_timeout`, the body at `min_body_rate` once `body_read_timeout` has passed, a
+/// connection where nothing moves for `idle_timeout` is closed, a `Content-Length` over the
+/// route's limit is refused before any byte of the body is read, and at most
+/// `max_connections` connections are served at once (further ones wait to be accepted).
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     /// The address to listen on.
@@ -244,6 +250,30 @@ pub struct ServerConfig {
     /// How long shutdown waits for runs in flight before they are marked failed.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// How long a client has to send a request's line and headers, counted from when the
+    /// server is ready to read them; this also closes a kept-alive connection that sends no
+    /// next request in that time.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// How long a request body may take before it must keep up `min_body_rate`: a body is cut
+    /// off (408) once it has taken longer than this plus the time its bytes so far need at
+    /// `min_body_rate`. One byte every few seconds is refused after this long; a large upload
+    /// over a slow but steady link is not.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// The slowest a request body may arrive, in bytes per second, on average over the body
+    /// once `body_read_timeout` has passed; `0 B` makes `body_read_timeout` a plain deadline
+    /// for the whole body.
+    pub min_body_rate: ByteSize,
+    /// A connection on which no byte moves either way for this long, while no request of it
+    /// is being worked on, is closed: a client that stops reading a download or an event
+    /// stream lets its connection go. (A run that takes minutes is worked on, so its silent
+    /// connection stays open.)
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Most connections served at once; past it new connections wait in the listen backlog
+    /// until one closes.
+    pub max_connections: usize,
     /// The bearer tokens the server accepts. With none configured, `codebox serve` creates
     /// `<data_dir>/tokens.toml` with one service and one admin token for tenant `default`.
     pub tokens: Vec<TokenConfig>,
@@ -260,13 +290,60 @@ impl Default for ServerConfig {
             max_queued_runs: 32,
             max_body_bytes: ByteSize::mib(2),
             shutdown_grace: Duration::from_secs(60),
+            header_read_timeout: Duration::from_secs(15),
+            body_read_timeout: Duration::from_secs(30),
+            min_body_rate: ByteSize::kib(16),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 1024,
             tokens: Vec::new(),
         }
     }
 }
 
+/// Written by hand so that the signing secret and the tokens never reach a log line or an
+/// error message; destructuring makes a new field a compile error here until it is listed.
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            listen,
+            public_url,
+            signing_secret,
+            download_url_ttl,
+            max_runs_in_flight,
+            max_queued_runs,
+            max_body_bytes,
+            shutdown_grace,
+            header_read_timeout,
+            body_read_timeout,
+            min_body_rate,
+            idle_timeout,
+            max_connections,
+            tokens,
+        } = self;
+        f.debug_struct("ServerConfig")
+            .field("listen", listen)
+            .field("public_url", public_url)
+            .field("signing_secret", &signing_secret.as_ref().map(|_| REDACTED))
+            .field("download_url_ttl", download_url_ttl)
+            .field("max_runs_in_flight", max_runs_in_flight)
+            .field("max_queued_runs", max_queued_runs)
+            .field("max_body_bytes", max_body_bytes)
+            .field("shutdown_grace", shutdown_grace)
+            .field("header_read_timeout", header_read_timeout)
+            .field("body_read_timeout", body_read_timeout)
+            .field("min_body_rate", min_body_rate)
+            .field("idle_timeout", idle_timeout)
+            .field("max_connections", max_connections)
+            .field("tokens", tokens)
+            .finish()
+    }
+}
+
+/// What a secret shows as in `Debug` output.
+const REDACTED: &str = "<redacted>";
+
 /// One accepted bearer token.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
     /// The token itself (keep the file private), or use `token_sha256`.
@@ -299,6 +376,25 @@ impl TokenConfig {
             ));
         }
         None
+    }
+}
+
+/// Shows the tenant and role only: the token is a secret, and so, for a guessable token, is
+/// its digest.
+impl std::fmt::Debug for TokenConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            token,
+            token_sha256,
+            tenant,
+            role,
+        } = self;
+        f.debug_struct("TokenConfig")
+            .field("token", &token.as_ref().map(|_| REDACTED))
+            .field("token_sha256", &token_sha256.as_ref().map(|_| REDACTED))
+            .field("tenant", tenant)
+            .field("role", role)
+            .finish()
     }
 }
 
@@ -406,6 +502,20 @@ impl Config {
         if self.server.max_runs_in_flight == 0 {
             return bad("server.max_runs_in_flight must be at least 1");
         }
+        if self.server.max_connections == 0 {
+            return bad("server.max_connections must be at least 1");
+        }
+        for (name, timeout) in [
+            ("header_read_timeout", self.server.header_read_timeout),
+            ("body_read_timeout", self.server.body_read_timeout),
+            ("idle_timeout", self.server.idle_timeout),
+        ] {
+            if timeout.is_zero() {
+                return Err(ConfigError::Inconsistent(format!(
+                    "server.{name} must be above zero"
+                )));
+            }
+        }
         for token in &self.server.tokens {
             if token.token.is_some() == token.token_sha256.is_some() {
                 return bad("each server.tokens entry needs exactly one of token and token_sha256");
@@ -494,6 +604,38 @@ mod tests {
             assert!(error.to_string().contains("max_timeout"), "{error}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn debug_output_hides_tokens_and_the_signing_secret() {
+        let mut config = Config::default();
+        config.server.signing_secret = Some("signing-secret-4f0d2c".to_owned());
+        config.server.tokens = vec![
+            TokenConfig {
+                token: Some("plaintext-token-9a8b7c6d".to_owned()),
+                token_sha256: None,
+                tenant: "acme".to_owned(),
+                role: Role::Service,
+            },
+            TokenConfig {
+                token: None,
+                token_sha256: Some("5e884898da28047151d0e56f8dc62927".to_owned()),
+                tenant: "ops".to_owned(),
+                role: Role::Admin,
+            },
+        ];
+        for shown in [format!("{config:?}"), format!("{config:#?}")] {
+            for secret in [
+                "signing-secret-4f0d2c",
+                "plaintext-token-9a8b7c6d",
+                "5e884898da28047151d0e56f8dc62927",
+            ] {
+                assert!(!shown.contains(secret), "{secret} in {shown}");
+            }
+            // The rest is still there to debug with.
+            assert!(shown.contains("acme") && shown.contains("Admin"), "{shown}");
+            assert!(shown.contains(REDACTED), "{shown}");
+        }
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! Minted ids are a short type prefix and a UUIDv7 (time-ordered, so they sort by creation and
 //! index well). Caller-chosen ids (`chat_id`, `message_id`) are 1-128 characters of
-//! `[A-Za-z0-9._:-]`, which keeps them safe in labels, logs and paths.
+//! `[A-Za-z0-9._:-]`, and neither `.` nor `..`: those two are path segments that every client
+//! and proxy resolves away, so a resource named by one could never be reached by its URL.
 
 use crate::error::Error;
 
@@ -15,6 +16,12 @@ pub fn mint(prefix: &str) -> String {
 pub fn check_external(field: &'static str, value: &str) -> Result<(), Error> {
     if value.is_empty() || value.len() > 128 {
         return Err(Error::invalid(field, "must be 1 to 128 characters long"));
+    }
+    if matches!(value, "." | "..") {
+        return Err(Error::invalid(
+            field,
+            "may not be \".\" or \"..\", which cannot travel in a URL path",
+        ));
     }
     if let Some(bad) = value
         .chars()
@@ -43,10 +50,27 @@ mod tests {
 
     #[test]
     fn external_ids_are_checked() {
-        for good in ["m1", "chat:42", "a.b_c-d", &"x".repeat(128)] {
+        for good in [
+            "m1",
+            "chat:42",
+            "a.b_c-d",
+            "...",
+            ".a",
+            "a..",
+            &"x".repeat(128),
+        ] {
             assert!(check_external("message_id", good).is_ok(), "{good}");
         }
-        for bad in ["", "a/b", "..\u{0}", "a b", "é", &"x".repeat(129)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "..\u{0}",
+            "a b",
+            "é",
+            &"x".repeat(129),
+        ] {
             let error = check_external("message_id", bad).expect_err(bad);
             assert!(
                 error.to_string().starts_with("invalid message_id"),

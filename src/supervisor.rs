@@ -47,7 +47,8 @@ const READ_ONLY_HINT: &str = "codebox: attached files are read-only. Write a new
 /// What a user says about a file they upload.
 #[derive(Debug, Clone, Default)]
 pub struct UploadMeta {
-    /// The file's name as the user has it (kept as is; sanitized where it becomes a path).
+    /// The file's name as the client sent it. Only its last part is kept (see
+    /// [`workspace::base_name`]), and that is sanitized where it becomes a path.
     pub name: String,
     /// The chat it belongs to, if any.
     pub chat_id: Option<String>,
@@ -596,6 +597,11 @@ impl Supervisor {
             _ => None,
         };
         let safe_name = workspace::sanitize_name(&upload.name);
+        // The client's folders are no part of the file's name: `C:\Users\a\report.csv` is
+        // shown as `report.csv`, and `..` never survives (shared/API.md).
+        let name = workspace::base_name(&upload.name)
+            .unwrap_or("file")
+            .to_owned();
         let mut record = FileRecord {
             id: stored.id,
             tenant: owner.tenant.clone(),
@@ -603,7 +609,7 @@ impl Supervisor {
             chat_id: upload.chat_id,
             message_id: upload.message_id,
             run_id: None,
-            name: upload.name,
+            name,
             path: attachment_path(&safe_name),
             size: i64::try_from(stored.stored.size).unwrap_or(i64::MAX),
             content_type: content_type_of(&safe_name),

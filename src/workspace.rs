@@ -560,23 +560,27 @@ pub fn join_safely(base: &Path, relative: &Path) -> io::Result<PathBuf> {
     Ok(joined)
 }
 
-/// Turns a name a user chose into a safe file name: no path separators, no control
-/// characters, not `.` or `..`, no leading or trailing spaces, at most [`MAX_NAME_BYTES`]
-/// bytes with the extension kept. The original name stays in the catalog.
+/// The last part of a file name a client sent, where both `/` and `\` separate folders (a
+/// browser on Windows sends `C:\Users\a\report.csv`): `report.csv`. Parts that are empty,
+/// `.` or `..` (spaces around them aside) never count, so `reports/..` is `reports`; `None`
+/// when no part is left. The part is returned with its surrounding spaces trimmed.
+pub fn base_name(raw: &str) -> Option<&str> {
+    raw.rsplit(['/', '\\'])
+        .map(str::trim)
+        .find(|part| !matches!(*part, "" | "." | ".."))
+}
+
+/// Turns a name a user chose into a safe file name: only its [`base_name`] (`file` when it
+/// has none), no control characters, no leading or trailing spaces, never `.` or `..`, at most
+/// [`MAX_NAME_BYTES`] bytes with the extension kept.
 pub fn sanitize_name(raw: &str) -> String {
-    let cleaned: String = raw
+    let cleaned: String = base_name(raw)
+        .unwrap_or("file")
         .chars()
-        .map(|c| match c {
-            '/' | '\\' => '_',
-            c if c.is_control() => '_',
-            c => c,
-        })
+        .map(|c| if c.is_control() { '_' } else { c })
         .collect();
-    let trimmed = cleaned.trim();
-    let name = match trimmed {
-        "" | "." | ".." => "file".to_owned(),
-        other => other.to_owned(),
-    };
+    // A base name is trimmed and not a dot name, and replacing control characters keeps it so.
+    let name = cleaned.trim().to_owned();
     if name.len() <= MAX_NAME_BYTES {
         return name;
     }
@@ -621,12 +625,12 @@ mod tests {
     #[test]
     fn names_are_sanitized() {
         assert_eq!(sanitize_name("report.csv"), "report.csv");
-        assert_eq!(sanitize_name("../../etc/passwd"), ".._.._etc_passwd");
-        assert_eq!(
-            sanitize_name("C:\\Users\\me\\data.csv"),
-            "C:_Users_me_data.csv"
-        );
+        assert_eq!(sanitize_name("../../etc/passwd"), "passwd");
+        assert_eq!(sanitize_name("C:\\Users\\me\\data.csv"), "data.csv");
+        assert_eq!(sanitize_name("reports/2024/"), "2024");
+        assert_eq!(sanitize_name("a\\b/ .. /./"), "b");
         assert_eq!(sanitize_name(".."), "file");
+        assert_eq!(sanitize_name("/\\./"), "file");
         assert_eq!(sanitize_name("  "), "file");
         assert_eq!(sanitize_name("a\u{0}b\nc\u{7f}.csv"), "a_b_c_.csv");
         assert_eq!(sanitize_name("отчёт 2024.xlsx"), "отчёт 2024.xlsx");

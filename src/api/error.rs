@@ -2,7 +2,13 @@
 //! `{"error": {"code", "message"}}`.
 //!
 //! A 5xx never shows internals: its message names an error id, and the log line with the real
-//! cause carries the same id.
+//! cause carries the same id. That holds for 503 too: an operator asked about a refusal finds
+//! its log line by the id the client was given.
+//!
+//! Errors that axum or the connection layer raise before a handler runs (a malformed path,
+//! query, JSON or multipart body, a wrong method, an oversized or too slow body) are turned
+//! into the same body here too: [`ApiError::from_status`] for the rejections axum answers on
+//! its own, and [`ApiError::from_body_error`] for a request body that failed while it was read.
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -22,7 +28,8 @@ pub struct ErrorBody {
 /// What went wrong.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
-    /// One of `not_found`, `invalid`, `unauthorized`, `forbidden`, `too_large`, `busy`,
+    /// One of `not_found`, `invalid`, `unauthorized`, `forbidden`, `too_large`,
+    /// `method_not_allowed`, `timeout` (408: the request body arrived too slowly), `busy`,
     /// `internal`.
     pub code: &'static str,
     /// A sentence for people.
@@ -79,11 +86,45 @@ impl ApiError {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
     }
 
-    /// 503 with `Retry-After`.
+    /// 405, for a route that exists with other methods; the caller adds `Allow`.
+    pub fn method_not_allowed(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            message,
+        )
+    }
+
+    /// 408: the request body did not arrive in time (see `server.body_read_timeout`).
+    pub fn timeout(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::REQUEST_TIMEOUT, "timeout", message)
+    }
+
+    /// 503 with `Retry-After`: logs the refusal under a fresh error id, which the message
+    /// names.
     pub fn busy(message: impl Into<String>, retry_after_secs: u64) -> Self {
+        Self::unavailable(message.into(), None, retry_after_secs)
+    }
+
+    /// 503 with `Retry-After` for an outage: logs `message` and its `cause` (if any) under a
+    /// fresh error id; the client sees the message and the id only.
+    fn unavailable(
+        message: String,
+        cause: Option<&dyn std::fmt::Display>,
+        retry_after_secs: u64,
+    ) -> Self {
+        let error_id = crate::ids::mint("err");
+        match cause {
+            Some(cause) => tracing::error!(%error_id, error = %cause, "{message}"),
+            None => tracing::warn!(%error_id, "{message}"),
+        }
         Self {
             retry_after: Some(retry_after_secs),
-            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message)
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                format!("{message}; the server log has it under {error_id}"),
+            )
         }
     }
 
@@ -96,6 +137,50 @@ impl ApiError {
             "internal",
             format!("internal error; the server log has its details under {error_id}"),
         )
+    }
+
+    /// The API's error for a status that axum answered on its own, with its plain-text
+    /// `detail`; `None` for statuses that are not errors or need no body (416).
+    pub fn from_status(status: StatusCode, detail: String) -> Option<Self> {
+        let detail = match detail.trim() {
+            "" => status.canonical_reason().unwrap_or("error").to_lowercase(),
+            text => text.to_owned(),
+        };
+        Some(match status {
+            StatusCode::BAD_REQUEST
+            | StatusCode::UNPROCESSABLE_ENTITY
+            | StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::invalid(detail),
+            StatusCode::NOT_FOUND => Self::not_found("route"),
+            StatusCode::METHOD_NOT_ALLOWED => {
+                Self::method_not_allowed("this route does not take this method; see Allow")
+            }
+            StatusCode::PAYLOAD_TOO_LARGE => Self::too_large(detail),
+            StatusCode::REQUEST_TIMEOUT => Self::timeout(detail),
+            status if status.is_server_error() => Self::internal(&detail),
+            _ => return None,
+        })
+    }
+
+    /// The API's error for a request body that failed while it was read (`what` names the
+    /// body: "form", "JSON body"): too slow is 408, too large 413, and anything else the
+    /// client sent (a truncated or malformed body, a connection that went away) 422. A
+    /// client's broken body is never a server error. The connection is not reused.
+    pub fn from_body_error(what: &str, error: &(dyn std::error::Error + 'static)) -> Self {
+        let mut source = Some(error);
+        let mut detail = error.to_string();
+        while let Some(current) = source {
+            if current.is::<super::connections::BodyTimeout>() {
+                return Self::timeout(current.to_string()).closing_connection();
+            }
+            if current.is::<http_body_util::LengthLimitError>() {
+                return Self::too_large(format!("the {what} is larger than the configured limit"))
+                    .closing_connection();
+            }
+            // The innermost cause says most (axum's outer errors are generic).
+            detail = current.to_string();
+            source = current.source();
+        }
+        Self::invalid(format!("malformed {what}: {detail}")).closing_connection()
     }
 
     /// Asks the client not to reuse the connection: for refusals sent before the request
@@ -130,8 +215,11 @@ impl From<Error> for ApiError {
             Error::Busy(_) => Self::busy(error.to_string(), 1),
             Error::Runtime(crate::runtime::RuntimeError::Unreachable(_)) => {
                 // The engine being down is an outage, not a bug: 503, and the log says why.
-                tracing::error!(error = %error, "the container engine is unreachable");
-                Self::busy("the sandbox engine is unavailable; try again later", 5)
+                Self::unavailable(
+                    "the sandbox engine is unavailable; try again later".to_owned(),
+                    Some(&error),
+                    5,
+                )
             }
             Error::Catalog(_) | Error::Blobs(_) | Error::Runtime(_) | Error::Io(_) => {
                 Self::internal(&error)
@@ -177,6 +265,45 @@ mod tests {
             assert_eq!(api.status.as_u16(), status);
             assert_eq!(api.code, code);
         }
+    }
+
+    #[test]
+    fn every_server_error_names_an_error_id() {
+        let busy = ApiError::busy("too many runs", 2);
+        let outage = ApiError::from(Error::Runtime(crate::runtime::RuntimeError::Unreachable(
+            "connect /var/run/docker.sock".into(),
+        )));
+        let internal = ApiError::internal(&"disk on fire");
+        for error in [busy, outage, internal] {
+            assert!(error.status.is_server_error());
+            let id = error
+                .message
+                .split_whitespace()
+                .find(|word| word.starts_with("err_"))
+                .unwrap_or_else(|| panic!("no error id in {:?}", error.message));
+            assert_eq!(id.len(), "err_".len() + 32, "{id}");
+            assert!(!error.message.contains("docker.sock"), "{}", error.message);
+        }
+    }
+
+    #[test]
+    fn rejections_get_the_code_of_their_status() {
+        let cases = [
+            (StatusCode::BAD_REQUEST, 422, "invalid"),
+            (StatusCode::UNSUPPORTED_MEDIA_TYPE, 422, "invalid"),
+            (StatusCode::NOT_FOUND, 404, "not_found"),
+            (StatusCode::METHOD_NOT_ALLOWED, 405, "method_not_allowed"),
+            (StatusCode::PAYLOAD_TOO_LARGE, 413, "too_large"),
+            (StatusCode::REQUEST_TIMEOUT, 408, "timeout"),
+            (StatusCode::INTERNAL_SERVER_ERROR, 500, "internal"),
+        ];
+        for (status, expected, code) in cases {
+            let error = ApiError::from_status(status, "detail".to_owned()).expect("an error");
+            assert_eq!(error.status.as_u16(), expected, "{status}");
+            assert_eq!(error.code, code, "{status}");
+        }
+        assert!(ApiError::from_status(StatusCode::RANGE_NOT_SATISFIABLE, String::new()).is_none());
+        assert!(ApiError::from_status(StatusCode::OK, String::new()).is_none());
     }
 
     #[test]

@@ -61,22 +61,49 @@ struct UploadForm {
 pub async fn upload_file(
     State(state): State<AppState>,
     UserCaller(owner): UserCaller,
-    mut form: Multipart,
+    form: Multipart,
 ) -> ApiResult<(StatusCode, Json<File>)> {
+    let (meta, staged) = receive_form(&state, form).await?;
+    // Recording runs in a task of its own: once the bytes are stored, a client that goes away
+    // (hyper then drops this handler) must not cut the recording in half and leave a blob
+    // without its row. The bytes are handed over with no await in between.
+    let stored = staged
+        .hand_over()
+        .ok_or_else(|| ApiError::internal(&"an upload's stored bytes were handed over twice"))?;
+    let supervisor = state.supervisor.clone();
+    let file = tokio::spawn(async move { supervisor.register_upload(&owner, meta, stored).await })
+        .await
+        .map_err(|join_error| ApiError::internal(&join_error))??;
+    metrics::counter!("codebox_uploaded_bytes_total")
+        .increment(u64::try_from(file.size).unwrap_or(0));
+    Ok((StatusCode::CREATED, Json(state.file_dto(&file))))
+}
+
+/// Reads the upload form and streams its file into the store (staging it in the back end
+/// until it is complete). Whatever is refused or broken on the way leaves no bytes behind.
+async fn receive_form(state: &AppState, mut form: Multipart) -> ApiResult<(UploadMeta, Staged)> {
     let supervisor = &state.supervisor;
     let mut meta = UploadMeta::default();
-    let mut stored: Option<StoredUpload> = None;
+    let mut staged: Option<Staged> = None;
     let outcome: ApiResult<()> = async {
         while let Some(field) = form
             .next_field()
             .await
-            .map_err(|error| ApiError::invalid(format!("malformed form: {error}")))?
+            .map_err(|error| ApiError::from_body_error("form", &error))?
         {
             match field.name() {
-                Some("file") if stored.is_none() => {
+                Some("file") if staged.is_none() => {
                     meta.name = field.file_name().unwrap_or("upload").to_owned();
                     let reader = StreamReader::new(field.map_err(std::io::Error::other));
-                    stored = Some(supervisor.store_upload(reader).await?);
+                    let upload = supervisor.store_upload(reader).await;
+                    let stored = upload.map_err(|error| match form_failure(&error) {
+                        Some(failure) => ApiError::from_body_error("form", failure),
+                        None => ApiError::from(error),
+                    })?;
+                    staged = Some(Staged {
+                        supervisor: supervisor.clone(),
+                        stored: Some(stored),
+                    });
                 }
                 Some("file") => return Err(ApiError::invalid("only one file per upload")),
                 Some("chat_id") => meta.chat_id = Some(text(field).await?),
@@ -90,25 +117,70 @@ pub async fn upload_file(
         Ok(())
     }
     .await;
-    let stored = match (outcome, stored) {
-        (Ok(()), Some(stored)) => stored,
-        (Ok(()), None) => return Err(ApiError::invalid("the form has no file field")),
-        (Err(error), stored) => {
-            if let Some(stored) = stored {
+    match (outcome, staged) {
+        (Ok(()), Some(staged)) => Ok((meta, staged)),
+        (Ok(()), None) => Err(ApiError::invalid("the form has no file field")),
+        (Err(error), staged) => {
+            if let Some(staged) = staged {
                 // Nothing half-stored remains of a refused upload.
-                supervisor.discard_upload(stored).await;
+                staged.discard().await;
             }
-            return Err(error.closing_connection());
+            Err(error.closing_connection())
         }
-    };
-    let file = supervisor.register_upload(&owner, meta, stored).await?;
-    metrics::counter!("codebox_uploaded_bytes_total")
-        .increment(u64::try_from(file.size).unwrap_or(0));
-    Ok((StatusCode::CREATED, Json(state.file_dto(&file))))
+    }
+}
+
+/// The stored bytes of an upload that is not recorded yet. Dropped before it is handed over
+/// (the client went away mid-form and hyper dropped the handler), it deletes them in the
+/// background, so that no unrecorded blob remains.
+struct Staged {
+    supervisor: std::sync::Arc<crate::Supervisor>,
+    stored: Option<StoredUpload>,
+}
+
+impl Staged {
+    /// The bytes, now the caller's to record or delete. `stored` is only taken here and in
+    /// `discard`, which both consume `self`, so this is always `Some`.
+    fn hand_over(mut self) -> Option<StoredUpload> {
+        self.stored.take()
+    }
+
+    /// Deletes the bytes now.
+    async fn discard(mut self) {
+        if let Some(stored) = self.stored.take() {
+            self.supervisor.discard_upload(stored).await;
+        }
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let Some(stored) = self.stored.take() else {
+            return;
+        };
+        let supervisor = self.supervisor.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { supervisor.discard_upload(stored).await });
+        }
+    }
+}
+
+/// The form's own failure behind an error of storing its file: the client's broken, too large
+/// or too slow body, which is the client's error and not the store's.
+fn form_failure(error: &crate::Error) -> Option<&(dyn std::error::Error + 'static)> {
+    match error {
+        crate::Error::Blobs(crate::blobs::BlobError::Read(io)) => {
+            let inner = io.get_ref()?;
+            inner
+                .is::<axum::extract::multipart::MultipartError>()
+                .then_some(inner as &(dyn std::error::Error + 'static))
+        }
+        _ => None,
+    }
 }
 
 /// The longest text field an upload form may carry (ids are at most 128 characters).
-const MAX_FORM_TEXT_BYTES: usize = 1024;
+pub(super) const MAX_FORM_TEXT_BYTES: usize = 1024;
 
 /// Reads a text field of the form, refusing it as soon as it passes the cap: the upload route
 /// has no body limit, so nothing else stops a huge field from filling memory.
@@ -118,7 +190,7 @@ async fn text(mut field: axum::extract::multipart::Field<'_>) -> ApiResult<Strin
     while let Some(chunk) = field
         .chunk()
         .await
-        .map_err(|error| ApiError::invalid(format!("malformed form field: {error}")))?
+        .map_err(|error| ApiError::from_body_error("form field", &error))?
     {
         if bytes.len() + chunk.len() > MAX_FORM_TEXT_BYTES {
             return Err(ApiError::invalid(format!(

@@ -8,9 +8,13 @@
 //! | `messages.rs` | per-message and per-chat listings, link rendering, workspace deletion |
 //! | `admin.rs` | operators: workspaces, garbage collection, retention policy |
 //! | `service.rs` | `/healthz`, `/readyz`, `/metrics`, `/openapi.json` |
+//!
+//! Under the routes, `connections.rs` accepts connections and holds the timeouts and the
+//! connection cap that protect the server from hostile clients.
 
 mod admin;
 pub mod auth;
+pub mod connections;
 pub mod download;
 pub mod dto;
 pub mod error;
@@ -149,18 +153,21 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// Room an upload's form takes beyond its file: the part headers, the boundaries and the text
+/// fields (each at most [`files::MAX_FORM_TEXT_BYTES`]).
+const FORM_OVERHEAD_BYTES: u64 = 64 * 1024;
+
 /// The API's router, and its OpenAPI document generated from the same handlers.
 pub fn router(state: AppState) -> Router {
-    let max_body = usize::try_from(state.supervisor.config().server.max_body_bytes.as_u64())
-        .unwrap_or(usize::MAX);
+    let config = state.supervisor.config();
+    let max_body = config.server.max_body_bytes.as_u64();
+    let max_upload_body = config
+        .limits
+        .max_upload_bytes
+        .as_u64()
+        .saturating_add(FORM_OVERHEAD_BYTES);
     let (upload_schemas, upload_paths, upload) = routes!(files::upload_file);
     let (api, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
-        // Uploads are streamed and capped by the upload limit, not the body limit.
-        .routes((
-            upload_schemas,
-            upload_paths,
-            upload.layer(DefaultBodyLimit::disable()),
-        ))
         .routes(routes!(files::get_file, files::delete_file))
         .routes(routes!(files::download))
         .routes(routes!(runs::create_run))
@@ -176,10 +183,29 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(service::healthz))
         .routes(routes!(service::readyz))
         .routes(routes!(service::metrics))
-        .layer(DefaultBodyLimit::max(max_body))
+        // Layers apply to the routes added before them: every route so far takes JSON (or
+        // nothing) under the body limit.
+        .layer(DefaultBodyLimit::max(body_limit(max_body)))
+        .layer(middleware::from_fn_with_state(
+            max_body,
+            refuse_declared_oversize,
+        ))
+        // Uploads are streamed and capped by the upload limit (plus the form around the
+        // file), not the JSON body limit.
+        .routes((
+            upload_schemas,
+            upload_paths,
+            upload
+                .layer(DefaultBodyLimit::max(body_limit(max_upload_body)))
+                .layer(middleware::from_fn_with_state(
+                    max_upload_body,
+                    refuse_declared_oversize,
+                )),
+        ))
         .split_for_parts();
     service::add_openapi_route(&mut openapi);
     document_configured_limits(&mut openapi, &state);
+    document_transport_errors(&mut openapi);
     let document: Arc<str> = openapi.to_json().unwrap_or_default().into();
     api.route(
         "/openapi.json",
@@ -207,10 +233,41 @@ fn document_configured_limits(openapi: &mut utoipa::openapi::OpenApi, state: &Ap
     }
 }
 
-/// Gives axum's own rejections (a malformed path, query or form: plain-text 400, 413 or 415)
-/// the API's JSON error shape and status, so that every error a client sees is documented.
+/// A byte count as the `usize` axum's body limit takes.
+fn body_limit(bytes: u64) -> usize {
+    usize::try_from(bytes).unwrap_or(usize::MAX)
+}
+
+/// Refuses a request whose `Content-Length` is over `limit` with 413 before a byte of its body
+/// is read: a client announcing gigabytes gets its answer at once instead of being read
+/// until the cap.
+async fn refuse_declared_oversize(
+    axum::extract::State(limit): axum::extract::State<u64>,
+    request: Request,
+    next: Next,
+) -> Response {
+    use axum::response::IntoResponse;
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<u64>().ok());
+    match declared {
+        Some(length) if length > limit => error::ApiError::too_large(format!(
+            "the request body of {length} bytes is larger than this route's limit of {limit} \
+             bytes"
+        ))
+        .closing_connection()
+        .into_response(),
+        _ => next.run(request).await,
+    }
+}
+
+/// Gives axum's own answers (a malformed path, query or body, an unknown route, a method the
+/// route does not take: plain text or no body at all) the API's JSON error shape and status,
+/// so that every error a client sees has the documented body. A 405 keeps its `Allow`.
 async fn rejections_as_api_errors(request: Request, next: Next) -> Response {
-    use axum::http::{StatusCode, header};
+    use axum::http::header;
     use axum::response::IntoResponse;
     let response = next.run(request).await;
     let is_json = response
@@ -218,25 +275,64 @@ async fn rejections_as_api_errors(request: Request, next: Next) -> Response {
         .get(header::CONTENT_TYPE)
         .is_some_and(|value| value.as_bytes().starts_with(b"application/json"));
     let status = response.status();
-    if is_json
-        || !matches!(
-            status,
-            StatusCode::BAD_REQUEST
-                | StatusCode::PAYLOAD_TOO_LARGE
-                | StatusCode::UNSUPPORTED_MEDIA_TYPE
-        )
-    {
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
         return response;
     }
+    let (parts, body) = response.into_parts();
     // Rejection bodies are short sentences; anything longer is cut.
-    let body = axum::body::to_bytes(response.into_body(), 4096)
-        .await
-        .unwrap_or_default();
-    let message = String::from_utf8_lossy(&body).into_owned();
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
-        error::ApiError::too_large(message).into_response()
-    } else {
-        error::ApiError::invalid(message).into_response()
+    let body = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let detail = String::from_utf8_lossy(&body).into_owned();
+    let Some(error) = error::ApiError::from_status(status, detail) else {
+        return Response::from_parts(parts, axum::body::Body::from(body));
+    };
+    let mut answer = error.into_response();
+    for name in [header::ALLOW, header::CONNECTION] {
+        if let Some(value) = parts.headers.get(&name) {
+            answer.headers_mut().insert(name, value.clone());
+        }
+    }
+    answer
+}
+
+/// Adds the errors the transport layer may answer any operation with to the document: 413 for
+/// a `Content-Length` over the limit (any request may carry a body), and 408 for a request
+/// body that arrives too slowly (operations that take one).
+fn document_transport_errors(openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+    let error_response = |description: &str| {
+        RefOr::T(
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build(),
+        )
+    };
+    for item in openapi.paths.paths.values_mut() {
+        for operation in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let responses = &mut operation.responses.responses;
+            responses
+                .entry("413".to_owned())
+                .or_insert_with(|| error_response("The request body is over the limit"));
+            if operation.request_body.is_some() {
+                responses
+                    .entry("408".to_owned())
+                    .or_insert_with(|| error_response("The request body arrived too slowly"));
+            }
+        }
     }
 }
 
@@ -258,8 +354,9 @@ async fn count_requests(request: Request, next: Next) -> Response {
     response
 }
 
-/// Serves `state` on `listener` until `shutdown` completes; then stops accepting, lets runs in
-/// flight finish for up to the configured grace period, and marks the rest as failed.
+/// Serves `state` on `listener` (with the connection limits of `server.*`, see
+/// [`connections`]) until `shutdown` completes; then stops accepting, lets runs in flight
+/// finish for up to the configured grace period, and marks the rest as failed.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
@@ -267,16 +364,15 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let supervisor = state.supervisor.clone();
     let grace = supervisor.config().server.shutdown_grace;
+    let limits = connections::ConnectionLimits::of(&supervisor.config().server);
     let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
-    let signal = async move {
+    let server = connections::serve(listener, router(state), limits, stopping_rx);
+    // The signal, then the grace period: whichever ends first, the server or the grace,
+    // ends the serving.
+    let grace_over = async move {
         shutdown.await;
         tracing::info!("shutting down: no new requests; waiting for runs in flight");
         let _ = stopping_tx.send(true);
-    };
-    let server = axum::serve(listener, router(state)).with_graceful_shutdown(signal);
-    let mut stopping = stopping_rx;
-    let grace_over = async move {
-        let _ = stopping.wait_for(|stopping| *stopping).await;
         tokio::time::sleep(grace).await;
     };
     tokio::select! {

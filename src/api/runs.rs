@@ -89,12 +89,13 @@ pub async fn create_run(
     Ok(Json(Run::new(&report, |file| Some(state.download_url(file)))).into_response())
 }
 
-/// Turns a JSON body rejection into the API's error shape.
+/// Turns a JSON body rejection into the API's error shape: a body that failed while it was
+/// read (too large, too slow, cut short) by its cause, a body that is not the JSON asked for
+/// as `invalid`.
 pub fn json_rejection(rejection: JsonRejection) -> ApiError {
-    if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::too_large("the request body is larger than the configured limit")
-    } else {
-        ApiError::invalid(rejection.body_text())
+    match rejection {
+        JsonRejection::BytesRejection(failed) => ApiError::from_body_error("JSON body", &failed),
+        other => ApiError::invalid(other.body_text()),
     }
 }
 

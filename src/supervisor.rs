@@ -891,7 +891,9 @@ impl Supervisor {
         candidates.sort();
         let mut files = Vec::new();
         for relative in candidates {
-            let Some(name) = relative.file_name().and_then(|name| name.to_str()) else {
+            // Only an untracked extension lets a file go unreported; the check reads bytes, so
+            // a name that is not valid UTF-8 is reported below rather than skipped here.
+            let Some(name) = relative.file_name() else {
                 continue;
             };
             if !self.config.outputs.is_tracked(name) {
@@ -904,8 +906,12 @@ impl Supervisor {
                     reason,
                 })
             };
+            let Some(name) = name.to_str() else {
+                skip("the name is not valid UTF-8: not registered".to_owned());
+                continue;
+            };
             let Some(relative_text) = relative.to_str() else {
-                skip("the path is not valid UTF-8".to_owned());
+                skip("the path is not valid UTF-8: not registered".to_owned());
                 continue;
             };
             let Some(entry) = after.entries.get(relative) else {
@@ -1177,30 +1183,46 @@ fn wrote_to_attachment(stderr: &str, inputs: &Inputs) -> bool {
                 .any(|name| stderr.contains(&format!("{SANDBOX_DATA}/{name}"))))
 }
 
-/// Truncations for what the after-snapshot left out that the before-snapshot did not:
-/// entries below the depth cap (only those that could be outputs, and folders), and the
-/// entry cap.
+/// Truncations for what the after-snapshot left out that could hide an output of this run:
+/// - a folder below the depth cap, and one that could not be read, every time: what they hold
+///   was not looked at, so a file the code wrote there cannot be ruled out;
+/// - an entry below the depth cap with a tracked extension, when this run created or changed
+///   it (the before-snapshot described it otherwise, or not at all);
+/// - the entry cap, every time it is reached: files past it were not looked at, even when an
+///   earlier run had already filled the workspace up to it.
 fn omissions(
     before: &Snapshot,
     after: &Snapshot,
     config: &Config,
     max_depth: usize,
 ) -> Vec<Truncation> {
-    let mut truncations = Vec::new();
-    for omission in after
+    let described: HashMap<&Path, &snapshot::Entry> = before
         .omissions
         .iter()
-        .filter(|o| !before.omissions.contains(o))
-    {
+        .filter_map(|omission| match omission {
+            Omission::TooDeep(path, entry) => Some((path.as_path(), entry)),
+            _ => None,
+        })
+        .collect();
+    let shown = |path: &Path| format!("{SANDBOX_DATA}/{}", path.to_string_lossy());
+    let mut truncations = Vec::new();
+    for omission in &after.omissions {
         match omission {
-            Omission::TooDeep(path) => {
-                let name = path
+            Omission::TooDeep(path, entry) if entry.kind == EntryKind::Dir => {
+                truncations.push(Truncation {
+                    path: shown(path),
+                    reason: format!(
+                        "a folder deeper than {max_depth} folders: nothing in it was looked at"
+                    ),
+                });
+            }
+            Omission::TooDeep(path, entry) => {
+                let tracked = path
                     .file_name()
-                    .and_then(|n| n.to_str())
-                    .unwrap_or_default();
-                if config.outputs.is_tracked(name) {
+                    .is_some_and(|name| config.outputs.is_tracked(name));
+                if tracked && described.get(path.as_path()) != Some(&entry) {
                     truncations.push(Truncation {
-                        path: format!("{SANDBOX_DATA}/{}", path.to_string_lossy()),
+                        path: shown(path),
                         reason: format!("deeper than {max_depth} folders: not looked at"),
                     });
                 }
@@ -1213,8 +1235,8 @@ fn omissions(
                 ),
             }),
             Omission::Unreadable(path) => truncations.push(Truncation {
-                path: format!("{SANDBOX_DATA}/{}", path.to_string_lossy()),
-                reason: "could not be read".to_owned(),
+                path: shown(path),
+                reason: "could not be read: not looked at".to_owned(),
             }),
         }
     }

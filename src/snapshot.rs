@@ -349,4 +349,92 @@ mod tests {
         assert_eq!(snapshot.entries.len(), 5);
         assert!(snapshot.omissions.contains(&Omission::TooManyEntries));
     }
+
+    #[test]
+    fn a_folder_changed_after_listing_is_not_opened() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("data");
+        fs::create_dir_all(root.join("sub")).expect("mkdir");
+        fs::create_dir(dir.path().join("outside")).expect("mkdir");
+        fs::write(dir.path().join("outside/secret.csv"), "x").expect("write");
+        let parent = rustix::fs::open(&root, FOLDER_FLAGS, Mode::empty()).expect("open");
+        let name = OsString::from("sub");
+        let (_, seen) = describe(&parent, &name).expect("lstat");
+
+        // Swapped for a link to a folder outside: refused, never listed.
+        fs::rename(root.join("sub"), root.join("kept")).expect("rename");
+        std::os::unix::fs::symlink(dir.path().join("outside"), root.join("sub")).expect("link");
+        assert!(open_folder(&parent, &name, &seen).is_err());
+
+        // Swapped for another folder: refused too, what is listed is what was described.
+        fs::remove_file(root.join("sub")).expect("rm");
+        fs::create_dir(root.join("sub")).expect("mkdir");
+        assert!(open_folder(&parent, &name, &seen).is_err());
+
+        // The very folder described is listed.
+        fs::remove_dir(root.join("sub")).expect("rmdir");
+        fs::rename(root.join("kept"), root.join("sub")).expect("rename");
+        assert!(open_folder(&parent, &name, &seen).is_ok());
+    }
+
+    #[test]
+    fn the_root_itself_must_be_a_folder_not_a_link() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::create_dir(dir.path().join("real")).expect("mkdir");
+        std::os::unix::fs::symlink(dir.path().join("real"), dir.path().join("data")).expect("link");
+        assert!(take(&dir.path().join("data"), LIMITS).is_err());
+        assert!(take(&dir.path().join("real"), LIMITS).is_ok());
+    }
+
+    #[test]
+    fn too_deep_entries_are_described_and_bounded() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        fs::create_dir_all(root.join("a/folder/below")).expect("mkdir");
+        fs::write(root.join("a/folder/below/hidden.csv"), "x").expect("write");
+        fs::write(root.join("a/r.csv"), "abc").expect("write");
+        // A name that is not UTF-8 is recorded like any other.
+        let odd = std::ffi::OsStr::from_bytes(b"r\xff.csv");
+        fs::write(root.join(odd), "x").expect("write");
+        let limits = SnapshotLimits {
+            max_depth: 1,
+            max_entries: 100,
+        };
+        let snapshot = take(root, limits).expect("snapshot");
+        assert_eq!(
+            snapshot.entries.keys().collect::<Vec<_>>(),
+            [Path::new("a"), Path::new(odd)]
+        );
+        let described: Vec<(&Path, &EntryKind, u64)> = snapshot
+            .omissions
+            .iter()
+            .map(|omission| match omission {
+                Omission::TooDeep(path, entry) => (path.as_path(), &entry.kind, entry.size),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        // The folder below the cap is described as a folder and not looked into.
+        assert_eq!(described.len(), 2, "{described:?}");
+        assert_eq!(described[0].0, Path::new("a/folder"));
+        assert_eq!(described[0].1, &EntryKind::Dir);
+        assert_eq!(described[1], (Path::new("a/r.csv"), &EntryKind::File, 3));
+
+        // Omissions are bounded like entries: a folder of many entries below the cap ends
+        // the walk with TooManyEntries instead of growing the list without end.
+        for i in 0..20 {
+            fs::write(root.join(format!("a/f{i:02}.txt")), "x").expect("write");
+        }
+        let small = SnapshotLimits {
+            max_depth: 1,
+            max_entries: 5,
+        };
+        let snapshot = take(root, small).expect("snapshot");
+        assert_eq!(snapshot.omissions.len(), 6, "{:?}", snapshot.omissions);
+        assert_eq!(snapshot.omissions.last(), Some(&Omission::TooManyEntries));
+        // The same tree gives the same snapshot, cut at the same place.
+        let again = take(root, small).expect("snapshot");
+        assert_eq!(again.entries, snapshot.entries);
+        assert_eq!(again.omissions, snapshot.omissions);
+    }
 }

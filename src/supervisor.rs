@@ -1267,6 +1267,58 @@ mod tests {
     }
 
     #[test]
+    fn omissions_hide_nothing_an_earlier_run_also_missed() {
+        let config = Config::default();
+        let file = |size| snapshot::Entry {
+            kind: EntryKind::File,
+            size,
+            mtime_ns: 1,
+            ctime_ns: 1,
+            inode: 7,
+        };
+        let folder = snapshot::Entry {
+            kind: EntryKind::Dir,
+            ..file(0)
+        };
+        let before = Snapshot {
+            entries: Default::default(),
+            omissions: vec![
+                Omission::Unreadable("locked".into()),
+                Omission::TooDeep("a/changed.csv".into(), file(1)),
+                Omission::TooDeep("a/same.csv".into(), file(1)),
+                Omission::TooDeep("a/c".into(), folder.clone()),
+                Omission::TooManyEntries,
+            ],
+        };
+        let after = Snapshot {
+            entries: Default::default(),
+            omissions: vec![
+                Omission::Unreadable("locked".into()),
+                Omission::TooDeep("a/changed.csv".into(), file(2)),
+                Omission::TooDeep("a/same.csv".into(), file(1)),
+                Omission::TooDeep("a/c".into(), folder),
+                Omission::TooDeep("a/new.csv".into(), file(1)),
+                Omission::TooDeep("a/notes.txt".into(), file(1)),
+                Omission::TooManyEntries,
+            ],
+        };
+        let lines: Vec<String> = omissions(&before, &after, &config, 1)
+            .into_iter()
+            .map(|t| format!("{}: {}", t.path, t.reason))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "/mnt/data/locked: could not be read: not looked at",
+                "/mnt/data/a/changed.csv: deeper than 1 folders: not looked at",
+                "/mnt/data/a/c: a folder deeper than 1 folders: nothing in it was looked at",
+                "/mnt/data/a/new.csv: deeper than 1 folders: not looked at",
+                "/mnt/data: more than 20000 entries: the rest was not looked at",
+            ]
+        );
+    }
+
+    #[test]
     fn content_types() {
         assert_eq!(
             content_type_of("r.xlsx"),

@@ -103,6 +103,28 @@ pub struct SandboxConfig {
     pub nofile: i64,
     /// Size of the writable `/tmp` in the otherwise read-only root filesystem.
     pub tmpfs_size: ByteSize,
+    /// How `/mnt/data` is capped while code runs (see [`DiskLimit`]).
+    pub disk_limit: DiskLimit,
+    /// The most bytes one workspace's `/mnt/data` may hold.
+    pub disk_size: ByteSize,
+    /// The most files and folders one workspace's `/mnt/data` may hold (with a
+    /// loop-mounted file system, its inode count).
+    pub disk_files: u64,
+}
+
+/// How a workspace's `/mnt/data` is held to `sandbox.disk_size` while code runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiskLimit {
+    /// `loop` when codebox runs as root and `mkfs.ext4` is installed, else `watchdog`.
+    #[default]
+    Auto,
+    /// Each workspace's `data/` is an ext4 file system of its own in a sparse image file,
+    /// loop-mounted: a write past the size fails in the kernel, so nothing overshoots.
+    Loop,
+    /// `data/` is a plain folder whose size is measured while code runs; a run past the size
+    /// is killed at the next measurement, so it can overshoot by what it writes in between.
+    Watchdog,
 }
 
 impl Default for SandboxConfig {
@@ -116,6 +138,9 @@ impl Default for SandboxConfig {
             pids_limit: 256,
             nofile: 1024,
             tmpfs_size: ByteSize::mib(256),
+            disk_limit: DiskLimit::Auto,
+            disk_size: ByteSize::gib(1),
+            disk_files: 100_000,
         }
     }
 }
@@ -256,10 +281,31 @@ pub struct TokenConfig {
     /// The lower-case hex sha256 of the token, so the file need not hold the secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_sha256: Option<String>,
-    /// The tenant everything done with this token belongs to.
+    /// The tenant everything done with this token belongs to. An admin token of tenant
+    /// [`ALL_TENANTS`] is a global operator; a service token must name one tenant.
     pub tenant: String,
     /// What the token may do.
     pub role: Role,
+}
+
+/// The tenant of a global operator's token: its admin routes see and reap every tenant.
+pub const ALL_TENANTS: &str = "*";
+
+impl TokenConfig {
+    /// Why this entry cannot be used, if it cannot: a service token acts for end users of
+    /// one tenant, so [`ALL_TENANTS`] means nothing for it and would mix every tenant's data.
+    pub fn problem(&self) -> Option<String> {
+        if self.tenant.is_empty() {
+            return Some("server.tokens: a token's tenant must not be empty".to_owned());
+        }
+        if self.role == Role::Service && self.tenant == ALL_TENANTS {
+            return Some(format!(
+                "server.tokens: tenant \"{ALL_TENANTS}\" (every tenant) is for admin tokens only, \
+                 not service tokens"
+            ));
+        }
+        None
+    }
 }
 
 /// What a token may do.
@@ -354,6 +400,12 @@ impl Config {
         if self.sandbox.memory < ByteSize::mib(16) {
             return bad("sandbox.memory must be at least 16 MiB");
         }
+        if self.sandbox.disk_size < ByteSize::mib(8) {
+            return bad("sandbox.disk_size must be at least 8 MiB");
+        }
+        if self.sandbox.disk_files < 64 {
+            return bad("sandbox.disk_files must be at least 64");
+        }
         if self.limits.max_depth == 0 {
             return bad("limits.max_depth must be at least 1");
         }
@@ -366,6 +418,9 @@ impl Config {
             }
             if token.token.as_ref().is_some_and(|t| t.len() < 16) {
                 return bad("server.tokens: a token must be at least 16 characters");
+            }
+            if let Some(problem) = token.problem() {
+                return bad(&problem);
             }
         }
         crate::runtime::parse_user(&self.sandbox.user)

@@ -9,6 +9,7 @@ pub mod api;
 pub mod blobs;
 pub mod catalog;
 pub mod config;
+pub mod disk;
 pub mod error;
 pub mod ids;
 pub mod image;

@@ -35,7 +35,9 @@ pub struct ReapReport {
     pub files_expired: Vec<String>,
     /// Ids of deleted files whose bytes were purged.
     pub files_purged: Vec<String>,
-    /// Bytes freed: workspace folders plus purged files.
+    /// Bytes freed on disk (or, for a remote blob store, the size of purged objects): what
+    /// removing the workspace folders released (see `Workspace::bytes`) plus the purged
+    /// files whose last link went.
     pub bytes_freed: u64,
 }
 
@@ -48,16 +50,44 @@ fn ago(age: Duration) -> String {
     catalog::format_time(at)
 }
 
-/// Runs one pass of the reaper.
+/// Runs one pass of the reaper over every tenant: what the server's periodic reaper does.
 pub async fn reap(supervisor: &Supervisor, dry_run: bool) -> Result<ReapReport> {
+    reap_within(supervisor, dry_run, None).await
+}
+
+/// Runs one pass of the reaper over one tenant's workspaces, containers and files, or over
+/// every tenant's (`None`). A pass over one tenant applies the idle and file rules to it
+/// alone; containers no message owns and the disk quota (`max_workspace_bytes`, a rule
+/// over every tenant's workspaces together) are left to a pass over every tenant, so that
+/// one tenant's operator never removes, nor learns of, what another tenant holds.
+pub async fn reap_within(
+    supervisor: &Supervisor,
+    dry_run: bool,
+    tenant: Option<&str>,
+) -> Result<ReapReport> {
     let mut report = ReapReport {
         dry_run,
         ..ReapReport::default()
     };
-    let messages = supervisor.catalog().messages().all().await?;
-    let running = reap_containers(supervisor, &messages, &mut report).await?;
-    reap_workspaces(supervisor, &messages, &running, &mut report).await?;
-    reap_files(supervisor, &mut report).await?;
+    let in_scope = |owner: &str| tenant.is_none_or(|tenant| tenant == owner);
+    let messages: Vec<MessageRecord> = supervisor
+        .catalog()
+        .messages()
+        .all()
+        .await?
+        .into_iter()
+        .filter(|message| in_scope(&message.tenant))
+        .collect();
+    let running = reap_containers(supervisor, &messages, tenant.is_none(), &mut report).await?;
+    reap_workspaces(
+        supervisor,
+        &messages,
+        &running,
+        tenant.is_none(),
+        &mut report,
+    )
+    .await?;
+    reap_files(supervisor, &in_scope, &mut report).await?;
     Ok(report)
 }
 
@@ -65,6 +95,7 @@ pub async fn reap(supervisor: &Supervisor, dry_run: bool) -> Result<ReapReport> 
 async fn reap_containers(
     supervisor: &Supervisor,
     messages: &[MessageRecord],
+    orphans_too: bool,
     report: &mut ReapReport,
 ) -> Result<HashSet<String>> {
     let mut remaining = HashSet::new();
@@ -80,7 +111,10 @@ async fn reap_containers(
         }
         let idle = match by_workspace.get(sandbox.workspace_id.as_str()) {
             Some(message) => message.last_used_at < idle_before,
-            None => true,
+            // A pass over every tenant knows every message, so this container has no owner;
+            // a scoped pass does not know whose it is and leaves it alone.
+            None if orphans_too => true,
+            None => continue,
         };
         let workspace = supervisor.workspaces().get(&sandbox.workspace_id)?;
         let lock = if idle { workspace.try_lock()? } else { None };
@@ -100,13 +134,17 @@ async fn reap_workspaces(
     supervisor: &Supervisor,
     messages: &[MessageRecord],
     running: &HashSet<String>,
+    quota_too: bool,
     report: &mut ReapReport,
 ) -> Result<()> {
     let policy = &supervisor.config().retention;
     let idle_before = ago(policy.workspace_idle);
     // Least recently used first: `messages` comes sorted that way. Sizes are walked only when
     // a quota needs them, or for a workspace that goes anyway.
-    let limit = policy.max_workspace_bytes.map(|limit| limit.as_u64());
+    let limit = policy
+        .max_workspace_bytes
+        .filter(|_| quota_too)
+        .map(|limit| limit.as_u64());
     let mut present = Vec::new();
     for message in messages {
         let workspace = supervisor.workspaces().get(&message.workspace_id)?;
@@ -127,9 +165,7 @@ async fn reap_workspaces(
         };
         let bytes = bytes.unwrap_or_else(|| workspace.bytes());
         if !report.dry_run {
-            supervisor
-                .remove_workspace_locked(message, &workspace)
-                .await?;
+            supervisor.remove_workspace_locked(&workspace).await?;
         }
         if running.contains(&workspace.id) {
             report.containers.push(workspace.id.clone());
@@ -141,13 +177,24 @@ async fn reap_workspaces(
     Ok(())
 }
 
-async fn reap_files(supervisor: &Supervisor, report: &mut ReapReport) -> Result<()> {
+async fn reap_files(
+    supervisor: &Supervisor,
+    in_scope: &impl Fn(&str) -> bool,
+    report: &mut ReapReport,
+) -> Result<()> {
     let policy = &supervisor.config().retention;
     let files = supervisor.catalog().files();
     if let Some(ttl) = policy.file_ttl {
         let now = catalog::now();
         for file in files.created_before(&ago(ttl)).await? {
-            if report.dry_run || files.expire(&file.id, &now).await? {
+            if !in_scope(&file.tenant) {
+                continue;
+            }
+            if report.dry_run {
+                report.files_expired.push(file.id);
+            } else if files.expire(&file.id, &now).await? {
+                // An expired file is a deleted one: out of every workspace at once.
+                supervisor.unplace(&file.tenant, &file.id).await?;
                 report.files_expired.push(file.id);
             }
         }
@@ -156,12 +203,62 @@ async fn reap_files(supervisor: &Supervisor, report: &mut ReapReport) -> Result<
         .deleted_before(&ago(policy.deleted_file_grace))
         .await?
     {
-        if !report.dry_run {
-            supervisor.blobs().delete(&file.blob_key).await?;
-            files.purge(&file.id).await?;
+        if !in_scope(&file.tenant) {
+            continue;
         }
-        report.bytes_freed += u64::try_from(file.size).unwrap_or(0);
+        let freed = if report.dry_run {
+            freed_by_purge(supervisor, &file, true).await?
+        } else {
+            // Deletes before this version left the file in workspaces; so may a failed one.
+            supervisor.unplace(&file.tenant, &file.id).await?;
+            let freed = freed_by_purge(supervisor, &file, false).await?;
+            if let Err(error) = supervisor.blobs().delete(&file.blob_key).await {
+                // The row stays, so the next pass tries again; nothing was freed.
+                tracing::warn!(key = %file.blob_key, file = %file.id, %error,
+                    "could not purge the bytes of a deleted file; the next pass retries");
+                continue;
+            }
+            files.purge(&file.id).await?;
+            freed
+        };
+        report.bytes_freed += freed;
         report.files_purged.push(file.id);
     }
     Ok(())
+}
+
+/// The bytes deleting a file's blob releases. For the local back end, that is the blocks of
+/// its file once no other name holds it: `dry_run` discounts the workspace links a real pass
+/// removes first, and whatever other link remains means nothing is freed. For other back
+/// ends, the object's size.
+async fn freed_by_purge(
+    supervisor: &Supervisor,
+    file: &catalog::FileRecord,
+    dry_run: bool,
+) -> Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let Some(path) = supervisor.blobs().local_path(&file.blob_key) else {
+        return Ok(u64::try_from(file.size).unwrap_or(0));
+    };
+    let metadata = match std::fs::symlink_metadata(&path) {
+        Ok(metadata) if metadata.is_file() => metadata,
+        // Already gone, or not a file the purge can delete: nothing to free.
+        _ => return Ok(0),
+    };
+    let inode = (metadata.dev(), metadata.ino());
+    let placed = if dry_run {
+        supervisor
+            .placed_inodes(&file.tenant, &file.id)
+            .await?
+            .into_iter()
+            .filter(|placed| *placed == inode)
+            .count() as u64
+    } else {
+        0
+    };
+    Ok(if metadata.nlink().saturating_sub(placed) <= 1 {
+        metadata.blocks() * 512
+    } else {
+        0
+    })
 }

@@ -23,6 +23,7 @@ use crate::catalog::{
     RunStatus, Truncation,
 };
 use crate::config::Config;
+use crate::disk::DiskPolicy;
 use crate::error::{Error, IoContext, IoError, Result};
 use crate::ids;
 use crate::runtime::{
@@ -189,7 +190,9 @@ impl Supervisor {
         std::fs::create_dir_all(&config.data_dir).with_path("create", &config.data_dir)?;
         let catalog = Catalog::connect(&config.catalog_url()).await?;
         let blobs = Blobs::open(&config.blobs, &config.data_dir)?;
-        let workspaces = Workspaces::open(&config.workspaces_dir(), owner)?;
+        let disk = DiskPolicy::resolve(&config.sandbox)
+            .map_err(|error| Error::invalid("sandbox.disk_limit", error.to_string()))?;
+        let workspaces = Workspaces::open(&config.workspaces_dir(), owner)?.with_disk(disk);
         let instance = instance_id(&config.data_dir)?;
         Ok(Self {
             config: Arc::new(config),
@@ -279,7 +282,9 @@ impl Supervisor {
     }
 
     /// The live files of one of `owner`'s messages, oldest first: those its runs generated,
-    /// and the uploads tied to it when `include_uploads` is set.
+    /// and, when `include_uploads` is set, every file attached to it (however it was
+    /// attached: uploaded with the message, or named in a run's `file_ids`) with the path
+    /// the code sees in this message's workspace.
     pub async fn message_files(
         &self,
         owner: &Owner,
@@ -287,11 +292,59 @@ impl Supervisor {
         include_uploads: bool,
     ) -> Result<Vec<FileRecord>> {
         self.message(owner, message_id).await?;
-        Ok(self
+        let mut files = self
             .catalog
             .files()
             .of_message(owner, message_id, include_uploads)
-            .await?)
+            .await?;
+        if include_uploads {
+            let mut attached = Vec::new();
+            for attachment in self
+                .catalog
+                .attachments()
+                .live_of_message(&owner.tenant, message_id)
+                .await?
+            {
+                if let Some(mut file) = self.catalog.files().get(owner, &attachment.file_id).await?
+                {
+                    file.path = attachment_path(&attachment.name);
+                    attached.push(file);
+                }
+            }
+            files.retain(|file| !attached.iter().any(|other| other.id == file.id));
+            files.extend(attached);
+            files.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
+        }
+        Ok(files)
+    }
+
+    /// The attachments of one of `owner`'s messages, oldest first, each with its file while
+    /// that is live (`None` once it was deleted).
+    pub async fn message_attachments(
+        &self,
+        owner: &Owner,
+        message_id: &str,
+    ) -> Result<Vec<(AttachmentRecord, Option<FileRecord>)>> {
+        self.message(owner, message_id).await?;
+        let mut attachments = Vec::new();
+        for attachment in self
+            .catalog
+            .attachments()
+            .of_message(&owner.tenant, message_id)
+            .await?
+        {
+            let file = self
+                .catalog
+                .files()
+                .get(owner, &attachment.file_id)
+                .await?
+                .map(|mut file| {
+                    file.path = attachment_path(&attachment.name);
+                    file
+                });
+            attachments.push((attachment, file));
+        }
+        Ok(attachments)
     }
 
     /// The live generated files of one of `owner`'s chats, oldest first.
@@ -324,19 +377,66 @@ impl Supervisor {
         }))
     }
 
-    /// Soft-deletes one of `owner`'s files: gone from listings and downloads at once, its
-    /// bytes purged by the reaper after the grace period.
+    /// Soft-deletes one of `owner`'s files: gone from listings and downloads at once, and
+    /// from every workspace it was placed in (see [`Supervisor::unplace`]); its bytes are
+    /// purged by the reaper after the grace period.
     pub async fn delete_file(&self, owner: &Owner, file_id: &str) -> Result<()> {
-        if self
+        if !self
             .catalog
             .files()
             .soft_delete(owner, file_id, &catalog::now())
             .await?
         {
-            Ok(())
-        } else {
-            Err(Error::NotFound("file"))
+            return Err(Error::NotFound("file"));
         }
+        self.unplace(&owner.tenant, file_id).await
+    }
+
+    /// Takes a deleted file out of every workspace it was placed in, without waiting for
+    /// their locks (a long run must not delay a delete): its input file and its `data/` link
+    /// go (see [`Workspace::remove_input`]). A run that places the file concurrently checks,
+    /// once it has placed it, that the file is still live, and takes it out again if not; so
+    /// whichever of the two comes second, the file is gone. Calling it again is harmless;
+    /// the reaper does before it purges the bytes.
+    pub(crate) async fn unplace(&self, tenant: &str, file_id: &str) -> Result<()> {
+        for attachment in self.catalog.attachments().of_file(tenant, file_id).await? {
+            let Some(message) = self
+                .catalog
+                .messages()
+                .get(tenant, &attachment.message_id)
+                .await?
+            else {
+                continue;
+            };
+            let workspace = self.workspaces.get(&message.workspace_id)?;
+            workspace.remove_input(&attachment.name)?;
+        }
+        Ok(())
+    }
+
+    /// The inodes through which the workspaces a file was attached to still hold its bytes:
+    /// what [`Supervisor::unplace`] would release.
+    pub(crate) async fn placed_inodes(
+        &self,
+        tenant: &str,
+        file_id: &str,
+    ) -> Result<Vec<(u64, u64)>> {
+        let mut inodes = Vec::new();
+        for attachment in self.catalog.attachments().of_file(tenant, file_id).await? {
+            if let Some(message) = self
+                .catalog
+                .messages()
+                .get(tenant, &attachment.message_id)
+                .await?
+                && let Some(inode) = self
+                    .workspaces
+                    .get(&message.workspace_id)?
+                    .input_inode(&attachment.name)
+            {
+                inodes.push(inode);
+            }
+        }
+        Ok(inodes)
     }
 
     /// Removes the container and the workspace folder of one of `owner`'s messages now; its
@@ -345,29 +445,23 @@ impl Supervisor {
         let message = self.message(owner, message_id).await?;
         let workspace = self.workspaces.get(&message.workspace_id)?;
         let _lock = lock(&workspace).await?;
-        self.remove_workspace_locked(&message, &workspace).await
+        self.remove_workspace_locked(&workspace).await
     }
 
-    /// Removes a workspace whose lock the caller holds: container, folder, attachment rows,
-    /// and the lock file last.
-    pub(crate) async fn remove_workspace_locked(
-        &self,
-        message: &MessageRecord,
-        workspace: &Workspace,
-    ) -> Result<()> {
+    /// Removes a workspace whose lock the caller holds: container, folder, and the lock file
+    /// last. The message's attachments stay attached: its next run places them again under
+    /// the same names.
+    pub(crate) async fn remove_workspace_locked(&self, workspace: &Workspace) -> Result<()> {
         self.runtime.release(&workspace.id).await?;
         self.workspaces.remove(&workspace.id)?;
-        self.catalog
-            .attachments()
-            .delete_of_message(&message.tenant, &message.message_id)
-            .await?;
         workspace.remove_lock_file()?;
         Ok(())
     }
 
-    /// Every workspace this instance knows, least recently used first, with its size on disk
-    /// and its container's state: the operators' view.
-    pub async fn workspace_overview(&self) -> Result<Vec<WorkspaceOverview>> {
+    /// Every workspace this instance knows, of one tenant or (`None`) of all, least recently
+    /// used first, with the bytes removing it would free and its container's state: the
+    /// operators' view.
+    pub async fn workspace_overview(&self, tenant: Option<&str>) -> Result<Vec<WorkspaceOverview>> {
         let containers: HashMap<String, bool> = self
             .runtime
             .list()
@@ -378,6 +472,9 @@ impl Supervisor {
             .collect();
         let mut overview = Vec::new();
         for message in self.catalog.messages().all().await? {
+            if tenant.is_some_and(|tenant| tenant != message.tenant) {
+                continue;
+            }
             let workspace = self.workspaces.get(&message.workspace_id)?;
             let exists = workspace.exists();
             let container = match containers.get(&message.workspace_id) {
@@ -451,7 +548,7 @@ impl Supervisor {
         let result = self.record_upload(owner, upload, stored).await;
         if result.is_err() {
             // Without its row the blob would be an orphan nobody can reach.
-            let _ = self.blobs.delete(&key).await;
+            self.delete_orphan_blob(&key).await;
         }
         result
     }
@@ -471,18 +568,20 @@ impl Supervisor {
     ) -> Result<FileRecord> {
         let mut upload = upload;
         upload.check()?;
-        match (&upload.chat_id, &upload.message_id) {
+        let message = match (&upload.chat_id, &upload.message_id) {
             (Some(chat_id), Some(message_id)) => {
-                self.claim(owner, chat_id, message_id).await?;
+                Some(self.claim(owner, chat_id, message_id).await?)
             }
             // A message named without its chat must already be the caller's.
             (None, Some(message_id)) => {
-                upload.chat_id = Some(self.message(owner, message_id).await?.chat_id);
+                let message = self.message(owner, message_id).await?;
+                upload.chat_id = Some(message.chat_id.clone());
+                Some(message)
             }
-            _ => {}
-        }
+            _ => None,
+        };
         let safe_name = workspace::sanitize_name(&upload.name);
-        let record = FileRecord {
+        let mut record = FileRecord {
             id: stored.id,
             tenant: owner.tenant.clone(),
             user_id: owner.user.clone(),
@@ -490,7 +589,7 @@ impl Supervisor {
             message_id: upload.message_id,
             run_id: None,
             name: upload.name,
-            path: format!("{SANDBOX_DATA}/{safe_name}"),
+            path: attachment_path(&safe_name),
             size: i64::try_from(stored.stored.size).unwrap_or(i64::MAX),
             content_type: content_type_of(&safe_name),
             sha256: stored.stored.sha256,
@@ -501,16 +600,59 @@ impl Supervisor {
             deleted_at: None,
         };
         self.catalog.files().insert(&record).await?;
+        // A file uploaded with a message is attached to it: every run of the message sees it.
+        if let Some(message) = message {
+            let workspace = self.workspaces.get(&message.workspace_id)?;
+            match self.reserve_name(&message, &workspace, &record).await {
+                Ok(name) => record.path = attachment_path(&name),
+                Err(error) => {
+                    // The row must not stay live without its bytes, which the caller deletes.
+                    if let Err(expire_error) = self
+                        .catalog
+                        .files()
+                        .expire(&record.id, &catalog::now())
+                        .await
+                    {
+                        tracing::warn!(file = %record.id, error = %expire_error,
+                            "could not mark a refused upload deleted");
+                    }
+                    return Err(error);
+                }
+            }
+        }
         Ok(record)
     }
 
-    /// The live file `file_id` of `owner`.
+    /// Deletes the bytes of a file that will have no catalog row. A failure is logged with the
+    /// key: nothing else refers to the object, so the log line is what an operator has to
+    /// find it by.
+    async fn delete_orphan_blob(&self, key: &str) {
+        if let Err(error) = self.blobs.delete(key).await {
+            tracing::warn!(%key, %error, "could not delete the bytes of an unrecorded file");
+        }
+    }
+
+    /// The live file `file_id` of `owner`. Its path is the one the code sees in the message
+    /// it was uploaded with, when it is attached there (a collision may have numbered its
+    /// name); the same file attached to other messages may have other names there, which
+    /// their listings show.
     pub async fn file(&self, owner: &Owner, file_id: &str) -> Result<FileRecord> {
-        self.catalog
+        let mut file = self
+            .catalog
             .files()
             .get(owner, file_id)
             .await?
-            .ok_or(Error::NotFound("file"))
+            .ok_or(Error::NotFound("file"))?;
+        if let Some(message_id) = &file.message_id
+            && let Some(attachment) = self
+                .catalog
+                .attachments()
+                .get(&owner.tenant, message_id, &file.id)
+                .await?
+        {
+            file.path = attachment_path(&attachment.name);
+        }
+        Ok(file)
     }
 
     /// The run `run_id` of `owner`, with its files.
@@ -574,6 +716,7 @@ impl Supervisor {
         let _lock = lock(&self.workspaces.get(&message.workspace_id)?).await?;
         // Prepared under the lock: the reaper may have removed the folder while we waited.
         let workspace = self.workspaces.prepare(&message.workspace_id)?;
+        self.cap_workspace(&workspace).await?;
         let inputs = self.attach(&message, &workspace, &attachments).await?;
         self.prepare_sandbox(&message, &workspace).await?;
         let before = self.snapshot(&workspace).await?;
@@ -671,9 +814,11 @@ impl Supervisor {
         }
     }
 
-    /// Step 2a: places each attachment not yet in the workspace into `inputs/` (a hard link
-    /// from the local blob store where possible, else a streamed copy) and links it into
-    /// `data/`. A file attached again is left as it is. Returns every attachment of the
+    /// Step 2a: attaches the run's `files` to the message (each under a name free in the
+    /// message), then places every live attachment of the message that is not in the
+    /// workspace yet (new ones, uploads tied to the message, all of them in a new workspace)
+    /// into `inputs/` (a hard link from the local blob store where possible, else a
+    /// streamed copy) and links it into `data/`. Returns every placed attachment of the
     /// message, by its name in the workspace.
     async fn attach(
         &self,
@@ -681,32 +826,116 @@ impl Supervisor {
         workspace: &Workspace,
         files: &[FileRecord],
     ) -> Result<Inputs> {
-        let mut inputs: Inputs = self
-            .catalog
-            .attachments()
+        let attachments = self.catalog.attachments();
+        let attached: BTreeSet<String> = attachments
             .of_message(&message.tenant, &message.message_id)
             .await?
             .into_iter()
-            .map(|attachment| (attachment.name, attachment.file_id))
+            .map(|attachment| attachment.file_id)
             .collect();
-        let present: BTreeSet<String> = inputs.values().cloned().collect();
-        for file in files.iter().filter(|file| !present.contains(&file.id)) {
-            let name = workspace.free_name(&file.name)?;
-            self.place_input(workspace, &name, file).await?;
+        for file in files.iter().filter(|file| !attached.contains(&file.id)) {
+            self.reserve_name(message, workspace, file).await?;
+        }
+        let mut inputs = Inputs::new();
+        for attachment in attachments
+            .live_of_message(&message.tenant, &message.message_id)
+            .await?
+        {
+            if workspace.input_inode(&attachment.name).is_some() {
+                inputs.insert(attachment.name, attachment.file_id);
+                continue;
+            }
+            let Some(file) = self
+                .catalog
+                .files()
+                .get_live(&attachment.file_id)
+                .await?
+                .filter(|file| file.tenant == message.tenant && file.user_id == message.user_id)
+            else {
+                continue;
+            };
+            let name = self.free_placement(message, workspace, &attachment).await?;
+            self.place_input(workspace, &name, &file).await?;
             workspace.link_input(&name)?;
-            self.catalog
-                .attachments()
-                .insert(&AttachmentRecord {
-                    tenant: message.tenant.clone(),
-                    message_id: message.message_id.clone(),
-                    file_id: file.id.clone(),
-                    name: name.clone(),
-                    created_at: catalog::now(),
-                })
-                .await?;
-            inputs.insert(name, file.id.clone());
+            // A delete does not wait for this lock: if the file was deleted while it was being
+            // placed, the delete may have looked before it was here, so it goes again now.
+            if self.catalog.files().get_live(&file.id).await?.is_none() {
+                workspace.remove_input(&name)?;
+                continue;
+            }
+            inputs.insert(name, file.id);
         }
         Ok(inputs)
+    }
+
+    /// Attaches `file` to the message under a name free both in the workspace and among the
+    /// message's attachments, and returns that name.
+    async fn reserve_name(
+        &self,
+        message: &MessageRecord,
+        workspace: &Workspace,
+        file: &FileRecord,
+    ) -> Result<String> {
+        let attachments = self.catalog.attachments();
+        loop {
+            let held: BTreeSet<String> = attachments
+                .live_of_message(&message.tenant, &message.message_id)
+                .await?
+                .into_iter()
+                .map(|attachment| attachment.name)
+                .collect();
+            let name = workspace.free_name(&file.name, |name| held.contains(name))?;
+            let record = AttachmentRecord {
+                tenant: message.tenant.clone(),
+                message_id: message.message_id.clone(),
+                file_id: file.id.clone(),
+                name: name.clone(),
+                created_at: catalog::now(),
+            };
+            if attachments.reserve(&record).await? {
+                return Ok(name);
+            }
+            // Someone else took the name (or attached this very file) meanwhile.
+            if let Some(existing) = attachments
+                .get(&message.tenant, &message.message_id, &file.id)
+                .await?
+            {
+                return Ok(existing.name);
+            }
+        }
+    }
+
+    /// The name an attachment is placed under: its own, unless the code has since put
+    /// something of its own there (then a free one, recorded).
+    async fn free_placement(
+        &self,
+        message: &MessageRecord,
+        workspace: &Workspace,
+        attachment: &AttachmentRecord,
+    ) -> Result<String> {
+        let attachments = self.catalog.attachments();
+        let mut name = attachment.name.clone();
+        while workspace.is_taken(&name)? {
+            let held: BTreeSet<String> = attachments
+                .live_of_message(&message.tenant, &message.message_id)
+                .await?
+                .into_iter()
+                .map(|attachment| attachment.name)
+                .collect();
+            name = workspace.free_name(&attachment.name, |name| held.contains(name))?;
+            if !attachments
+                .rename(
+                    &message.tenant,
+                    &message.message_id,
+                    &attachment.file_id,
+                    &name,
+                )
+                .await?
+            {
+                name = attachment.name.clone();
+            }
+        }
+        Ok(name)
     }
 
     async fn place_input(
@@ -725,6 +954,25 @@ impl Supervisor {
         if let Err(error) = self.blobs.copy_to(&file.blob_key, &mut target).await {
             workspace.discard_input(name)?;
             return Err(error.into());
+        }
+        Ok(())
+    }
+
+    /// Step 2a': gives the workspace's `data/` its own capped file system, where the disk
+    /// policy is `loop`. A sandbox made before that saw the bare folder (the host restarted,
+    /// say): it goes, and the next step makes a new one on the mounted file system.
+    async fn cap_workspace(&self, workspace: &Workspace) -> Result<()> {
+        let workspaces = self.workspaces.clone();
+        let mounting = workspace.clone();
+        let mounted_now = tokio::task::spawn_blocking(move || workspaces.mount_data(&mounting))
+            .await
+            .map_err(|error| IoError {
+                action: "mount",
+                path: workspace.data.clone(),
+                source: std::io::Error::other(error),
+            })??;
+        if mounted_now {
+            self.runtime.release(&workspace.id).await?;
         }
         Ok(())
     }
@@ -822,7 +1070,7 @@ impl Supervisor {
                 .unwrap_or(usize::MAX),
         };
         let Some(events) = events else {
-            return Ok(self.runtime.exec(&workspace.id, &exec, None).await?);
+            return self.exec_within_disk_cap(workspace, &exec, None).await;
         };
         // Output is translated on its way to the caller by a small relay task.
         let (chunks, mut received) = mpsc::channel::<OutputChunk>(64);
@@ -841,7 +1089,9 @@ impl Supervisor {
                 let _ = events.send(event).await;
             }
         });
-        let outcome = self.runtime.exec(&workspace.id, &exec, Some(&chunks)).await;
+        let outcome = self
+            .exec_within_disk_cap(workspace, &exec, Some(&chunks))
+            .await;
         drop(chunks);
         // A consumer that does not read may not hold the run: what it has not taken by then
         // is dropped from the stream (the run's record carries all of it).
@@ -849,7 +1099,48 @@ impl Supervisor {
         if tokio::time::timeout(EVENT_WAIT, &mut relay).await.is_err() {
             relay.abort();
         }
-        Ok(outcome?)
+        outcome
+    }
+
+    /// Executes while watching the workspace's disk cap: a run that fills `/mnt/data` has all
+    /// its processes killed from outside the sandbox at once, and is reported as killed with
+    /// reason [`DISK_QUOTA`] (also when it filled the disk and ended by itself between two
+    /// checks), with a line on stderr that says which cap it hit.
+    async fn exec_within_disk_cap(
+        &self,
+        workspace: &Workspace,
+        exec: &ExecRequest,
+        live: Option<&mpsc::Sender<OutputChunk>>,
+    ) -> Result<ExecOutcome> {
+        let before = disk_usage(workspace).await;
+        let running = self.runtime.exec(&workspace.id, exec, live);
+        tokio::pin!(running);
+        let watched = disk_filled(workspace.clone(), before.clone());
+        tokio::pin!(watched);
+        let (outcome, mut full) = tokio::select! {
+            outcome = &mut running => (outcome?, None),
+            reason = &mut watched => {
+                self.runtime.kill_processes(&workspace.id).await?;
+                (running.await?, Some(reason))
+            }
+        };
+        if full.is_none()
+            && !outcome.timed_out
+            && let (Some(before), Some(after)) = (&before, disk_usage(workspace).await)
+        {
+            full = after.filled_since(before).map(str::to_owned);
+        }
+        let mut outcome = outcome;
+        if let Some(reason) = full {
+            outcome.killed_reason = Some(DISK_QUOTA.to_owned());
+            if !outcome.stderr.is_empty() && !outcome.stderr.ends_with(b"\n") {
+                outcome.stderr.push(b'\n');
+            }
+            outcome
+                .stderr
+                .extend_from_slice(format!("codebox: killed: {reason}\n").as_bytes());
+        }
+        Ok(outcome)
     }
 
     /// Marks a run that could not be carried through as failed, and returns the error to
@@ -975,7 +1266,7 @@ impl Supervisor {
                 deleted_at: None,
             };
             if let Err(error) = self.catalog.files().insert(&record).await {
-                let _ = self.blobs.delete(&record.blob_key).await;
+                self.delete_orphan_blob(&record.blob_key).await;
                 return Err(error.into());
             }
             if let Some(events) = events {
@@ -1089,6 +1380,36 @@ impl Supervisor {
 /// A message's attachments: file id by name in the workspace.
 type Inputs = HashMap<String, String>;
 
+/// The `reason` of a run killed because `/mnt/data` reached its cap.
+pub const DISK_QUOTA: &str = "disk_quota";
+
+/// Resolves, with a sentence saying which cap, once the run fills the workspace's `data/`
+/// up to its cap (it is full, and holds more than `before`); never, if it does not.
+async fn disk_filled(workspace: Workspace, before: Option<crate::disk::Usage>) -> String {
+    let (Some(interval), Some(before)) = (workspace.disk_check_interval(), before) else {
+        return std::future::pending().await;
+    };
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if let Some(now) = disk_usage(&workspace).await
+            && let Some(reason) = now.filled_since(&before)
+        {
+            return reason.to_owned();
+        }
+    }
+}
+
+/// [`Workspace::disk_usage`] on a blocking thread: in watchdog mode it walks the folder.
+async fn disk_usage(workspace: &Workspace) -> Option<crate::disk::Usage> {
+    let checked = workspace.clone();
+    tokio::task::spawn_blocking(move || checked.disk_usage())
+        .await
+        .ok()
+        .flatten()
+}
+
 /// Why an output was not stored.
 enum Stored {
     /// A check or cap left it out; the reason is reported to the caller.
@@ -1150,6 +1471,11 @@ async fn lock(workspace: &Workspace) -> Result<std::fs::File> {
             path: workspace.root.clone(),
             source: std::io::Error::other(error),
         })??)
+}
+
+/// Where the code sees an attachment named `name`.
+fn attachment_path(name: &str) -> String {
+    format!("{SANDBOX_DATA}/{name}")
 }
 
 fn path_map(workspace: &Workspace) -> PathMap {

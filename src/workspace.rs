@@ -18,6 +18,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
+use crate::disk::{self, DiskMode, DiskPolicy};
 use crate::error::{IoContext, IoError};
 
 /// The longest file name given to an attachment, in bytes (file systems allow 255).
@@ -33,6 +34,8 @@ const INPUTS: &str = "inputs";
 pub struct Workspaces {
     root: PathBuf,
     sandbox_owner: Option<(u32, u32)>,
+    /// How each `data/` is capped; `None` leaves it uncapped (unit tests of naming).
+    disk: Option<DiskPolicy>,
 }
 
 /// One message's workspace.
@@ -48,6 +51,8 @@ pub struct Workspace {
     pub inputs: PathBuf,
     /// The workspace's lock file.
     lock_path: PathBuf,
+    /// How its `data/` is capped, if it is.
+    disk: Option<DiskPolicy>,
 }
 
 /// The folder that holds the lock files, inside the workspaces folder.
@@ -64,7 +69,14 @@ impl Workspaces {
         Ok(Self {
             root,
             sandbox_owner,
+            disk: None,
         })
+    }
+
+    /// Caps every workspace's `data/` by `disk` (see [`crate::disk`]).
+    pub fn with_disk(mut self, disk: DiskPolicy) -> Self {
+        self.disk = Some(disk);
+        self
     }
 
     /// The folder that holds every workspace (absolute).
@@ -92,6 +104,7 @@ impl Workspaces {
             inputs: root.join(INPUTS),
             lock_path: self.root.join(LOCKS).join(id),
             root,
+            disk: self.disk,
         })
     }
 
@@ -111,9 +124,25 @@ impl Workspaces {
         Ok(workspace)
     }
 
-    /// Deletes a workspace's folders. A workspace that is already gone is not an error.
+    /// Gives a prepared workspace's `data/` its own capped file system when the policy is
+    /// `loop` (see [`disk::mount_data`]). Returns whether it was mounted now: a sandbox made
+    /// before then saw the bare folder and must be made again.
+    pub fn mount_data(&self, workspace: &Workspace) -> Result<bool, IoError> {
+        match &self.disk {
+            Some(policy) if policy.mode == DiskMode::Loop => {
+                disk::mount_data(&workspace.root, &workspace.data, policy, self.sandbox_owner)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Deletes a workspace's folders, unmounting its `data/` first. A workspace that is
+    /// already gone is not an error.
     pub fn remove(&self, id: &str) -> Result<(), IoError> {
         let workspace = self.get(id)?;
+        // Never remove a folder while a file system is mounted on it: the removal would
+        // empty that file system, then fail on the mount point.
+        disk::unmount_data(&workspace.data)?;
         match fs::remove_dir_all(&workspace.root) {
             Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
             other => other.with_path("remove", &workspace.root),
@@ -199,18 +228,49 @@ impl Workspace {
         }
     }
 
-    /// Bytes the workspace takes on disk: the blocks its entries occupy (links not followed),
-    /// so that a sparse file the sandbox made counts for what it uses, not what it claims.
+    /// Bytes that removing the workspace would free: the blocks its entries occupy (links not
+    /// followed, so that a sparse file the sandbox made counts for what it uses, not what it
+    /// claims). A file with other names outside the workspace (an attachment hard-linked
+    /// from the blob store) is not freed by the removal and does not count; one with several
+    /// names inside it counts once.
     pub fn bytes(&self) -> u64 {
+        use std::collections::HashMap;
         use std::os::unix::fs::MetadataExt;
-        walkdir::WalkDir::new(&self.root)
+        // (device, inode) -> (links the file has, names of it seen here, bytes).
+        let mut inodes: HashMap<(u64, u64), (u64, u64, u64)> = HashMap::new();
+        for metadata in walkdir::WalkDir::new(&self.root)
             .follow_links(false)
+            // A loop-mounted data/ is counted by its image file, which holds it.
+            .same_file_system(true)
             .into_iter()
             .filter_map(Result::ok)
             .filter_map(|entry| entry.metadata().ok())
             .filter(|metadata| !metadata.is_dir())
-            .map(|metadata| metadata.blocks() * 512)
+        {
+            let seen = inodes.entry((metadata.dev(), metadata.ino())).or_insert((
+                metadata.nlink(),
+                0,
+                metadata.blocks() * 512,
+            ));
+            seen.1 += 1;
+        }
+        inodes
+            .values()
+            .filter(|(links, seen, _)| seen >= links)
+            .map(|(_, _, bytes)| bytes)
             .sum()
+    }
+
+    /// What `data/` holds, measured against its cap; `None` when it is not capped or cannot
+    /// be measured.
+    pub fn disk_usage(&self) -> Option<disk::Usage> {
+        disk::usage(&self.data, self.disk.as_ref()?)
+    }
+
+    /// How often its `data/` should be checked against the cap while code runs; `None` when
+    /// it is not capped.
+    pub fn disk_check_interval(&self) -> Option<std::time::Duration> {
+        self.disk.as_ref().map(DiskPolicy::check_interval)
     }
 
     /// Whether the workspace's folder exists.
@@ -218,14 +278,19 @@ impl Workspace {
         fs::symlink_metadata(&self.root).is_ok_and(|metadata| metadata.is_dir())
     }
 
-    /// A name for a new attachment that is free in both `data/` and `inputs/`: the sanitized
-    /// `wanted` name, or `stem (1).ext`, `stem (2).ext`, ... when that is taken.
-    pub fn free_name(&self, wanted: &str) -> Result<String, IoError> {
+    /// A name for a new attachment that is free in both `data/` and `inputs/` and that
+    /// `reserved` does not claim: the sanitized `wanted` name, or `stem (1).ext`,
+    /// `stem (2).ext`, ... when that is taken.
+    pub fn free_name(
+        &self,
+        wanted: &str,
+        reserved: impl Fn(&str) -> bool,
+    ) -> Result<String, IoError> {
         let base = sanitize_name(wanted);
         let (stem, extension) = split_extension(&base);
         let mut candidate = base.clone();
         let mut counter = 0u64;
-        while self.is_taken(&candidate)? {
+        while reserved(&candidate) || self.is_taken(&candidate)? {
             counter += 1;
             let suffix = format!(" ({counter})");
             let stem = truncate_to_bytes(
@@ -237,7 +302,9 @@ impl Workspace {
         Ok(candidate)
     }
 
-    fn is_taken(&self, name: &str) -> Result<bool, IoError> {
+    /// Whether anything has the name `name` in `data/` or `inputs/` (a workspace that does
+    /// not exist yet has nothing).
+    pub fn is_taken(&self, name: &str) -> Result<bool, IoError> {
         for dir in [&self.data, &self.inputs] {
             let path = dir.join(name);
             match fs::symlink_metadata(&path) {
@@ -256,20 +323,92 @@ impl Workspace {
 
     /// Places an attachment by hard-linking `source` (a file of the local blob store) into
     /// `inputs/`. Returns `false`, changing nothing, when the link cannot be made (another file
-    /// system, say); the caller then copies instead.
+    /// system, say) or must not be: the sandbox user reads inputs through the read-only
+    /// mount, so the file must be world-readable, and a hard link shares the blob's own inode,
+    /// whose mode is never changed here. The caller then copies instead.
     pub fn place_input_by_link(&self, name: &str, source: &Path) -> Result<bool, IoError> {
         let target = self.input_path(name);
+        match fs::metadata(source) {
+            Ok(metadata) if metadata.permissions().mode() & 0o004 != 0 => {}
+            Ok(_) => return Ok(false),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(error) => return Err(error).with_path("inspect", source),
+        }
         match fs::hard_link(source, &target) {
-            Ok(()) => {
-                // The sandbox user reads inputs through the read-only mount, so the file must
-                // be world-readable whatever umask the blob store wrote it with.
-                fs::set_permissions(&target, fs::Permissions::from_mode(0o644))
-                    .with_path("chmod", &target)?;
-                Ok(true)
-            }
+            Ok(()) => Ok(true),
             Err(error) if link_is_impossible(&error) => Ok(false),
             Err(error) => Err(error).with_path("link", &target),
         }
+    }
+
+    /// Takes the attachment `name` out of the workspace: its file in `inputs/`, then its link
+    /// in `data/` if that is still exactly `../inputs/<name>` (whatever else the code put
+    /// under that name is its own and stays). It needs no lock: `inputs/` belongs to the
+    /// supervisor, so the unlink is a single step nothing else races with, and `data/` is
+    /// read only through its descriptor, opened without following links, with `readlinkat`
+    /// and `unlinkat`. Removing the input first keeps the name taken (by the link) until the
+    /// input is gone, so a concurrent attach never reuses it half-way. Whatever is missing
+    /// (no workspace, no input, no link) is not an error.
+    pub fn remove_input(&self, name: &str) -> Result<(), IoError> {
+        use rustix::fs::{AtFlags, Mode, OFlags, openat, readlinkat, unlinkat};
+        use std::os::unix::ffi::OsStrExt;
+        let refused = |source: io::Error| IoError {
+            action: "remove input",
+            path: PathBuf::from(name),
+            source,
+        };
+        if !is_single_name(name) {
+            return Err(refused(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a plain file name",
+            )));
+        }
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let root = match openat(rustix::fs::CWD, &self.root, flags, Mode::empty()) {
+            Ok(root) => root,
+            Err(rustix::io::Errno::NOENT) => return Ok(()),
+            Err(error) => return Err(io::Error::from(error)).with_path("open", &self.root),
+        };
+        match openat(&root, INPUTS, flags, Mode::empty()) {
+            Ok(inputs) => match unlinkat(&inputs, name, AtFlags::empty()) {
+                Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+                Err(error) => {
+                    return Err(io::Error::from(error)).with_path("remove", &self.input_path(name));
+                }
+            },
+            Err(rustix::io::Errno::NOENT) => {}
+            Err(error) => return Err(io::Error::from(error)).with_path("open", &self.inputs),
+        }
+        let data = match openat(&root, DATA, flags, Mode::empty()) {
+            Ok(data) => data,
+            Err(rustix::io::Errno::NOENT) => return Ok(()),
+            Err(error) => return Err(io::Error::from(error)).with_path("open", &self.data),
+        };
+        let ours = Path::new("..").join(INPUTS).join(name);
+        match readlinkat(&data, name, Vec::new()) {
+            Ok(target) if Path::new(std::ffi::OsStr::from_bytes(target.as_bytes())) == ours => {
+                match unlinkat(&data, name, AtFlags::empty()) {
+                    Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+                    Err(error) => {
+                        Err(io::Error::from(error)).with_path("remove", &self.data.join(name))
+                    }
+                }
+            }
+            // Gone, not a link, or a link of the code's own: not ours to remove.
+            Ok(_) | Err(rustix::io::Errno::NOENT | rustix::io::Errno::INVAL) => Ok(()),
+            Err(error) => Err(io::Error::from(error)).with_path("inspect", &self.data.join(name)),
+        }
+    }
+
+    /// The (device, inode) of the attachment `name` in `inputs/`, if it is there.
+    pub fn input_inode(&self, name: &str) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        if !is_single_name(name) {
+            return None;
+        }
+        fs::symlink_metadata(self.input_path(name))
+            .ok()
+            .map(|metadata| (metadata.dev(), metadata.ino()))
     }
 
     /// Creates an empty, world-readable attachment file in `inputs/` for the caller to stream
@@ -332,6 +471,15 @@ impl Workspace {
         let mut file = File::create_new(&path).with_path("create", &path)?;
         file.write_all(bytes).with_path("write", &path)
     }
+}
+
+/// Whether `name` is one plain path component: no separator, not empty, `.` or `..`.
+fn is_single_name(name: &str) -> bool {
+    let mut components = Path::new(name).components();
+    matches!(
+        (components.next(), components.next()),
+        (Some(Component::Normal(part)), None) if part == name
+    )
 }
 
 /// Whether a failed hard link means "copy instead" (another file system, a file system without
@@ -539,12 +687,12 @@ mod tests {
     #[test]
     fn colliding_names_get_numbered() {
         let (_dir, workspace) = workspace();
-        let first = workspace.free_name("report.csv").expect("name");
+        let first = workspace.free_name("report.csv", |_| false).expect("name");
         assert_eq!(first, "report.csv");
         workspace.create_input(&first).expect("create");
         workspace.link_input(&first).expect("link");
         assert_eq!(
-            workspace.free_name("report.csv").expect("name"),
+            workspace.free_name("report.csv", |_| false).expect("name"),
             "report (1).csv"
         );
         // A name taken only in data/ (a file the code wrote) is also avoided.
@@ -552,10 +700,44 @@ mod tests {
             .write_data_file("report (1).csv", b"x")
             .expect("write");
         assert_eq!(
-            workspace.free_name("report.csv").expect("name"),
+            workspace.free_name("report.csv", |_| false).expect("name"),
             "report (2).csv"
         );
-        assert_eq!(workspace.free_name("Makefile").expect("name"), "Makefile");
+        assert_eq!(
+            workspace.free_name("Makefile", |_| false).expect("name"),
+            "Makefile"
+        );
+    }
+
+    #[test]
+    fn removing_an_input_spares_what_is_not_its_link() {
+        let (dir, workspace) = workspace();
+        for name in ["a.csv", "b.csv", "c.csv"] {
+            workspace.create_input(name).expect("create");
+        }
+        workspace.link_input("a.csv").expect("link");
+        // The code replaced b.csv's link with a link of its own, and c.csv's with a file.
+        let outside = dir.path().join("outside.csv");
+        fs::write(&outside, b"host").expect("write");
+        std::os::unix::fs::symlink(&outside, workspace.data.join("b.csv")).expect("symlink");
+        workspace.write_data_file("c.csv", b"mine").expect("write");
+        for name in ["a.csv", "b.csv", "c.csv", "never.csv"] {
+            workspace.remove_input(name).expect("remove");
+            assert!(
+                fs::symlink_metadata(workspace.inputs.join(name)).is_err(),
+                "{name}"
+            );
+        }
+        assert!(fs::symlink_metadata(workspace.data.join("a.csv")).is_err());
+        assert!(fs::symlink_metadata(workspace.data.join("b.csv")).is_ok());
+        assert_eq!(fs::read(&outside).expect("untouched"), b"host");
+        assert_eq!(
+            fs::read(workspace.data.join("c.csv")).expect("kept"),
+            b"mine"
+        );
+        for bad in ["", ".", "..", "../inputs/x", "a/b"] {
+            assert!(workspace.remove_input(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

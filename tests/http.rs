@@ -538,7 +538,8 @@ async fn runs_listings_render_and_workspace_deletion() {
     let other_workspace = server.workspace_id("tenant-a", "msg-2").await;
     assert!(container_exists(&other_workspace));
     assert!(server.workspace_dir(&other_workspace).exists());
-    // A later run of the message starts from an empty workspace, in a new sandbox.
+    // A later run of the message starts from a new workspace, in a new sandbox: what the code
+    // wrote is gone, and the message's attachment is placed again.
     let fresh = server
         .run_ok(
             ALICE,
@@ -548,7 +549,7 @@ async fn runs_listings_render_and_workspace_deletion() {
             &[],
         )
         .await;
-    assert_eq!(fresh["stdout"], "[]\n", "{fresh:#}");
+    assert_eq!(fresh["stdout"], "['sales.csv']\n", "{fresh:#}");
     assert!(container_exists(&workspace_id));
 }
 
@@ -1105,7 +1106,8 @@ async fn message_ids_are_each_tenants_own() {
             &[],
         )
         .await;
-    assert_eq!(run["stdout"], "[]\n", "{run:#}");
+    // Only the file tenant B uploaded with its own msg-1 is there.
+    assert_eq!(run["stdout"], "['theirs.csv']\n", "{run:#}");
     let listing = server
         .get(ALICE_OF_B, "/v1/messages/msg-1/files?source=all")
         .send()

@@ -1,5 +1,6 @@
 //! Operators' routes (admin tokens): the workspaces on this instance, a reaper pass on demand,
-//! and the retention policy in force.
+//! and the retention policy in force. An admin token acts within its own tenant: it lists and
+//! reaps that tenant's workspaces and files alone. Only a token of tenant `*` is global.
 
 use axum::Json;
 use axum::extract::State;
@@ -12,7 +13,8 @@ use super::error::{ApiResult, ErrorBody};
 use super::runs::json_rejection;
 use crate::retention;
 
-/// Every workspace, least recently used first.
+/// Every workspace of the caller's tenant (of every tenant for a global operator), least
+/// recently used first.
 #[utoipa::path(
     get,
     path = "/v1/admin/workspaces",
@@ -25,9 +27,12 @@ use crate::retention;
 )]
 pub async fn workspaces(
     State(state): State<AppState>,
-    _admin: AdminCaller,
+    AdminCaller(admin): AdminCaller,
 ) -> ApiResult<Json<WorkspaceList>> {
-    let overview = state.supervisor.workspace_overview().await?;
+    let overview = state
+        .supervisor
+        .workspace_overview(admin.tenant_scope())
+        .await?;
     Ok(Json(WorkspaceList {
         workspaces: overview
             .into_iter()
@@ -46,7 +51,8 @@ pub async fn workspaces(
     }))
 }
 
-/// Run the reaper now (or, with `dry_run`, report what it would remove).
+/// Run the reaper now over the caller's tenant (every tenant for a global operator), or, with
+/// `dry_run`, report what it would remove.
 #[utoipa::path(
     post,
     path = "/v1/admin/gc",
@@ -61,11 +67,12 @@ pub async fn workspaces(
 )]
 pub async fn gc(
     State(state): State<AppState>,
-    _admin: AdminCaller,
+    AdminCaller(admin): AdminCaller,
     body: Result<Json<GcRequest>, JsonRejection>,
 ) -> ApiResult<Json<GcReport>> {
     let Json(request) = body.map_err(json_rejection)?;
-    let report = retention::reap(&state.supervisor, request.dry_run).await?;
+    let report =
+        retention::reap_within(&state.supervisor, request.dry_run, admin.tenant_scope()).await?;
     Ok(Json(GcReport {
         dry_run: report.dry_run,
         containers: report.containers,

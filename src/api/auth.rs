@@ -13,7 +13,7 @@ use subtle::ConstantTimeEq;
 use super::AppState;
 use super::error::ApiError;
 use crate::catalog::Owner;
-use crate::config::{Role, TokenConfig};
+use crate::config::{ALL_TENANTS, Role, TokenConfig};
 
 /// The header that names the end user of a service call.
 pub const USER_HEADER: &str = "x-user-id";
@@ -35,6 +35,11 @@ impl Tokens {
     pub fn new(configured: &[TokenConfig]) -> Result<Self, String> {
         let mut entries = Vec::new();
         for token in configured {
+            // Checked here too: tokens may come from the development tokens file, which the
+            // configuration's own validation never sees.
+            if let Some(problem) = token.problem() {
+                return Err(problem);
+            }
             let digest: [u8; 32] = match (&token.token, &token.token_sha256) {
                 (Some(secret), _) => Sha256::digest(secret.as_bytes()).into(),
                 (None, Some(hex_digest)) => hex::decode(hex_digest)
@@ -83,6 +88,13 @@ pub struct Caller {
     pub tenant: String,
     /// The token's role.
     pub role: Role,
+}
+
+impl Caller {
+    /// The tenant an operator acts within, or `None` for a global operator (tenant `*`).
+    pub fn tenant_scope(&self) -> Option<&str> {
+        (self.tenant != ALL_TENANTS).then_some(self.tenant.as_str())
+    }
 }
 
 /// The caller of a request with a bearer token (any role).
@@ -265,5 +277,25 @@ mod tests {
         }])
         .expect_err("short digest");
         assert!(error.contains("64 hex digits"));
+    }
+
+    #[test]
+    fn every_tenant_is_for_admin_tokens_only() {
+        let entry = |role| TokenConfig {
+            token: Some("global-token-0123456789".into()),
+            token_sha256: None,
+            tenant: ALL_TENANTS.into(),
+            role,
+        };
+        let error = Tokens::new(&[entry(Role::Service)]).expect_err("a global service token");
+        assert!(error.contains("admin tokens only"), "{error}");
+        let tokens = Tokens::new(&[entry(Role::Admin)]).expect("a global operator");
+        let caller = tokens.check("global-token-0123456789").expect("known");
+        assert_eq!(caller.tenant_scope(), None);
+        let scoped = Caller {
+            tenant: "acme".into(),
+            role: Role::Admin,
+        };
+        assert_eq!(scoped.tenant_scope(), Some("acme"));
     }
 }

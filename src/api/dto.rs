@@ -195,6 +195,29 @@ pub struct MessageFiles {
     pub files: Vec<File>,
 }
 
+/// One attachment of a message.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Attachment {
+    /// The attached file.
+    pub file_id: String,
+    /// Its name in the message's workspace (numbered when another attachment had the name).
+    pub name: String,
+    /// Where the code sees it: `/mnt/data/<name>`.
+    pub path: String,
+    /// `attached`, or `file_deleted` once the file was deleted (no run sees it any more).
+    #[schema(value_type = String, pattern = "^(attached|file_deleted)$")]
+    pub state: &'static str,
+    /// The file while it is live.
+    pub file: Option<File>,
+}
+
+/// `GET /v1/messages/{message_id}/attachments`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct MessageAttachments {
+    /// The message's attachments, oldest first.
+    pub attachments: Vec<Attachment>,
+}
+
 /// `GET /v1/chats/{chat_id}/files`.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ChatFiles {

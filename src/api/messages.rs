@@ -11,7 +11,7 @@ use utoipa::IntoParams;
 
 use super::AppState;
 use super::auth::UserCaller;
-use super::dto::{ChatFiles, MessageFiles, RenderText};
+use super::dto::{Attachment, ChatFiles, MessageAttachments, MessageFiles, RenderText};
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::runs::json_rejection;
 use crate::ids;
@@ -69,6 +69,51 @@ pub async fn message_files(
     Ok(Json(MessageFiles {
         message_id,
         files: files.iter().map(|file| state.file_dto(file)).collect(),
+    }))
+}
+
+/// The attachments of one message, oldest first, with their state: a deleted file stays
+/// listed as `file_deleted`.
+#[utoipa::path(
+    get,
+    path = "/v1/messages/{message_id}/attachments",
+    tag = "listings",
+    security(("bearer" = [])),
+    params(
+        ("message_id" = String, Path, description = "The message", pattern = "^[A-Za-z0-9._:-]{1,128}$"),
+        ("X-User-Id" = String, Header, description = "The end user", pattern = "^[!-~]{1,256}$"),
+    ),
+    responses(
+        (status = 200, body = MessageAttachments),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
+    )
+)]
+pub async fn message_attachments(
+    State(state): State<AppState>,
+    UserCaller(owner): UserCaller,
+    Path(message_id): Path<String>,
+) -> ApiResult<Json<MessageAttachments>> {
+    check_id("message_id", &message_id)?;
+    let attachments = state
+        .supervisor
+        .message_attachments(&owner, &message_id)
+        .await?;
+    Ok(Json(MessageAttachments {
+        attachments: attachments
+            .into_iter()
+            .map(|(attachment, file)| Attachment {
+                path: format!("{}/{}", crate::runtime::SANDBOX_DATA, attachment.name),
+                state: if file.is_some() {
+                    "attached"
+                } else {
+                    "file_deleted"
+                },
+                file: file.as_ref().map(|file| state.file_dto(file)),
+                file_id: attachment.file_id,
+                name: attachment.name,
+            })
+            .collect(),
     }))
 }
 

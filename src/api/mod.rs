@@ -166,6 +166,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(runs::create_run))
         .routes(routes!(runs::get_run))
         .routes(routes!(messages::message_files))
+        .routes(routes!(messages::message_attachments))
         .routes(routes!(messages::chat_files))
         .routes(routes!(messages::render))
         .routes(routes!(messages::delete_workspace))

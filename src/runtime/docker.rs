@@ -3,9 +3,11 @@
 //!
 //! The container's main process only sleeps; each run is an `exec` of the interpreter with
 //! the code on standard input, so nothing is written into `/mnt/data` but what the code
-//! writes itself. Docker cannot kill an exec, so a timeout kills every process of the sandbox
-//! user from inside (`kill -9 -1` spares only the container's init), and the container
-//! itself if that fails.
+//! writes itself. Docker cannot kill an exec, and nothing inside the sandbox can be trusted to
+//! clean up after the code, so every process a run leaves behind, and every process of a run
+//! that timed out, is killed from the host through the container's control group
+//! ([`super::cgroup`]); where that group is not visible, the container itself is killed and
+//! the next run starts it again.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -27,6 +29,7 @@ use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
+use super::cgroup::Cgroup;
 use super::{
     ExecOutcome, ExecRequest, OutputChunk, Runtime, RuntimeError, SANDBOX_DATA, SANDBOX_INPUTS,
     SandboxInfo, SandboxSpec,
@@ -50,20 +53,24 @@ const RUN_ENV: [&str; 5] = [
     "MPLCONFIGDIR=/tmp/matplotlib",
 ];
 
-/// The run's shell wrapper: the interpreter reads the code from standard input; once it exits,
-/// whatever it left running is killed so that no run outlives its own end.
-const RUN_SCRIPT: &str = "python3 -; status=$?; kill -9 -1 2>/dev/null; exit $status";
-
-/// Kills every process the sandbox user owns, except PID 1 (the container's init).
-const KILL_ALL_SCRIPT: &str = "kill -9 -1";
+/// The run's command: the interpreter reads the code from standard input.
+const RUN_COMMAND: [&str; 2] = ["python3", "-"];
 
 /// Prints the memory cgroup's OOM-kill counter (cgroup v2 and v1 layouts).
 const OOM_COUNTER_SCRIPT: &str =
     "cat /sys/fs/cgroup/memory.events /sys/fs/cgroup/memory/memory.oom_control 2>/dev/null";
 
 /// The user of the container's main process. It differs from the user code runs as, so that
-/// `kill -9 -1` by the code's user can never reach it and stop the container.
+/// the code's user can never signal it and stop the container, and so that the sweep after
+/// each run can tell it from what the code started (code cannot change its uid: no
+/// capabilities, `no-new-privileges`).
 const KEEPER_USER: &str = "65534:65534";
+/// The uid of [`KEEPER_USER`].
+const KEEPER_UID: u32 = 65534;
+
+/// How many processes a sandbox has between runs, as the engine counts them: its init and the
+/// keeper.
+const IDLE_PROCESSES: usize = 2;
 
 /// How long output may keep coming after the timeout kill before the container is killed.
 const DRAIN_AFTER_KILL: Duration = Duration::from_secs(3);
@@ -77,6 +84,8 @@ pub struct DockerRuntime {
     /// Per container: the OOM-kill count already accounted for, so that a new kill can be
     /// told apart from an old one.
     oom_seen: Mutex<HashMap<String, u64>>,
+    /// Per running container: its control group on this host, when visible.
+    cgroups: Mutex<HashMap<String, Cgroup>>,
 }
 
 impl DockerRuntime {
@@ -84,6 +93,11 @@ impl DockerRuntime {
     /// version and checks that the engine answers and has the image. `user` is the `uid:gid`
     /// code runs as.
     pub async fn connect(config: &SandboxConfig, user: String) -> Result<Self, RuntimeError> {
+        if user.split(':').next() == Some(&KEEPER_UID.to_string()) {
+            return Err(RuntimeError::Unreachable(format!(
+                "code may not run as uid {KEEPER_UID}: it is the sandbox's own keeper process"
+            )));
+        }
         let docker = connect_engine().await?;
         match docker.inspect_image(&config.image).await {
             Ok(_) => {}
@@ -97,6 +111,7 @@ impl DockerRuntime {
             config: config.clone(),
             user,
             oom_seen: Mutex::new(HashMap::new()),
+            cgroups: Mutex::new(HashMap::new()),
         })
     }
 
@@ -172,6 +187,60 @@ impl DockerRuntime {
         }
     }
 
+    /// The control group of a running container on this host, found from its init's PID and
+    /// kept until the container is started again or released. `None` when codebox cannot see
+    /// it (another PID namespace), or the container does not run.
+    async fn cgroup(&self, container: &str) -> Option<Cgroup> {
+        if let Some(cgroup) = self
+            .cgroups
+            .lock()
+            .ok()
+            .and_then(|groups| groups.get(container).cloned())
+        {
+            return Some(cgroup);
+        }
+        let inspected = self.docker.inspect_container(container, None).await.ok()?;
+        let pid = inspected.state.and_then(|state| state.pid)?;
+        let pid = i32::try_from(pid).ok().filter(|pid| *pid > 0)?;
+        let cgroup = match Cgroup::of_process(pid) {
+            Ok(cgroup) => cgroup,
+            Err(error) => {
+                tracing::debug!(%container, %error, "the sandbox's control group is not visible");
+                return None;
+            }
+        };
+        if let Ok(mut groups) = self.cgroups.lock() {
+            groups.insert(container.to_owned(), cgroup.clone());
+        }
+        Some(cgroup)
+    }
+
+    fn forget_cgroup(&self, container: &str) {
+        if let Ok(mut groups) = self.cgroups.lock() {
+            groups.remove(container);
+        }
+    }
+
+    /// Kills whatever a finished run left running. Through the control group when visible;
+    /// otherwise the engine counts the container's processes, and a container with more than
+    /// its idle ones is killed.
+    async fn sweep_after_run(&self, container: &str) -> Result<(), RuntimeError> {
+        if let Some(cgroup) = self.cgroup(container).await {
+            kill_run_processes(self.docker.clone(), container.to_owned(), Some(cgroup)).await;
+            return Ok(());
+        }
+        let top = match self.docker.top_processes(container, None).await {
+            Ok(top) => top,
+            // Already gone (the timeout killed it): nothing is left.
+            Err(error) if matches!(status_of(&error), Some(404 | 409)) => return Ok(()),
+            Err(error) => return Err(error.into()),
+        };
+        if top.processes.unwrap_or_default().len() > IDLE_PROCESSES {
+            kill_container(self.docker.clone(), container.to_owned()).await;
+        }
+        Ok(())
+    }
+
     /// Runs a short command in the container as the sandbox user and returns its stdout.
     async fn exec_capture(&self, container: &str, script: &str) -> Result<String, RuntimeError> {
         exec_capture(&self.docker, container, &self.user, script).await
@@ -179,6 +248,13 @@ impl DockerRuntime {
 
     /// The container's OOM-kill counter, or `None` where the cgroup files are not visible.
     async fn oom_kills(&self, container: &str) -> Option<u64> {
+        if let Some(count) = self
+            .cgroup(container)
+            .await
+            .and_then(|cgroup| cgroup.oom_kills())
+        {
+            return Some(count);
+        }
         let text = self
             .exec_capture(container, OOM_COUNTER_SCRIPT)
             .await
@@ -256,14 +332,21 @@ async fn exec_capture(
     Ok(stdout)
 }
 
-/// Kills every process of a timed-out run from inside the container, or the container itself
-/// if that fails (the next `ensure` starts it again; the workspace is untouched).
-async fn kill_run(docker: Docker, container: String, user: String) {
-    if exec_capture(&docker, &container, &user, KILL_ALL_SCRIPT)
-        .await
-        .is_ok()
-    {
-        return;
+/// Kills every process the runs of `container` started, from the host through its control
+/// group, sparing only the init and the keeper. When the group is not visible, or processes
+/// keep appearing, the container itself is killed (the next `ensure` starts it again; the
+/// workspace is untouched).
+async fn kill_run_processes(docker: Docker, container: String, cgroup: Option<Cgroup>) {
+    if let Some(cgroup) = cgroup {
+        match cgroup.kill_all_but(|_, uid| uid == KEEPER_UID).await {
+            Ok(true) => return,
+            Ok(false) => {
+                tracing::warn!(%container, "processes kept appearing; killing the sandbox");
+            }
+            Err(error) => {
+                tracing::warn!(%container, %error, "could not sweep the sandbox; killing it");
+            }
+        }
     }
     kill_container(docker, container).await;
 }
@@ -342,6 +425,7 @@ impl Runtime for DockerRuntime {
                 if !running {
                     self.docker.start_container(&name, None).await?;
                 }
+                self.forget_cgroup(&name);
                 self.remember_oom_baseline(&name).await;
                 return Ok(());
             }
@@ -368,6 +452,7 @@ impl Runtime for DockerRuntime {
                 return Err(error.into());
             }
         }
+        self.forget_cgroup(&name);
         self.oom_seen_set(&name, 0);
         Ok(())
     }
@@ -385,7 +470,7 @@ impl Runtime for DockerRuntime {
             .create_exec(
                 &container,
                 CreateExecOptions {
-                    cmd: Some(vec!["sh", "-c", RUN_SCRIPT]),
+                    cmd: Some(RUN_COMMAND.to_vec()),
                     user: Some(self.user.as_str()),
                     working_dir: Some(SANDBOX_DATA),
                     attach_stdin: Some(true),
@@ -429,10 +514,10 @@ impl Runtime for DockerRuntime {
                 timed_out = true;
                 // The kill runs beside this loop, which keeps reading: an engine whose output
                 // stream is not read stalls, and with it the kill's own exec.
-                tokio::spawn(kill_run(
+                tokio::spawn(kill_run_processes(
                     self.docker.clone(),
                     container.clone(),
-                    self.user.clone(),
+                    self.cgroup(&container).await,
                 ));
                 drain_until = Some(now + DRAIN_AFTER_KILL);
             }
@@ -479,6 +564,9 @@ impl Runtime for DockerRuntime {
             tracing::debug!(%container, %error, "code was not fully written to stdin");
         }
 
+        // Whatever the run left behind (a daemon it double-forked, a child that closed its
+        // output) goes now, before the run is reported finished.
+        self.sweep_after_run(&container).await?;
         let exit_code = self.docker.inspect_exec(&exec.id).await?.exit_code;
         let killed_reason = if !timed_out && exit_code == Some(137) {
             if self.memory_limit_hit(&container).await {
@@ -504,9 +592,17 @@ impl Runtime for DockerRuntime {
         })
     }
 
+    async fn kill_processes(&self, workspace_id: &str) -> Result<(), RuntimeError> {
+        let container = Self::container_name(workspace_id);
+        let cgroup = self.cgroup(&container).await;
+        kill_run_processes(self.docker.clone(), container, cgroup).await;
+        Ok(())
+    }
+
     async fn release(&self, workspace_id: &str) -> Result<(), RuntimeError> {
         let name = Self::container_name(workspace_id);
         let options = RemoveContainerOptionsBuilder::default().force(true).build();
+        self.forget_cgroup(&name);
         if let Ok(mut seen) = self.oom_seen.lock() {
             seen.remove(&name);
         }

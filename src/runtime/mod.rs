@@ -5,6 +5,7 @@
 //! is the back end on the local Docker engine; a Jupyter Enterprise Gateway or Kubernetes
 //! runtime would implement the same trait.
 
+mod cgroup;
 mod docker;
 
 use std::path::PathBuf;
@@ -124,13 +125,20 @@ pub trait Runtime: Send + Sync + 'static {
     /// Runs `request.code` in the sandbox of `workspace_id`, which `ensure` prepared. Output
     /// is forwarded to `live` as it comes (if given) and kept up to the cap. When this returns,
     /// no process started by the run is left in the sandbox: on timeout, and after the
-    /// interpreter exits, whatever it left behind is killed.
+    /// interpreter exits, whatever it left behind is killed from outside the sandbox (nothing
+    /// the code can disable), or the sandbox is killed when that is not possible.
     async fn exec(
         &self,
         workspace_id: &str,
         request: &ExecRequest,
         live: Option<&mpsc::Sender<OutputChunk>>,
     ) -> Result<ExecOutcome, RuntimeError>;
+
+    /// Kills every process the runs of `workspace_id` started, now, from outside the sandbox;
+    /// a run in progress then ends as killed. The sandbox itself stays (or, where processes
+    /// cannot be killed one by one, is killed, and the next `ensure` starts it again). A
+    /// sandbox that is gone is success.
+    async fn kill_processes(&self, workspace_id: &str) -> Result<(), RuntimeError>;
 
     /// Removes the sandbox of `workspace_id`. Idempotent: a sandbox that is already gone
     /// (Docker's 404) is success. The workspace folder is not touched.

@@ -3,8 +3,8 @@
 //! containers it created, also when the test panicked.
 //!
 //! [`TestEnv`] drives the supervisor as a library; [`TestServer`] serves the HTTP API on top of
-//! one, in this process, on a free local port, with two tenants' service tokens and an admin
-//! token configured.
+//! one, in this process, on a free local port, with two tenants' service tokens, an admin
+//! token for each of them and a global admin token configured.
 
 #![allow(dead_code)] // Each test binary uses its own part of this module.
 
@@ -156,14 +156,39 @@ pub fn remove_containers_of(data_dir: &Path) {
             .args(&names)
             .output();
     }
+    unmount_under(data_dir);
+}
+
+/// Unmounts every file system mounted below `dir` (the workspaces' loop-mounted `data/`), so
+/// that removing the test's folder neither empties a mounted file system nor leaks it.
+pub fn unmount_under(dir: &Path) {
+    let Ok(dir) = dir.canonicalize() else {
+        return;
+    };
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    for line in mountinfo.lines() {
+        let Some(point) = line.split(' ').nth(4) else {
+            continue;
+        };
+        let point = point.replace("\\040", " ");
+        if Path::new(&point).starts_with(&dir) {
+            let _ = Command::new("umount").args(["-l", &point]).output();
+        }
+    }
 }
 
 /// The service token of tenant `tenant-a`.
 pub const TENANT_A_TOKEN: &str = "svc-tenant-a-0123456789abcdef";
 /// The service token of tenant `tenant-b`.
 pub const TENANT_B_TOKEN: &str = "svc-tenant-b-0123456789abcdef";
-/// The operators' token.
+/// The global operators' token (tenant `*`: every tenant).
 pub const ADMIN_TOKEN: &str = "admin-ops-0123456789abcdef";
+/// An operator of tenant `tenant-a` alone.
+pub const ADMIN_A_TOKEN: &str = "admin-tenant-a-0123456789abcdef";
+/// An operator of tenant `tenant-b` alone.
+pub const ADMIN_B_TOKEN: &str = "admin-tenant-b-0123456789abcdef";
 
 /// Who a request is made as: a bearer token and the end user named in `X-User-Id`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,7 +260,9 @@ impl TestServer {
         config.server.tokens = vec![
             token(TENANT_A_TOKEN, "tenant-a", Role::Service),
             token(TENANT_B_TOKEN, "tenant-b", Role::Service),
-            token(ADMIN_TOKEN, "ops", Role::Admin),
+            token(ADMIN_TOKEN, "*", Role::Admin),
+            token(ADMIN_A_TOKEN, "tenant-a", Role::Admin),
+            token(ADMIN_B_TOKEN, "tenant-b", Role::Admin),
         ];
         adjust(&mut config);
         let state = codebox::server::prepare(config.clone())
@@ -395,7 +422,8 @@ impl Drop for TestServer {
     }
 }
 
-fn token(token: &str, tenant: &str, role: Role) -> TokenConfig {
+/// A token entry of the configuration.
+pub fn token(token: &str, tenant: &str, role: Role) -> TokenConfig {
     TokenConfig {
         token: Some(token.to_owned()),
         token_sha256: None,

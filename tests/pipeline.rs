@@ -339,14 +339,17 @@ open('/mnt/data/victim-folder/victim-secret-deep.csv', 'w').write('private')
         )
         .await
         .expect("the victim's run");
-    assert_eq!(report.run.status, RunStatus::Succeeded, "{:?}", report.run);
+    assert_status(&report, RunStatus::Succeeded);
     let victim_data = data_dir_of(&env, &victim, "m-victim").await;
 
-    // Folders that a process left behind swaps with links to the victim's folder without
-    // pause, while the supervisor takes the snapshots that close this run and open the next.
-    // The wrapper that would stop that process at the end of the run is killed first.
-    let code = format!(
-        r#"
+    // The code swaps folders with links to the victim's folder, atomically and without pause
+    // (renameat2 with RENAME_EXCHANGE). First it does so from a process it leaves behind after
+    // killing the wrapper, to race the snapshot that closes the run; where every process of a
+    // run is swept before that snapshot, then in the run itself while the supervisor's walk is
+    // taken beside it.
+    let code = |leave_behind: &str| {
+        format!(
+            r#"
 import ctypes, os, time
 os.chdir('/mnt/data')
 if not os.path.lexists('sub00'):
@@ -357,35 +360,86 @@ if not os.path.lexists('sub00'):
         os.symlink({victim:?}, f'link{{i:02}}')
 pairs = [(f'sub{{i:02}}'.encode(), f'link{{i:02}}'.encode()) for i in range(16)]
 libc = ctypes.CDLL(None, use_errno=True)
-if os.fork() == 0:
-    os.setsid()
+def swap(seconds):
+    end = time.monotonic() + seconds
+    swaps = 0
+    while time.monotonic() < end:
+        for a, b in pairs:
+            if libc.renameat2(-100, a, -100, b, 2) != 0:
+                raise OSError(ctypes.get_errno(), 'renameat2')
+            swaps += 1
+    return swaps
+if {leave_behind}:
     if os.fork() == 0:
-        null = os.open('/dev/null', os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(null, fd)
-        end = time.monotonic() + 8
-        while time.monotonic() < end:
-            for a, b in pairs:
-                if libc.renameat2(-100, a, -100, b, 2) != 0:
-                    os._exit(1)
+        os.setsid()
+        if os.fork() == 0:
+            null = os.open('/dev/null', os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            swap(8)
+            os._exit(0)
         os._exit(0)
-    os._exit(0)
-os.wait()
-print('swapping', flush=True)
-os.kill(os.getppid(), 9)
+    os.wait()
+    print('swapping', flush=True)
+    os.kill(os.getppid(), 9)
+else:
+    open('swapping', 'w').close()
+    print('swapped', swap(4) > 1000)
 "#,
-        victim = victim_data.display().to_string(),
-    );
+            victim = victim_data.display().to_string(),
+        )
+    };
     let mut seen = Vec::new();
     for _ in 0..3 {
-        let report = env.run("m-swapper", &code, &[]).await;
-        assert_eq!(report.run.stdout, "swapping\n", "{:?}", report.run);
+        let report = env.run("m-swapper", &code("True"), &[]).await;
         // Killing the wrapper reads as the run being killed.
-        assert_eq!(report.run.status, RunStatus::Killed, "{:?}", report.run);
+        assert_status(&report, RunStatus::Killed);
         assert_eq!(report.run.reason.as_deref(), Some("killed by SIGKILL"));
+        assert_eq!(report.run.stdout, "swapping\n", "{:?}", report.run);
         seen.extend(report.files.iter().map(|file| file.path.clone()));
         seen.extend(report.run.truncated.iter().map(|t| t.path.clone()));
     }
+
+    // The run that swaps in the foreground, and the supervisor's walk of its folder beside it.
+    let limits = codebox::snapshot::SnapshotLimits {
+        max_depth: env.config.limits.max_depth,
+        max_entries: env.config.limits.max_snapshot_entries,
+    };
+    let racing = async {
+        let data = env.data_dir_of("m-swapper").await;
+        while !data.join("swapping").exists() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut taken = 0;
+        let mut listed = Vec::new();
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(3) {
+            let folder = data.clone();
+            let snapshot =
+                tokio::task::spawn_blocking(move || codebox::snapshot::take(&folder, limits))
+                    .await
+                    .expect("join")
+                    .expect("snapshot");
+            taken += 1;
+            listed.extend(
+                snapshot
+                    .entries
+                    .keys()
+                    .map(|path| path.to_string_lossy().into_owned()),
+            );
+        }
+        (taken, listed)
+    };
+    let in_the_run = code("False");
+    let (report, (taken, listed)) = tokio::join!(env.run("m-swapper", &in_the_run, &[]), racing);
+    assert_status(&report, RunStatus::Succeeded);
+    assert_eq!(report.run.stdout, "swapped True\n", "{:?}", report.run);
+    assert!(taken > 10, "only {taken} snapshots raced the swaps");
+    seen.extend(report.files.iter().map(|file| file.path.clone()));
+    seen.extend(report.run.truncated.iter().map(|t| t.path.clone()));
+    seen.extend(listed);
+    seen.sort();
+    seen.dedup();
     let leaked: Vec<&String> = seen.iter().filter(|path| path.contains("victim")).collect();
     assert!(
         leaked.is_empty(),

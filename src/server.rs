@@ -1,8 +1,9 @@
-//! `codebox serve`: everything around the HTTP API that a long-running server does at start
-//! and in the background. Start-up checks that the engine sees the workspaces folder (bind
-//! mounts need a shared file system), marks runs interrupted by the last stop as failed,
+//! `codebox serve`: everything around the HTTP API that a long-running server does at start,
+//! in the background and at the end. Start-up checks that the engine sees the workspaces folder
+//! (bind mounts need a shared file system), marks runs interrupted by the last stop as failed,
 //! removes orphaned sandboxes, loads tokens and the link-signing secret, then serves; a reaper
-//! pass runs every `retention.reap_interval`.
+//! pass runs every `retention.reap_interval`. A graceful stop removes every sandbox this
+//! instance started (the workspaces stay).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -73,8 +74,17 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let state = prepare(config).await?;
     eprintln!("codebox: listening on http://{address}");
     let reaper = tokio::spawn(reap_forever(state.supervisor.clone()));
-    api::serve(listener, state, shutdown_signal()).await?;
+    let served = api::serve(listener, state.clone(), shutdown_signal()).await;
     reaper.abort();
+    // A stopped server's sandboxes would run on for good, holding memory and processes: they
+    // go now. Their workspaces stay, and the next run of each message starts a new sandbox on
+    // the same files.
+    match state.supervisor.release_own_sandboxes().await {
+        Ok(0) => {}
+        Ok(removed) => tracing::info!(removed, "removed this instance's sandboxes"),
+        Err(error) => tracing::error!(%error, "could not remove this instance's sandboxes"),
+    }
+    served?;
     Ok(())
 }
 

@@ -271,6 +271,21 @@ impl Supervisor {
         Ok(removed)
     }
 
+    /// Removes every sandbox of this instance, whatever message owns it; the workspaces stay,
+    /// and a later run of a message starts a new sandbox on the same files. Called when a
+    /// server stops. Returns how many were removed. Sandboxes of other instances on the same
+    /// engine are never touched.
+    pub async fn release_own_sandboxes(&self) -> Result<usize> {
+        let mut removed = 0;
+        for sandbox in self.runtime.list().await? {
+            if sandbox.instance.as_deref() == Some(self.instance.as_str()) {
+                self.runtime.release(&sandbox.workspace_id).await?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// The message `message_id` if it is bound to `owner`.
     pub async fn message(&self, owner: &Owner, message_id: &str) -> Result<MessageRecord> {
         self.catalog

@@ -204,7 +204,12 @@ async fn an_expired_attachment_is_gone_from_its_workspaces() {
 
 #[tokio::test]
 async fn workspace_bytes_count_only_what_removing_it_frees() {
-    let env = TestEnv::new().await;
+    // A plain data/ folder, so that each file's blocks can be summed here; a loop-mounted one
+    // is counted by its image file (see `containment.rs`).
+    let env = TestEnv::with_config(|config| {
+        config.sandbox.disk_limit = codebox::config::DiskLimit::Watchdog;
+    })
+    .await;
     let big = env.upload("big.bin", &vec![7u8; 1024 * 1024]).await;
     let private = env.upload("private.bin", &vec![8u8; 64 * 1024]).await;
     // A private blob cannot be shared with the sandbox: it is copied, and the copy counts.

@@ -192,6 +192,9 @@ async fn a_deleted_attachment_is_gone_from_every_workspace_and_its_purge_counts_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_tokens_act_within_their_tenant() {
     let server = TestServer::with_config(|config| {
+        // A plain data/ folder, so that the bytes freed are the files' own blocks; a
+        // loop-mounted one is counted by its image file (see `containment.rs`).
+        config.sandbox.disk_limit = codebox::config::DiskLimit::Watchdog;
         config.retention.container_idle = Duration::ZERO;
         config.retention.workspace_idle = Duration::ZERO;
         config.retention.deleted_file_grace = Duration::ZERO;

@@ -32,6 +32,9 @@ async fn workspace_id(env: &TestEnv, message_id: &str) -> String {
 #[tokio::test]
 async fn idle_containers_and_workspaces_go_files_stay() {
     let env = TestEnv::with_config(|config| {
+        // A plain data/ folder, so that the bytes freed are the files' own blocks; a
+        // loop-mounted one is counted by its image file (see `containment.rs`).
+        config.sandbox.disk_limit = codebox::config::DiskLimit::Watchdog;
         config.retention.container_idle = Duration::ZERO;
         config.retention.workspace_idle = Duration::ZERO;
     })
@@ -136,6 +139,9 @@ async fn files_expire_then_their_bytes_are_purged() {
 #[tokio::test]
 async fn quota_evicts_least_recently_used_and_skips_busy_workspaces() {
     let env = TestEnv::with_config(|config| {
+        // A plain data/ folder, so that the bytes freed are the files' own blocks; a
+        // loop-mounted one is counted by its image file (see `containment.rs`).
+        config.sandbox.disk_limit = codebox::config::DiskLimit::Watchdog;
         config.retention.max_workspace_bytes = Some(bytesize::ByteSize::kib(150));
     })
     .await;

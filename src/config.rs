@@ -207,14 +207,20 @@ impl Default for OutputsConfig {
 }
 
 impl OutputsConfig {
-    /// Whether a file with this name is registered when a run creates or changes it.
-    pub fn is_tracked(&self, name: &str) -> bool {
-        let Some((_, extension)) = name.rsplit_once('.') else {
+    /// Whether a file with this name is registered when a run creates or changes it. The
+    /// check reads the name's bytes, so that a name that is not valid UTF-8 but ends in a
+    /// tracked extension counts as an output (to be reported, since it cannot be registered).
+    pub fn is_tracked(&self, name: &std::ffi::OsStr) -> bool {
+        use std::os::unix::ffi::OsStrExt;
+        let name = name.as_bytes();
+        let Some(dot) = name.iter().rposition(|&byte| byte == b'.') else {
             return false;
         };
+        let extension = &name[dot + 1..];
         self.tracked_extensions.iter().any(|tracked| {
             tracked
                 .trim_start_matches('.')
+                .as_bytes()
                 .eq_ignore_ascii_case(extension)
         })
     }
@@ -559,11 +565,19 @@ mod tests {
         let outputs = OutputsConfig {
             tracked_extensions: vec!["xlsx".into(), ".CSV".into()],
         };
-        assert!(outputs.is_tracked("report.XLSX"));
-        assert!(outputs.is_tracked("a.b.csv"));
-        assert!(!outputs.is_tracked("csv"));
-        assert!(!outputs.is_tracked("report.xlsx.txt"));
-        assert!(!outputs.is_tracked("notes.txt"));
+        let tracked = |name: &[u8]| {
+            use std::os::unix::ffi::OsStrExt;
+            outputs.is_tracked(std::ffi::OsStr::from_bytes(name))
+        };
+        assert!(tracked(b"report.XLSX"));
+        assert!(tracked(b"a.b.csv"));
+        assert!(!tracked(b"csv"));
+        assert!(!tracked(b"report.xlsx.txt"));
+        assert!(!tracked(b"notes.txt"));
+        // Names that are not valid UTF-8 are judged by their extension's bytes.
+        assert!(tracked(b"r\xff.csv"));
+        assert!(!tracked(b"r.cs\xff"));
+        assert!(!tracked(b"r.\xffcsv"));
     }
 
     #[test]

@@ -4,18 +4,29 @@
 //! symlink, so a link the sandbox planted toward a host file is seen as a link and nothing
 //! more. The walk is bounded in depth and in entry count because the sandbox controls the
 //! tree; what the bounds leave out is listed in the snapshot, never dropped silently.
+//!
+//! The sandbox also keeps running (or has left processes running) while the walk goes on, so
+//! the tree may change between listing a folder and opening it: a folder can be swapped for a
+//! link to somewhere else on the host. The walk therefore never resolves a path. It opens the
+//! root once and every folder below by its single name relative to the descriptor of its
+//! parent, with `O_NOFOLLOW | O_DIRECTORY`: a name that is a link by then fails to open and is
+//! reported as unreadable, so nothing outside the root is ever listed or examined.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::io;
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat};
 
 /// How far a snapshot may walk.
 #[derive(Debug, Clone, Copy)]
 pub struct SnapshotLimits {
     /// The deepest level looked at: 1 is the folder's own entries.
     pub max_depth: usize,
-    /// The most entries recorded; the walk stops there.
+    /// The most entries recorded, and the most omissions listed; the walk stops at either.
     pub max_entries: usize,
 }
 
@@ -51,11 +62,13 @@ pub struct Entry {
 /// Why part of the tree is not in a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Omission {
-    /// The entry lies below `max_depth`.
-    TooDeep(PathBuf),
-    /// The walk stopped after `max_entries` entries.
+    /// The entry lies one level below `max_depth`: it is described (so that a later snapshot
+    /// can tell whether it changed) but not recorded, and a folder is not looked into.
+    TooDeep(PathBuf, Entry),
+    /// The walk stopped at `max_entries` entries or omissions.
     TooManyEntries,
-    /// The entry could not be read (it vanished, or permission was refused).
+    /// The entry could not be read: it vanished, permission was refused, or a folder changed
+    /// (for instance into a link) between being listed and being opened.
     Unreadable(PathBuf),
 }
 
@@ -64,92 +77,130 @@ pub enum Omission {
 pub struct Snapshot {
     /// Every entry recorded, by path relative to the folder.
     pub entries: BTreeMap<PathBuf, Entry>,
-    /// What the limits left out.
+    /// What the limits left out, in the order the walk met it.
     pub omissions: Vec<Omission>,
 }
 
-/// Takes a snapshot of `root`, which must be a folder. Nothing below it is followed.
+/// How every folder is opened: relative to its parent's descriptor, never through a link.
+const FOLDER_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
+/// Takes a snapshot of `root`, which must be a folder (not a link to one). Nothing below it is
+/// followed, whatever the sandbox changes while the walk goes on. Entries are visited folder
+/// by folder in byte order of their names, depth first, so the same tree always gives the
+/// same snapshot, and the same entries when a cap cuts it.
 pub fn take(root: &Path, limits: SnapshotLimits) -> io::Result<Snapshot> {
-    let mut snapshot = Snapshot::default();
-    // One level beyond max_depth is walked so that what lies there can be reported.
-    let mut walker = walkdir::WalkDir::new(root)
-        .min_depth(1)
-        .max_depth(limits.max_depth.saturating_add(1))
-        .follow_links(false)
-        .sort_by_file_name()
-        .into_iter();
-    while let Some(next) = walker.next() {
-        let entry = match next {
-            Ok(entry) => entry,
-            Err(error) => {
-                if error.depth() == 0 {
-                    return Err(error.into());
-                }
-                let path = error
-                    .path()
-                    .and_then(|path| path.strip_prefix(root).ok())
-                    .map(Path::to_path_buf)
-                    .unwrap_or_default();
-                snapshot.omissions.push(Omission::Unreadable(path));
-                continue;
-            }
-        };
-        let relative = entry
-            .path()
-            .strip_prefix(root)
-            .map_err(io::Error::other)?
-            .to_path_buf();
-        if entry.depth() > limits.max_depth {
-            snapshot.omissions.push(Omission::TooDeep(relative));
-            if entry.file_type().is_dir() {
-                walker.skip_current_dir();
-            }
-            continue;
-        }
-        if snapshot.entries.len() >= limits.max_entries {
-            snapshot.omissions.push(Omission::TooManyEntries);
-            break;
-        }
-        // walkdir does not follow links here, so this is lstat.
-        let metadata = match entry.metadata() {
-            Ok(metadata) => metadata,
-            Err(_) => {
-                snapshot.omissions.push(Omission::Unreadable(relative));
-                continue;
-            }
-        };
-        let file_type = metadata.file_type();
-        let kind = if file_type.is_symlink() {
-            match std::fs::read_link(entry.path()) {
-                Ok(target) => EntryKind::Symlink(target),
-                Err(_) => {
-                    snapshot.omissions.push(Omission::Unreadable(relative));
-                    continue;
-                }
-            }
-        } else if file_type.is_file() {
-            EntryKind::File
-        } else if file_type.is_dir() {
-            EntryKind::Dir
-        } else {
-            EntryKind::Other
-        };
-        snapshot.entries.insert(
-            relative,
-            Entry {
-                kind,
-                size: metadata.len(),
-                mtime_ns: nanos(metadata.mtime(), metadata.mtime_nsec()),
-                ctime_ns: nanos(metadata.ctime(), metadata.ctime_nsec()),
-                inode: metadata.ino(),
-            },
-        );
-    }
-    Ok(snapshot)
+    let folder = rustix::fs::open(root, FOLDER_FLAGS, Mode::empty())?;
+    let names = list(&folder)?;
+    let mut walk = Walk {
+        limits,
+        snapshot: Snapshot::default(),
+        stopped: false,
+    };
+    walk.folder(&folder, names, Path::new(""), 1);
+    Ok(walk.snapshot)
 }
 
-fn nanos(seconds: i64, nanoseconds: i64) -> i128 {
-    i128::from(seconds) * 1_000_000_000 + i128::from(nanoseconds)
+/// A walk in progress.
+struct Walk {
+    limits: SnapshotLimits,
+    snapshot: Snapshot,
+    /// Set once a cap is reached: nothing more is looked at.
+    stopped: bool,
+}
+
+impl Walk {
+    /// Looks at the entries `names` of the open `folder`, found at `relative`, whose entries
+    /// lie at `depth`.
+    fn folder(&mut self, folder: &OwnedFd, names: Vec<OsString>, relative: &Path, depth: usize) {
+        for name in names {
+            if self.stopped {
+                return;
+            }
+            if self.snapshot.entries.len() >= self.limits.max_entries
+                || self.snapshot.omissions.len() >= self.limits.max_entries
+            {
+                self.snapshot.omissions.push(Omission::TooManyEntries);
+                self.stopped = true;
+                return;
+            }
+            let path = relative.join(&name);
+            let Ok((entry, stat)) = describe(folder, &name) else {
+                self.snapshot.omissions.push(Omission::Unreadable(path));
+                continue;
+            };
+            if depth > self.limits.max_depth {
+                self.snapshot.omissions.push(Omission::TooDeep(path, entry));
+                continue;
+            }
+            let is_folder = entry.kind == EntryKind::Dir;
+            self.snapshot.entries.insert(path.clone(), entry);
+            if is_folder {
+                match open_folder(folder, &name, &stat) {
+                    Ok((child, names)) => self.folder(&child, names, &path, depth + 1),
+                    Err(_) => self.snapshot.omissions.push(Omission::Unreadable(path)),
+                }
+            }
+        }
+    }
+}
+
+/// What `lstat` says of `name` in `folder`, and the raw status it came from.
+fn describe(folder: &OwnedFd, name: &OsString) -> io::Result<(Entry, Stat)> {
+    let stat = rustix::fs::statat(folder, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)?;
+    let kind = match FileType::from_raw_mode(stat.st_mode) {
+        FileType::Symlink => {
+            let target = rustix::fs::readlinkat(folder, name.as_os_str(), Vec::new())?;
+            EntryKind::Symlink(PathBuf::from(OsString::from_vec(target.into_bytes())))
+        }
+        FileType::RegularFile => EntryKind::File,
+        FileType::Directory => EntryKind::Dir,
+        _ => EntryKind::Other,
+    };
+    let entry = Entry {
+        kind,
+        size: u64::try_from(stat.st_size).unwrap_or(0),
+        mtime_ns: nanos(i128::from(stat.st_mtime), i128::from(stat.st_mtime_nsec)),
+        ctime_ns: nanos(i128::from(stat.st_ctime), i128::from(stat.st_ctime_nsec)),
+        inode: stat.st_ino,
+    };
+    Ok((entry, stat))
+}
+
+/// Opens the folder `name` of `parent` and lists it. It must still be the very folder `seen`
+/// describes: a link swapped in since fails to open (`O_NOFOLLOW`), and another folder moved
+/// into its place is refused too, so what is listed below a path is what was there.
+fn open_folder(
+    parent: &OwnedFd,
+    name: &OsString,
+    seen: &Stat,
+) -> io::Result<(OwnedFd, Vec<OsString>)> {
+    let folder = rustix::fs::openat(parent, name.as_os_str(), FOLDER_FLAGS, Mode::empty())?;
+    let opened = rustix::fs::fstat(&folder)?;
+    if opened.st_ino != seen.st_ino || opened.st_dev != seen.st_dev {
+        return Err(io::Error::other("the folder changed while it was walked"));
+    }
+    let names = list(&folder)?;
+    Ok((folder, names))
+}
+
+/// The names in an open folder, without `.` and `..`, in byte order.
+fn list(folder: &OwnedFd) -> io::Result<Vec<OsString>> {
+    let mut names = Vec::new();
+    for entry in Dir::read_from(folder)? {
+        let name = entry?.file_name().to_bytes().to_vec();
+        if name != b"." && name != b".." {
+            names.push(OsString::from_vec(name));
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+fn nanos(seconds: i128, nanoseconds: i128) -> i128 {
+    seconds * 1_000_000_000 + nanoseconds
 }
 
 /// What changed between two snapshots. Folders are not reported as modified: their times
@@ -280,9 +331,9 @@ mod tests {
         let snapshot = take(root, LIMITS).expect("snapshot");
         assert!(snapshot.entries.contains_key(Path::new("a/b/c")));
         assert!(
-            snapshot
-                .omissions
-                .contains(&Omission::TooDeep(PathBuf::from("a/b/c/deep.csv"))),
+            snapshot.omissions.iter().any(
+                |o| matches!(o, Omission::TooDeep(path, _) if path == Path::new("a/b/c/deep.csv"))
+            ),
             "{:?}",
             snapshot.omissions
         );
@@ -297,5 +348,93 @@ mod tests {
         let snapshot = take(root, small).expect("snapshot");
         assert_eq!(snapshot.entries.len(), 5);
         assert!(snapshot.omissions.contains(&Omission::TooManyEntries));
+    }
+
+    #[test]
+    fn a_folder_changed_after_listing_is_not_opened() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("data");
+        fs::create_dir_all(root.join("sub")).expect("mkdir");
+        fs::create_dir(dir.path().join("outside")).expect("mkdir");
+        fs::write(dir.path().join("outside/secret.csv"), "x").expect("write");
+        let parent = rustix::fs::open(&root, FOLDER_FLAGS, Mode::empty()).expect("open");
+        let name = OsString::from("sub");
+        let (_, seen) = describe(&parent, &name).expect("lstat");
+
+        // Swapped for a link to a folder outside: refused, never listed.
+        fs::rename(root.join("sub"), root.join("kept")).expect("rename");
+        std::os::unix::fs::symlink(dir.path().join("outside"), root.join("sub")).expect("link");
+        assert!(open_folder(&parent, &name, &seen).is_err());
+
+        // Swapped for another folder: refused too, what is listed is what was described.
+        fs::remove_file(root.join("sub")).expect("rm");
+        fs::create_dir(root.join("sub")).expect("mkdir");
+        assert!(open_folder(&parent, &name, &seen).is_err());
+
+        // The very folder described is listed.
+        fs::remove_dir(root.join("sub")).expect("rmdir");
+        fs::rename(root.join("kept"), root.join("sub")).expect("rename");
+        assert!(open_folder(&parent, &name, &seen).is_ok());
+    }
+
+    #[test]
+    fn the_root_itself_must_be_a_folder_not_a_link() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::create_dir(dir.path().join("real")).expect("mkdir");
+        std::os::unix::fs::symlink(dir.path().join("real"), dir.path().join("data")).expect("link");
+        assert!(take(&dir.path().join("data"), LIMITS).is_err());
+        assert!(take(&dir.path().join("real"), LIMITS).is_ok());
+    }
+
+    #[test]
+    fn too_deep_entries_are_described_and_bounded() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        fs::create_dir_all(root.join("a/folder/below")).expect("mkdir");
+        fs::write(root.join("a/folder/below/hidden.csv"), "x").expect("write");
+        fs::write(root.join("a/r.csv"), "abc").expect("write");
+        // A name that is not UTF-8 is recorded like any other.
+        let odd = std::ffi::OsStr::from_bytes(b"r\xff.csv");
+        fs::write(root.join(odd), "x").expect("write");
+        let limits = SnapshotLimits {
+            max_depth: 1,
+            max_entries: 100,
+        };
+        let snapshot = take(root, limits).expect("snapshot");
+        assert_eq!(
+            snapshot.entries.keys().collect::<Vec<_>>(),
+            [Path::new("a"), Path::new(odd)]
+        );
+        let described: Vec<(&Path, &EntryKind, u64)> = snapshot
+            .omissions
+            .iter()
+            .map(|omission| match omission {
+                Omission::TooDeep(path, entry) => (path.as_path(), &entry.kind, entry.size),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        // The folder below the cap is described as a folder and not looked into.
+        assert_eq!(described.len(), 2, "{described:?}");
+        assert_eq!(described[0].0, Path::new("a/folder"));
+        assert_eq!(described[0].1, &EntryKind::Dir);
+        assert_eq!(described[1], (Path::new("a/r.csv"), &EntryKind::File, 3));
+
+        // Omissions are bounded like entries: a folder of many entries below the cap ends
+        // the walk with TooManyEntries instead of growing the list without end.
+        for i in 0..20 {
+            fs::write(root.join(format!("a/f{i:02}.txt")), "x").expect("write");
+        }
+        let small = SnapshotLimits {
+            max_depth: 1,
+            max_entries: 5,
+        };
+        let snapshot = take(root, small).expect("snapshot");
+        assert_eq!(snapshot.omissions.len(), 6, "{:?}", snapshot.omissions);
+        assert_eq!(snapshot.omissions.last(), Some(&Omission::TooManyEntries));
+        // The same tree gives the same snapshot, cut at the same place.
+        let again = take(root, small).expect("snapshot");
+        assert_eq!(again.entries, snapshot.entries);
+        assert_eq!(again.omissions, snapshot.omissions);
     }
 }

@@ -1203,7 +1203,9 @@ impl Supervisor {
         candidates.sort();
         let mut files = Vec::new();
         for relative in candidates {
-            let Some(name) = relative.file_name().and_then(|name| name.to_str()) else {
+            // Only an untracked extension lets a file go unreported; the check reads bytes, so
+            // a name that is not valid UTF-8 is reported below rather than skipped here.
+            let Some(name) = relative.file_name() else {
                 continue;
             };
             if !self.config.outputs.is_tracked(name) {
@@ -1216,8 +1218,12 @@ impl Supervisor {
                     reason,
                 })
             };
+            let Some(name) = name.to_str() else {
+                skip("the name is not valid UTF-8: not registered".to_owned());
+                continue;
+            };
             let Some(relative_text) = relative.to_str() else {
-                skip("the path is not valid UTF-8".to_owned());
+                skip("the path is not valid UTF-8: not registered".to_owned());
                 continue;
             };
             let Some(entry) = after.entries.get(relative) else {
@@ -1524,30 +1530,46 @@ fn wrote_to_attachment(stderr: &str, inputs: &Inputs) -> bool {
                 .any(|name| stderr.contains(&format!("{SANDBOX_DATA}/{name}"))))
 }
 
-/// Truncations for what the after-snapshot left out that the before-snapshot did not:
-/// entries below the depth cap (only those that could be outputs, and folders), and the
-/// entry cap.
+/// Truncations for what the after-snapshot left out that could hide an output of this run:
+/// - a folder below the depth cap, and one that could not be read, every time: what they hold
+///   was not looked at, so a file the code wrote there cannot be ruled out;
+/// - an entry below the depth cap with a tracked extension, when this run created or changed
+///   it (the before-snapshot described it otherwise, or not at all);
+/// - the entry cap, every time it is reached: files past it were not looked at, even when an
+///   earlier run had already filled the workspace up to it.
 fn omissions(
     before: &Snapshot,
     after: &Snapshot,
     config: &Config,
     max_depth: usize,
 ) -> Vec<Truncation> {
-    let mut truncations = Vec::new();
-    for omission in after
+    let described: HashMap<&Path, &snapshot::Entry> = before
         .omissions
         .iter()
-        .filter(|o| !before.omissions.contains(o))
-    {
+        .filter_map(|omission| match omission {
+            Omission::TooDeep(path, entry) => Some((path.as_path(), entry)),
+            _ => None,
+        })
+        .collect();
+    let shown = |path: &Path| format!("{SANDBOX_DATA}/{}", path.to_string_lossy());
+    let mut truncations = Vec::new();
+    for omission in &after.omissions {
         match omission {
-            Omission::TooDeep(path) => {
-                let name = path
+            Omission::TooDeep(path, entry) if entry.kind == EntryKind::Dir => {
+                truncations.push(Truncation {
+                    path: shown(path),
+                    reason: format!(
+                        "a folder deeper than {max_depth} folders: nothing in it was looked at"
+                    ),
+                });
+            }
+            Omission::TooDeep(path, entry) => {
+                let tracked = path
                     .file_name()
-                    .and_then(|n| n.to_str())
-                    .unwrap_or_default();
-                if config.outputs.is_tracked(name) {
+                    .is_some_and(|name| config.outputs.is_tracked(name));
+                if tracked && described.get(path.as_path()) != Some(&entry) {
                     truncations.push(Truncation {
-                        path: format!("{SANDBOX_DATA}/{}", path.to_string_lossy()),
+                        path: shown(path),
                         reason: format!("deeper than {max_depth} folders: not looked at"),
                     });
                 }
@@ -1560,8 +1582,8 @@ fn omissions(
                 ),
             }),
             Omission::Unreadable(path) => truncations.push(Truncation {
-                path: format!("{SANDBOX_DATA}/{}", path.to_string_lossy()),
-                reason: "could not be read".to_owned(),
+                path: shown(path),
+                reason: "could not be read: not looked at".to_owned(),
             }),
         }
     }
@@ -1589,6 +1611,58 @@ mod tests {
         ] {
             assert!(!wrote_to_attachment(stderr, &inputs), "{stderr}");
         }
+    }
+
+    #[test]
+    fn omissions_hide_nothing_an_earlier_run_also_missed() {
+        let config = Config::default();
+        let file = |size| snapshot::Entry {
+            kind: EntryKind::File,
+            size,
+            mtime_ns: 1,
+            ctime_ns: 1,
+            inode: 7,
+        };
+        let folder = snapshot::Entry {
+            kind: EntryKind::Dir,
+            ..file(0)
+        };
+        let before = Snapshot {
+            entries: Default::default(),
+            omissions: vec![
+                Omission::Unreadable("locked".into()),
+                Omission::TooDeep("a/changed.csv".into(), file(1)),
+                Omission::TooDeep("a/same.csv".into(), file(1)),
+                Omission::TooDeep("a/c".into(), folder.clone()),
+                Omission::TooManyEntries,
+            ],
+        };
+        let after = Snapshot {
+            entries: Default::default(),
+            omissions: vec![
+                Omission::Unreadable("locked".into()),
+                Omission::TooDeep("a/changed.csv".into(), file(2)),
+                Omission::TooDeep("a/same.csv".into(), file(1)),
+                Omission::TooDeep("a/c".into(), folder),
+                Omission::TooDeep("a/new.csv".into(), file(1)),
+                Omission::TooDeep("a/notes.txt".into(), file(1)),
+                Omission::TooManyEntries,
+            ],
+        };
+        let lines: Vec<String> = omissions(&before, &after, &config, 1)
+            .into_iter()
+            .map(|t| format!("{}: {}", t.path, t.reason))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "/mnt/data/locked: could not be read: not looked at",
+                "/mnt/data/a/changed.csv: deeper than 1 folders: not looked at",
+                "/mnt/data/a/c: a folder deeper than 1 folders: nothing in it was looked at",
+                "/mnt/data/a/new.csv: deeper than 1 folders: not looked at",
+                "/mnt/data: more than 20000 entries: the rest was not looked at",
+            ]
+        );
     }
 
     #[test]

@@ -6,6 +6,8 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use sha2::{Digest, Sha256};
+
 fn codebox(data_dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_codebox"))
         .arg("--data-dir")
@@ -68,11 +70,29 @@ fn run_registers_copies_out_and_reuses_the_message() {
         "{stdout}\n{}",
         text(&output.stderr)
     );
-    assert!(stdout.contains("saved /mnt/data/report.xlsx"), "{stdout}");
-    assert!(stdout.contains("status succeeded"), "{stdout}");
-    assert!(stdout.contains("/mnt/data/report.xlsx"), "{stdout}");
+    assert!(
+        stdout.starts_with("saved /mnt/data/report.xlsx\n\nrun run_"),
+        "{stdout}"
+    );
+    assert!(stdout.contains(" status succeeded  exit 0 "), "{stdout}");
+    // The table row names the registered file with the size and digest of what --out holds,
+    // and the workspace keeps the same bytes.
     let copied = std::fs::read(out.join("report.xlsx")).expect("copied to --out");
-    assert!(copied.starts_with(b"PK"));
+    assert!(copied.starts_with(b"PK"), "an xlsx is a zip file");
+    let digest = hex::encode(Sha256::digest(&copied));
+    let row = stdout
+        .lines()
+        .find(|line| line.starts_with("/mnt/data/report.xlsx "))
+        .unwrap_or_else(|| panic!("no table row for the report: {stdout}"));
+    let columns: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(columns.len(), 4, "{row}");
+    assert_eq!(columns[1], copied.len().to_string(), "{row}");
+    assert_eq!(columns[2], &digest[..16], "{row}");
+    assert!(columns[3].starts_with("file_"), "{row}");
+    assert!(
+        stdout.ends_with(&format!("copied to {}\n", out.display())),
+        "{stdout}"
+    );
 
     // The same message again: the first run's files are there; --json prints the Run object.
     let output = codebox(&data_dir, &["run", "-", "--message", "msg-cli", "--json"]);
@@ -110,8 +130,11 @@ fn run_registers_copies_out_and_reuses_the_message() {
             "--json",
         ],
     );
+    assert!(output.status.success(), "{}", text(&output.stderr));
     let run: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(run["status"], "succeeded");
     assert_eq!(run["stdout"], "['report.xlsx', 'sales.csv']\n");
+    assert_eq!(run["files"].as_array().map(Vec::len), Some(1));
     let file = &run["files"][0];
     assert_eq!(file["name"], "more.csv");
     assert_eq!(file["path"], "/mnt/data/more.csv");
@@ -133,8 +156,10 @@ fn exit_code_is_the_runs() {
     .expect("script");
     let output = codebox(&data_dir, &["run", script.to_str().expect("utf-8")]);
     assert_eq!(output.status.code(), Some(3));
-    assert!(text(&output.stderr).contains("bye"));
-    assert!(text(&output.stdout).contains("status failed"));
+    assert_eq!(text(&output.stderr), "bye\n");
+    let stdout = text(&output.stdout);
+    assert!(stdout.contains(" status failed  exit 3 "), "{stdout}");
+    assert!(stdout.ends_with("\nno files registered\n"), "{stdout}");
     // A message the user did not name keeps its workspace but not its container.
     let workspaces: Vec<String> = std::fs::read_dir(data_dir.join("workspaces"))
         .expect("workspaces")
@@ -162,7 +187,8 @@ fn unreachable_engine_is_one_clear_line() {
             .args(args)
             .output()
             .expect("start codebox");
-        assert!(!output.status.success());
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        assert!(output.stdout.is_empty(), "{args:?}");
         let stderr = text(&output.stderr);
         assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
         assert!(

@@ -6,11 +6,17 @@ mod common;
 use std::time::Duration;
 
 use codebox::Error;
+use codebox::RunReport;
 use codebox::catalog::{FileSource, Owner, RunStatus};
 use common::{TestEnv, request};
 use sha2::{Digest, Sha256};
 
 const CSV: &[u8] = b"name,amount\napples,3\npears,5\n";
+
+/// Asserts that a run ended with exactly `status`, showing the whole run when it did not.
+fn assert_status(report: &RunReport, status: RunStatus) {
+    assert_eq!(report.run.status, status, "{:?}", report.run);
+}
 
 #[tokio::test]
 async fn attachment_is_readable_and_read_only() {
@@ -30,6 +36,7 @@ open('/mnt/data/data.csv', 'w').write('overwritten')
         .await;
     let run = &report.run;
     assert_eq!(run.status, RunStatus::Failed, "{run:?}");
+    assert_eq!(run.exit_code, Some(1), "{run:?}");
     assert!(
         run.stdout.starts_with("name,amount\napples,3"),
         "{}",
@@ -167,6 +174,7 @@ for name in ['notes.txt', 'plot.png', 'table.CSV', 'sub/deeper/summary.pdf', 'ar
             &[],
         )
         .await;
+    assert_status(&report, RunStatus::Succeeded);
     let mut paths: Vec<&str> = report.files.iter().map(|f| f.path.as_str()).collect();
     paths.sort();
     assert_eq!(
@@ -193,36 +201,19 @@ os.symlink({secret:?}, '/mnt/data/host.csv')
 os.symlink('/etc/passwd', '/mnt/data/passwd.csv')
 os.symlink('/etc', '/mnt/data/etc')
 os.symlink({scratch:?}, '/mnt/data/scratch')
-try:
-    os.link('/mnt/inputs/nothing.csv', '/mnt/data/hard.csv')
-except OSError as error:
-    print('hard link:', error.strerror)
 "#,
         secret = secret.display().to_string(),
         scratch = env.scratch().display().to_string(),
     );
     let report = env.run("m-links", &code, &[]).await;
-    assert_eq!(
-        report.run.status,
-        RunStatus::Succeeded,
-        "{}",
-        report.run.stderr
-    );
+    assert_status(&report, RunStatus::Succeeded);
     assert!(report.files.is_empty(), "{:?}", report.files);
-    let mut reasons: Vec<(&str, &str)> = report
-        .run
-        .truncated
-        .iter()
-        .map(|t| (t.path.as_str(), t.reason.as_str()))
-        .collect();
-    reasons.sort();
-    assert_eq!(reasons.len(), 2, "{reasons:?}");
-    assert_eq!(reasons[0].0, "/mnt/data/host.csv");
-    assert_eq!(reasons[1].0, "/mnt/data/passwd.csv");
-    assert!(
-        reasons
-            .iter()
-            .all(|(_, reason)| reason.contains("symbolic link"))
+    assert_eq!(
+        truncations(&report),
+        [
+            "/mnt/data/host.csv: a symbolic link, not a file: not registered",
+            "/mnt/data/passwd.csv: a symbolic link, not a file: not registered",
+        ]
     );
     // Nothing anywhere in the blob store holds the secret.
     for entry in walkdir::WalkDir::new(env.config.data_dir.join("blobs")) {
@@ -236,6 +227,224 @@ except OSError as error:
             );
         }
     }
+}
+
+#[tokio::test]
+async fn attachments_cannot_be_hard_linked_into_the_workspace() {
+    let env = TestEnv::new().await;
+    let data = env.upload("data.csv", CSV).await;
+    // The attachment is a hard link of the stored blob: a hard link of it in /mnt/data would
+    // share the stored bytes' inode with a folder the code may write to.
+    let code = r#"
+import errno, os, shutil
+def link(source, target, **options):
+    try:
+        os.link(source, target, **options)
+        print(target, 'linked')
+    except OSError as error:
+        print(target, errno.errorcode[error.errno])
+link('/mnt/inputs/data.csv', '/mnt/data/direct.csv')
+link(os.path.realpath('/mnt/data/data.csv'), '/mnt/data/resolved.csv')
+# Through the data/ symlink, followed (linkat with AT_SYMLINK_FOLLOW, which Python uses only
+# when given folder descriptors) and not followed (the link itself).
+data = os.open('/mnt/data', os.O_RDONLY)
+link('data.csv', 'through.csv', src_dir_fd=data, dst_dir_fd=data, follow_symlinks=True)
+link('/mnt/data/data.csv', '/mnt/data/itself.csv', follow_symlinks=False)
+shutil.copy('/mnt/data/data.csv', '/mnt/data/copy.csv')
+print(sorted(os.listdir('/mnt/data')))
+"#;
+    let report = env.run("m-hard", code, &[&data]).await;
+    assert_status(&report, RunStatus::Succeeded);
+    // The inputs are another mount than /mnt/data, so the kernel refuses a link to the input
+    // (EXDEV) whichever way it is named. The data/ symlink itself belongs to the supervisor:
+    // with fs.protected_hardlinks (the usual setting) the code may not link it (EPERM); without
+    // it, the new name is one more symlink, recorded as such and not registered.
+    let protected = std::fs::read_to_string("/proc/sys/fs/protected_hardlinks")
+        .expect("fs.protected_hardlinks")
+        .trim()
+        == "1";
+    let (itself, listed) = if protected {
+        ("EPERM", "['copy.csv', 'data.csv']")
+    } else {
+        ("linked", "['copy.csv', 'data.csv', 'itself.csv']")
+    };
+    assert_eq!(
+        report.run.stdout,
+        format!(
+            "/mnt/data/direct.csv EXDEV\n\
+             /mnt/data/resolved.csv EXDEV\n\
+             through.csv EXDEV\n\
+             /mnt/data/itself.csv {itself}\n\
+             {listed}\n"
+        ),
+        "{}",
+        report.run.stderr
+    );
+    // Only the copy, a new file of the code's, is registered.
+    let paths: Vec<&str> = report.files.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(paths, ["/mnt/data/copy.csv"]);
+    assert_eq!(report.files[0].derived_from, None);
+    assert_eq!(env.bytes_of(&report.files[0]).await, CSV);
+    let expected: &[&str] = if protected {
+        &[]
+    } else {
+        &["/mnt/data/itself.csv: a symbolic link, not a file: not registered"]
+    };
+    assert_eq!(truncations(&report), expected);
+    assert_eq!(
+        env.bytes_of(&data).await,
+        CSV,
+        "the stored original is unchanged"
+    );
+}
+
+/// The host folder mounted at /mnt/data for a message of another owner.
+async fn data_dir_of(env: &TestEnv, owner: &Owner, message_id: &str) -> std::path::PathBuf {
+    let message = env
+        .supervisor
+        .catalog()
+        .messages()
+        .get(&owner.tenant, message_id)
+        .await
+        .expect("catalog")
+        .expect("message exists");
+    env.supervisor
+        .workspaces()
+        .get(&message.workspace_id)
+        .expect("workspace")
+        .data
+}
+
+#[tokio::test]
+async fn folders_swapped_for_links_never_list_another_tenants_files() {
+    let env = TestEnv::new().await;
+    // Another tenant's workspace, holding files whose names must stay private.
+    let victim = Owner::new("tenant-b", "carol");
+    let report = env
+        .supervisor
+        .run(
+            &victim,
+            request(
+                "m-victim",
+                r#"
+import os
+os.makedirs('/mnt/data/victim-folder')
+for i in range(20):
+    open(f'/mnt/data/victim-secret-{i}.csv', 'w').write('private')
+open('/mnt/data/victim-folder/victim-secret-deep.csv', 'w').write('private')
+"#,
+                &[],
+            ),
+            None,
+        )
+        .await
+        .expect("the victim's run");
+    assert_status(&report, RunStatus::Succeeded);
+    let victim_data = data_dir_of(&env, &victim, "m-victim").await;
+
+    // The code swaps folders with links to the victim's folder, atomically and without pause
+    // (renameat2 with RENAME_EXCHANGE). First it does so from a process it leaves behind after
+    // killing the wrapper, to race the snapshot that closes the run; where every process of a
+    // run is swept before that snapshot, then in the run itself while the supervisor's walk is
+    // taken beside it.
+    let code = |leave_behind: &str| {
+        format!(
+            r#"
+import ctypes, os, time
+os.chdir('/mnt/data')
+if not os.path.lexists('sub00'):
+    for i in range(16):
+        os.mkdir(f'sub{{i:02}}')
+        for j in range(50):
+            open(f'sub{{i:02}}/own{{j:02}}.txt', 'w').close()
+        os.symlink({victim:?}, f'link{{i:02}}')
+pairs = [(f'sub{{i:02}}'.encode(), f'link{{i:02}}'.encode()) for i in range(16)]
+libc = ctypes.CDLL(None, use_errno=True)
+def swap(seconds):
+    end = time.monotonic() + seconds
+    swaps = 0
+    while time.monotonic() < end:
+        for a, b in pairs:
+            if libc.renameat2(-100, a, -100, b, 2) != 0:
+                raise OSError(ctypes.get_errno(), 'renameat2')
+            swaps += 1
+    return swaps
+if {leave_behind}:
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            null = os.open('/dev/null', os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            swap(8)
+            os._exit(0)
+        os._exit(0)
+    os.wait()
+    print('swapping', flush=True)
+    os.kill(os.getppid(), 9)
+else:
+    open('swapping', 'w').close()
+    print('swapped', swap(4) > 1000)
+"#,
+            victim = victim_data.display().to_string(),
+        )
+    };
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let report = env.run("m-swapper", &code("True"), &[]).await;
+        // Killing the wrapper reads as the run being killed.
+        assert_status(&report, RunStatus::Killed);
+        assert_eq!(report.run.reason.as_deref(), Some("killed by SIGKILL"));
+        assert_eq!(report.run.stdout, "swapping\n", "{:?}", report.run);
+        seen.extend(report.files.iter().map(|file| file.path.clone()));
+        seen.extend(report.run.truncated.iter().map(|t| t.path.clone()));
+    }
+
+    // The run that swaps in the foreground, and the supervisor's walk of its folder beside it.
+    let limits = codebox::snapshot::SnapshotLimits {
+        max_depth: env.config.limits.max_depth,
+        max_entries: env.config.limits.max_snapshot_entries,
+    };
+    let racing = async {
+        let data = env.data_dir_of("m-swapper").await;
+        while !data.join("swapping").exists() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut taken = 0;
+        let mut listed = Vec::new();
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(3) {
+            let folder = data.clone();
+            let snapshot =
+                tokio::task::spawn_blocking(move || codebox::snapshot::take(&folder, limits))
+                    .await
+                    .expect("join")
+                    .expect("snapshot");
+            taken += 1;
+            listed.extend(
+                snapshot
+                    .entries
+                    .keys()
+                    .map(|path| path.to_string_lossy().into_owned()),
+            );
+        }
+        (taken, listed)
+    };
+    let in_the_run = code("False");
+    let (report, (taken, listed)) = tokio::join!(env.run("m-swapper", &in_the_run, &[]), racing);
+    assert_status(&report, RunStatus::Succeeded);
+    assert_eq!(report.run.stdout, "swapped True\n", "{:?}", report.run);
+    assert!(taken > 10, "only {taken} snapshots raced the swaps");
+    seen.extend(report.files.iter().map(|file| file.path.clone()));
+    seen.extend(report.run.truncated.iter().map(|t| t.path.clone()));
+    seen.extend(listed);
+    seen.sort();
+    seen.dedup();
+    let leaked: Vec<&String> = seen.iter().filter(|path| path.contains("victim")).collect();
+    assert!(
+        leaked.is_empty(),
+        "another tenant's names leaked: {leaked:?}"
+    );
 }
 
 #[tokio::test]
@@ -283,6 +492,7 @@ print(sum(1 for n in names if n.startswith(b'sleep\x00600')))
             &[],
         )
         .await;
+    assert_status(&report, RunStatus::Succeeded);
     assert_eq!(report.run.stdout.trim(), "0", "{}", report.run.stderr);
 }
 
@@ -311,6 +521,7 @@ async fn memory_limit_kills_with_a_reason() {
     assert!(!run.stdout.contains("survived"));
     // The sandbox is still usable afterwards.
     let report = env.run("m-oom", "print('fine')", &[]).await;
+    assert_status(&report, RunStatus::Succeeded);
     assert_eq!(report.run.stdout, "fine\n");
 }
 
@@ -345,6 +556,7 @@ async fn later_runs_of_a_message_share_its_workspace() {
             &[],
         )
         .await;
+    assert_status(&first, RunStatus::Succeeded);
     assert_eq!(first.files.len(), 1);
     let second = env
         .run(
@@ -372,12 +584,14 @@ async fn later_runs_of_a_message_share_its_workspace() {
 async fn messages_cannot_see_each_other() {
     let env = TestEnv::new().await;
     let mine = env.upload("private.csv", b"mine\n").await;
-    env.run(
-        "m-alpha",
-        "open('/mnt/data/alpha.csv', 'w').write('alpha')",
-        &[&mine],
-    )
-    .await;
+    let alpha = env
+        .run(
+            "m-alpha",
+            "open('/mnt/data/alpha.csv', 'w').write('alpha')",
+            &[&mine],
+        )
+        .await;
+    assert_status(&alpha, RunStatus::Succeeded);
     let report = env
         .run(
             "m-beta",
@@ -389,6 +603,7 @@ print(os.path.exists('/mnt/data/../alpha.csv'), len(os.listdir('/mnt')))
             &[],
         )
         .await;
+    assert_status(&report, RunStatus::Succeeded);
     assert_eq!(
         report.run.stdout, "[] []\nFalse 2\n",
         "{}",
@@ -426,6 +641,7 @@ print(os.path.exists('/mnt/data/../alpha.csv'), len(os.listdir('/mnt')))
         .run(&bob, request("m-bob", "print(1)", &[]), None)
         .await
         .expect("bob's own run");
+    assert_status(&report, RunStatus::Succeeded);
     assert_eq!(report.run.stdout, "1\n");
 }
 
@@ -443,6 +659,7 @@ for name in sorted(os.listdir('/mnt/data')):
     let report = env
         .run("m-names", code, &[&first, &second, &first, &hostile])
         .await;
+    assert_status(&report, RunStatus::Succeeded);
     assert_eq!(
         report.run.stdout,
         "evil_.csv -> ../inputs/evil_.csv evil\n\
@@ -453,6 +670,7 @@ for name in sorted(os.listdir('/mnt/data')):
     );
     // Attaching the same files again in a later run adds nothing.
     let again = env.run("m-names", code, &[&second, &first]).await;
+    assert_status(&again, RunStatus::Succeeded);
     assert_eq!(again.run.stdout, report.run.stdout);
     // The catalog keeps the name as uploaded, without its folders (shared/API.md).
     assert_eq!(hostile.name, "evil\n.csv");
@@ -482,31 +700,127 @@ open('/mnt/data/' + 'n' * 40 + '.csv', 'w').write('x')
             &[],
         )
         .await;
+    assert_status(&report, RunStatus::Succeeded);
     let names: Vec<&str> = report.files.iter().map(|f| f.name.as_str()).collect();
     assert_eq!(names, ["a.csv", "b.csv"]);
-    let reasons: Vec<String> = report
+    let long = format!(
+        "/mnt/data/{}.csv: path longer than 40 bytes",
+        "n".repeat(40)
+    );
+    assert_eq!(
+        truncations(&report),
+        [
+            "/mnt/data/big.pdf: larger than the limit of 1.0 KiB",
+            "/mnt/data/c.csv: over the limit of 2 files per run",
+            long.as_str(),
+            "/mnt/data/one/two/deep.csv: deeper than 2 folders: not looked at",
+        ]
+    );
+}
+
+/// A run's truncations as sorted `path: reason` lines.
+fn truncations(report: &RunReport) -> Vec<String> {
+    let mut lines: Vec<String> = report
         .run
         .truncated
         .iter()
         .map(|t| format!("{}: {}", t.path, t.reason))
         .collect();
-    let joined = reasons.join("\n");
-    assert!(
-        joined.contains("/mnt/data/big.pdf: larger than the limit of 1.0 KiB"),
-        "{joined}"
+    lines.sort();
+    lines
+}
+
+#[tokio::test]
+async fn files_left_unregistered_are_reported_with_a_reason() {
+    let env = TestEnv::with_config(|config| {
+        config.limits.max_depth = 2;
+    })
+    .await;
+    let report = env
+        .run(
+            "m-unseen",
+            r#"
+import os
+open(b'/mnt/data/r\xff.csv', 'w').write('x')
+open(b'/mnt/data/notes\xff.txt', 'w').write('x')
+os.makedirs(b'/mnt/data/d\xff')
+open(b'/mnt/data/d\xff/in.csv', 'w').write('x')
+os.makedirs('/mnt/data/one/two/three')
+open('/mnt/data/one/two/deep.csv', 'w').write('x')
+open('/mnt/data/one/two/deep.txt', 'w').write('x')
+open('/mnt/data/one/two/three/deeper.csv', 'w').write('x')
+open('/mnt/data/ok.csv', 'w').write('x')
+"#,
+            &[],
+        )
+        .await;
+    assert_status(&report, RunStatus::Succeeded);
+    let paths: Vec<&str> = report.files.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(paths, ["/mnt/data/ok.csv"]);
+    // Only the untracked names (notes\xff.txt, deep.txt) go unreported; a folder below the cap
+    // is reported whatever it holds, since nothing in it was looked at.
+    assert_eq!(
+        truncations(&report),
+        [
+            "/mnt/data/d\u{fffd}/in.csv: the path is not valid UTF-8: not registered",
+            "/mnt/data/one/two/deep.csv: deeper than 2 folders: not looked at",
+            "/mnt/data/one/two/three: a folder deeper than 2 folders: nothing in it was looked at",
+            "/mnt/data/r\u{fffd}.csv: the name is not valid UTF-8: not registered",
+        ]
     );
-    assert!(
-        joined.contains("/mnt/data/c.csv: over the limit of 2 files per run"),
-        "{joined}"
+
+    // A later run that rewrites the deep file has it reported again; the folder below the cap
+    // is reported on every run; files this run did not touch are not.
+    let report = env
+        .run(
+            "m-unseen",
+            "open('/mnt/data/one/two/deep.csv', 'w').write('changed')",
+            &[],
+        )
+        .await;
+    assert_status(&report, RunStatus::Succeeded);
+    assert!(report.files.is_empty(), "{:?}", report.files);
+    assert_eq!(
+        truncations(&report),
+        [
+            "/mnt/data/one/two/deep.csv: deeper than 2 folders: not looked at",
+            "/mnt/data/one/two/three: a folder deeper than 2 folders: nothing in it was looked at",
+        ]
     );
-    assert!(
-        joined.contains("/mnt/data/one/two/deep.csv: deeper than 2 folders"),
-        "{joined}"
+    let report = env.run("m-unseen", "pass", &[]).await;
+    assert_status(&report, RunStatus::Succeeded);
+    assert_eq!(
+        truncations(&report),
+        ["/mnt/data/one/two/three: a folder deeper than 2 folders: nothing in it was looked at"]
     );
-    assert!(
-        joined.contains(".csv: path longer than 40 bytes"),
-        "{joined}"
-    );
+}
+
+#[tokio::test]
+async fn the_entry_cap_is_reported_on_every_run_it_cuts() {
+    let env = TestEnv::with_config(|config| {
+        config.limits.max_snapshot_entries = 5;
+    })
+    .await;
+    let cut = "/mnt/data: more than 5 entries: the rest was not looked at";
+    let report = env
+        .run(
+            "m-entries",
+            "for i in range(10):\n    open(f'/mnt/data/a{i}.csv', 'w').write('x')",
+            &[],
+        )
+        .await;
+    assert_status(&report, RunStatus::Succeeded);
+    let names: Vec<&str> = report.files.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["a0.csv", "a1.csv", "a2.csv", "a3.csv", "a4.csv"]);
+    assert_eq!(truncations(&report), [cut]);
+    // The workspace was already past the cap before this run: the file it writes beyond the
+    // cap is still not silently dropped.
+    let report = env
+        .run("m-entries", "open('/mnt/data/b.csv', 'w').write('x')", &[])
+        .await;
+    assert_status(&report, RunStatus::Succeeded);
+    assert!(report.files.is_empty(), "{:?}", report.files);
+    assert_eq!(truncations(&report), [cut]);
 }
 
 #[tokio::test]
@@ -519,6 +833,7 @@ async fn catalog_and_files_survive_a_restart() {
             &[],
         )
         .await;
+    assert_status(&report, RunStatus::Succeeded);
     let file = report.files[0].clone();
     let run_id = report.run.id.clone();
     env.supervisor.catalog().close().await;
@@ -537,6 +852,7 @@ async fn catalog_and_files_survive_a_restart() {
         )
         .await
         .expect("run after restart");
+    assert_status(&again, RunStatus::Succeeded);
     assert_eq!(again.run.stdout, "kept\n");
 }
 
@@ -615,6 +931,7 @@ async fn large_code_goes_through_stdin() {
     }
     code.push_str("print(total)\n");
     let report = env.run("m-large", &code, &[]).await;
+    assert_status(&report, RunStatus::Succeeded);
     assert_eq!(
         report.run.stdout.trim(),
         (0..20_000u64).sum::<u64>().to_string()
@@ -631,6 +948,8 @@ async fn host_paths_never_reach_the_output() {
             &[],
         )
         .await;
+    assert_status(&report, RunStatus::Failed);
+    assert_eq!(report.run.exit_code, Some(1));
     let host = env.config.data_dir.display().to_string();
     assert!(report.run.stdout.contains("/mnt/data/x.csv"));
     assert!(!report.run.stdout.contains(&host) && !report.run.stderr.contains(&host));
@@ -645,8 +964,14 @@ async fn host_paths_never_reach_the_output() {
 async fn reconcile_removes_only_this_instances_orphans() {
     let env = TestEnv::new().await;
     let other = TestEnv::new().await;
-    env.run("m-owned", "print(1)", &[]).await;
-    other.run("m-other", "print(1)", &[]).await;
+    assert_status(
+        &env.run("m-owned", "print(1)", &[]).await,
+        RunStatus::Succeeded,
+    );
+    assert_status(
+        &other.run("m-other", "print(1)", &[]).await,
+        RunStatus::Succeeded,
+    );
 
     // A sandbox no catalog row owns, as a crash between the two could leave.
     let orphan = env
@@ -718,6 +1043,7 @@ print(started < 32, refused > 0)
             &[],
         )
         .await;
+    assert_status(&report, RunStatus::Succeeded);
     assert_eq!(report.run.stdout, "True True\n", "{}", report.run.stderr);
     // Everything the run started is gone, so the next run has the whole budget again.
     let report = env
@@ -727,6 +1053,7 @@ print(started < 32, refused > 0)
             &[],
         )
         .await;
+    assert_status(&report, RunStatus::Succeeded);
     assert_eq!(report.run.stdout, "ok\n", "{}", report.run.stderr);
 }
 
@@ -806,6 +1133,7 @@ async fn flooding_output_cannot_outrun_the_timeout() {
     assert!(report.run.stdout_truncated);
     // The sandbox is usable, and removable, afterwards.
     let again = env.run("m-flood", "print('after')", &[]).await;
+    assert_status(&again, RunStatus::Succeeded);
     assert_eq!(again.run.stdout, "after\n");
     env.supervisor
         .release_sandbox(&env.owner, "m-flood")

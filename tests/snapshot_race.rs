@@ -1,0 +1,121 @@
+//! The snapshot walk against a tree that changes under it: folders swapped for symlinks to a
+//! folder outside, again and again, while snapshots are taken. Nothing outside the walked
+//! folder may ever be listed, in the entries or in what the snapshot says it left out.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use codebox::snapshot::{self, Omission, SnapshotLimits};
+use rustix::fs::{CWD, RenameFlags, renameat_with};
+
+/// The mark every file outside carries in its name.
+const MARK: &str = "outside-secret";
+/// How many folders swap at once: each is a chance for the walk to be caught between listing
+/// a folder and opening it.
+const SWAPPED: usize = 8;
+
+/// Whether a path of a snapshot names anything from the folder outside.
+fn leaks(path: &Path) -> bool {
+    path.to_string_lossy().contains(MARK)
+}
+
+#[test]
+fn folders_swapped_for_links_are_never_followed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let outside = dir.path().join("outside");
+    std::fs::create_dir_all(outside.join("nested")).expect("mkdir outside");
+    for i in 0..20 {
+        std::fs::write(outside.join(format!("{MARK}-{i}.csv")), "x").expect("write");
+    }
+    std::fs::write(outside.join(format!("nested/{MARK}-deep.csv")), "x").expect("write");
+    std::fs::create_dir(&data).expect("mkdir data");
+    let mut pairs: Vec<(PathBuf, PathBuf)> = Vec::new();
+    for i in 0..SWAPPED {
+        let folder = data.join(format!("sub{i}"));
+        std::fs::create_dir(&folder).expect("mkdir");
+        std::fs::write(folder.join("own.csv"), "x").expect("write");
+        let link = data.join(format!("link{i}"));
+        std::os::unix::fs::symlink(&outside, &link).expect("symlink");
+        pairs.push((folder, link));
+    }
+
+    // The swapper exchanges each folder with its link atomically, without pause, as hostile
+    // code in the sandbox could.
+    let stop = Arc::new(AtomicBool::new(false));
+    let swaps = Arc::new(AtomicU64::new(0));
+    let swapper = {
+        let stop = Arc::clone(&stop);
+        let swaps = Arc::clone(&swaps);
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                for (folder, link) in &pairs {
+                    renameat_with(CWD, folder, CWD, link, RenameFlags::EXCHANGE).expect("exchange");
+                    swaps.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+
+    let limits = SnapshotLimits {
+        max_depth: 2,
+        max_entries: 10_000,
+    };
+    let started = Instant::now();
+    let mut taken = 0;
+    let mut leaked = Vec::new();
+    let mut leaking = 0;
+    let mut caught = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        let snapshot = snapshot::take(&data, limits).expect("snapshot");
+        taken += 1;
+        let before = leaked.len();
+        leaked.extend(snapshot.entries.keys().filter(|path| leaks(path)).cloned());
+        for omission in &snapshot.omissions {
+            match omission {
+                Omission::TooDeep(path, _) | Omission::Unreadable(path) if leaks(path) => {
+                    leaked.push(path.clone());
+                }
+                _ => {}
+            }
+        }
+        if leaked.len() > before {
+            leaking += 1;
+        }
+        if snapshot
+            .omissions
+            .iter()
+            .any(|omission| matches!(omission, Omission::Unreadable(_)))
+        {
+            caught += 1;
+        }
+        // Every folder is seen as a folder or a link, whichever it was at the moment.
+        for i in 0..SWAPPED {
+            assert!(
+                snapshot.entries.contains_key(Path::new(&format!("sub{i}")))
+                    || snapshot
+                        .omissions
+                        .contains(&Omission::Unreadable(PathBuf::from(format!("sub{i}")))),
+                "sub{i} is missing: {:?}",
+                snapshot.entries.keys().collect::<Vec<_>>()
+            );
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    swapper.join().expect("swapper");
+    let swaps = swaps.load(Ordering::Relaxed);
+    assert!(
+        swaps > 1000,
+        "the swapper must really race the walk: {swaps} swaps"
+    );
+    // How often a swap fell between listing and opening a folder, for the record.
+    eprintln!("{taken} snapshots, {swaps} swaps, {caught} caught a folder turned link");
+    leaked.sort();
+    leaked.dedup();
+    assert!(
+        leaked.is_empty(),
+        "{leaking} of {taken} snapshots ({swaps} swaps) listed names from outside: {leaked:?}"
+    );
+}

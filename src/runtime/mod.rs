@@ -6,6 +6,7 @@
 //! runtime would implement the same trait.
 
 mod docker;
+pub mod image;
 
 use std::path::PathBuf;
 use std::time::Duration;

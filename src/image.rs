@@ -1482,6 +1482,31 @@ mod tests {
     }
 
     #[test]
+    fn mount_paths_are_unescaped() {
+        assert_eq!(
+            unescape_mount_path(r"/var/tmp/a\040b\011c/proc"),
+            "/var/tmp/a b\tc/proc"
+        );
+        assert_eq!(unescape_mount_path(r"/plain\09"), r"/plain\09");
+        assert_eq!(unescape_mount_path("/"), "/");
+    }
+
+    #[test]
+    fn mounts_below_lists_deepest_first_and_only_below() {
+        let mounts = mounts_below(Path::new("/proc")).expect("read mountinfo");
+        assert!(mounts.iter().all(|m| m.starts_with("/proc")), "{mounts:?}");
+        assert!(mounts.contains(&PathBuf::from("/proc")), "{mounts:?}");
+        let depths: Vec<usize> = mounts.iter().map(|m| m.components().count()).collect();
+        assert!(depths.windows(2).all(|w| w[0] >= w[1]), "{mounts:?}");
+        // A sibling that merely shares the prefix is not below.
+        assert!(
+            mounts_below(Path::new("/pro"))
+                .expect("read mountinfo")
+                .is_empty()
+        );
+    }
+
+    #[test]
     fn import_changes_configure_the_sandbox() {
         let changes = import_changes("abc123");
         assert_eq!(changes[0], "USER 1000:1000");

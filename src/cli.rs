@@ -12,9 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use codebox::api::dto;
 use codebox::catalog::{FileRecord, Owner};
-use codebox::image::{
-    self, BuildMethod, ImageBuildOptions, ImageEngine, ImageError, ImageState, ImageVariant,
-};
+use codebox::image::{self, BuildMethod, ImageBuildOptions, ImageEngine, ImageState, ImageVariant};
 use codebox::workspace::join_safely;
 use codebox::{Config, RunRequest, Supervisor};
 
@@ -363,9 +361,11 @@ async fn build_until_stopped(
             }
         }
     };
-    match (built, stopped_by) {
-        (Err(ImageError::Interrupted), Some(stopped)) => Err(stopped.into()),
-        (built, _) => Ok(built?),
+    // A stop that came while the build was finishing anyway still stops: the user asked
+    // codebox to end, not to go on to serve or run.
+    match stopped_by {
+        Some(stopped) => Err(stopped.into()),
+        None => Ok(built?),
     }
 }
 

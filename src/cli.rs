@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde::Serialize;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
 
 use codebox::api::dto;
 use codebox::catalog::{FileRecord, Owner};
-use codebox::image::{self, BuildMethod, ImageBuildOptions, ImageVariant};
+use codebox::image::{self, BuildMethod, ImageBuildOptions, ImageEngine, ImageState, ImageVariant};
 use codebox::workspace::join_safely;
 use codebox::{Config, RunRequest, Supervisor};
 
@@ -74,25 +76,29 @@ impl Overrides {
 /// `codebox serve`: builds the sandbox image first if it is a built-in one and missing.
 pub async fn serve(config_file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<ExitCode> {
     let config = Config::load(config_file, overrides)?;
+    // After a build, a stop signal that arrives before the server listens for its own is
+    // lost (the build's handlers replaced the default action); a second one stops the server.
     ensure_image(&config).await?;
     codebox::server::run(config).await?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// Builds the configured image when it is one of the built-in ones and the engine lacks it.
-async fn ensure_image(config: &Config) -> anyhow::Result<()> {
+/// Returns whether it built one.
+async fn ensure_image(config: &Config) -> anyhow::Result<bool> {
     let image = &config.sandbox.image;
     if built_in_variant(image).is_none() {
-        return Ok(());
+        return Ok(false);
     }
-    let docker = image::connect().await?;
-    if docker.inspect_image(image).await.is_err() {
-        eprintln!(
-            "codebox: the sandbox image {image} is missing; building it now (first use only, a few minutes)"
-        );
-        build_image(image).await?;
+    let engine = ImageEngine::connect().await?;
+    if engine.inspect(image).await?.is_some() {
+        return Ok(false);
     }
-    Ok(())
+    eprintln!(
+        "codebox: the sandbox image {image} is missing; building it now (first use only, a few minutes)"
+    );
+    build_image(&engine, image).await?;
+    Ok(true)
 }
 
 /// `codebox run`.
@@ -137,7 +143,11 @@ pub async fn run(
         std::fs::read_to_string(&args.script)
             .with_context(|| format!("read {}", args.script.display()))?
     };
-    ensure_image(&config).await?;
+    if ensure_image(&config).await? {
+        // The build's signal handlers replaced the default action of Ctrl-C and SIGTERM for
+        // good, so from here on they have to end the process explicitly, as before.
+        exit_on_stop_signals()?;
+    }
     let supervisor = Supervisor::open(config).await?;
     let removed = supervisor.reconcile().await?;
     if removed > 0 {
@@ -294,19 +304,83 @@ fn built_in_variant(reference: &str) -> Option<ImageVariant> {
 }
 
 /// Builds a missing built-in image from the embedded image files, showing progress.
-async fn build_image(reference: &str) -> anyhow::Result<()> {
+async fn build_image(engine: &ImageEngine, reference: &str) -> anyhow::Result<()> {
     let variant = built_in_variant(reference)
         .with_context(|| format!("{reference} is not an image codebox can build"))?;
     let files = embedded_image_files()?;
-    let docker = image::connect().await?;
     let options = ImageBuildOptions {
         images_dir: files.path().to_path_buf(),
         variant,
         method: BuildMethod::Debootstrap,
         tag: None,
     };
+    build_until_stopped(engine, &options).await?;
+    Ok(())
+}
+
+/// A build stopped by Ctrl-C or SIGTERM, after its temporary files were removed.
+#[derive(Debug, thiserror::Error)]
+#[error("the image build was stopped by {signal}; its temporary files are removed")]
+pub struct BuildStopped {
+    signal: &'static str,
+    exit_code: u8,
+}
+
+impl BuildStopped {
+    /// The exit code for the signal, 128 + its number, as if it had ended the process.
+    pub fn exit_code(&self) -> ExitCode {
+        ExitCode::from(self.exit_code)
+    }
+}
+
+/// Runs an image build, printing its progress, so that Ctrl-C and SIGTERM stop it cleanly:
+/// the build stops its script, waits for the script's cleanup and removes its own folder,
+/// and the result is [`BuildStopped`]. Without this the signal would end codebox at once and
+/// leave the script writing into a closed pipe, its temporary root behind.
+async fn build_until_stopped(
+    engine: &ImageEngine,
+    options: &ImageBuildOptions,
+) -> anyhow::Result<String> {
+    let mut interrupt = signal(SignalKind::interrupt()).context("listen for Ctrl-C")?;
+    let mut terminate = signal(SignalKind::terminate()).context("listen for SIGTERM")?;
+    let cancel = CancellationToken::new();
     let mut progress = |line: &str| eprintln!("{line}");
-    image::build(&docker, &options, &mut progress).await?;
+    let build = image::build(engine, options, &mut progress, &cancel);
+    tokio::pin!(build);
+    let mut stopped_by = None;
+    let built = loop {
+        tokio::select! {
+            built = &mut build => break built,
+            _ = interrupt.recv() => {
+                stopped_by.get_or_insert(BuildStopped { signal: "SIGINT", exit_code: 130 });
+                cancel.cancel();
+            }
+            _ = terminate.recv() => {
+                stopped_by.get_or_insert(BuildStopped { signal: "SIGTERM", exit_code: 143 });
+                cancel.cancel();
+            }
+        }
+    };
+    // A stop that came while the build was finishing anyway still stops: the user asked
+    // codebox to end, not to go on to serve or run.
+    match stopped_by {
+        Some(stopped) => Err(stopped.into()),
+        None => Ok(built?),
+    }
+}
+
+/// Ends the process on Ctrl-C or SIGTERM with the exit code the signal's default action
+/// would give, once something registered handlers for them.
+fn exit_on_stop_signals() -> anyhow::Result<()> {
+    let mut interrupt = signal(SignalKind::interrupt()).context("listen for Ctrl-C")?;
+    let mut terminate = signal(SignalKind::terminate()).context("listen for SIGTERM")?;
+    tokio::spawn(async move {
+        let code = tokio::select! {
+            _ = interrupt.recv() => 130,
+            _ = terminate.recv() => 143,
+        };
+        std::process::exit(code);
+    });
     Ok(())
 }
 
@@ -336,6 +410,10 @@ pub struct ImageBuildArgs {
     /// A folder with the image's files (default: the copies built into codebox).
     #[arg(long)]
     images_dir: Option<PathBuf>,
+    /// Build only when the image is missing or was built from other image files (its
+    /// `codebox.inputs` label differs from the digest of the current ones).
+    #[arg(long)]
+    if_changed: bool,
 }
 
 /// Builds the sandbox image, printing progress.
@@ -356,7 +434,7 @@ pub async fn image_build(args: ImageBuildArgs) -> anyhow::Result<ExitCode> {
             embedded.path().to_path_buf()
         }
     };
-    let docker = image::connect().await?;
+    let engine = ImageEngine::connect().await?;
     let options = ImageBuildOptions {
         images_dir,
         variant: if args.test {
@@ -371,8 +449,21 @@ pub async fn image_build(args: ImageBuildArgs) -> anyhow::Result<ExitCode> {
         },
         tag: args.tag,
     };
-    let mut progress = |line: &str| eprintln!("{line}");
-    let built = image::build(&docker, &options, &mut progress).await?;
+    if args.if_changed {
+        let reference = options.reference()?;
+        match image::image_state(&engine, &options).await? {
+            ImageState::Current => {
+                println!("{reference} is up to date");
+                return Ok(ExitCode::SUCCESS);
+            }
+            ImageState::Missing => eprintln!("codebox: {reference} is missing; building it"),
+            ImageState::Stale { found } => eprintln!(
+                "codebox: {reference} was built from other image files ({}); rebuilding it",
+                found.map_or_else(|| "no inputs label".to_owned(), |d| format!("inputs {d}"))
+            ),
+        }
+    }
+    let built = build_until_stopped(&engine, &options).await?;
     println!("built {built}");
     Ok(ExitCode::SUCCESS)
 }

@@ -9,33 +9,48 @@
 //! * [`BuildMethod::Debootstrap`] runs `build-rootfs.sh`, which bootstraps a
 //!   minimal Debian bookworm root filesystem with the listed packages into a
 //!   tar file, and imports that tar into the engine (`docker import`), adding
-//!   the user, working directory, environment, command and label. It needs
-//!   root and `debootstrap`, but no registry access.
+//!   the user, working directory, environment, command and labels. It needs
+//!   root and `debootstrap`, but no registry access. Missing host tools are
+//!   installed with apt-get when that is possible.
 //! * [`BuildMethod::Dockerfile`] sends `images/python` as the build context to
 //!   the engine's classic builder. It needs to pull `debian:bookworm-slim`.
 //!
+//! Every image carries the label [`INPUTS_LABEL`], a digest of the files it was
+//! built from, so that [`image_state`] can tell an image that is out of date.
 //! After either build the image's configuration is read back from the engine
 //! and checked, so an engine that silently ignores part of the request fails
 //! the build instead of producing a sandbox that runs as root.
 //!
-//! Every [`ImageError`] message is a complete line that already includes its
-//! cause, so it reads the same whether printed with `{}` or `{:#}`.
+//! A debootstrap build works in a folder `codebox-build.*` under `$TMPDIR`
+//! (default `/var/tmp`) and holds a lock in it for as long as any of its
+//! processes runs; the next build removes every such folder whose lock is free,
+//! so nothing an interrupted or killed build left behind survives it. A build
+//! stopped through its cancellation token stops the script's whole process
+//! group, waits for its cleanup and removes its folder before returning.
+//!
+//! Every engine call goes through [`crate::runtime::image`]. Every
+//! [`ImageError`] message is a complete line that already includes its cause,
+//! so it reads the same whether printed with `{}` or `{:#}`.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::fs::File;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bollard::Docker;
-use bollard::query_parameters::{BuildImageOptionsBuilder, CreateImageOptionsBuilder};
-use futures::{StreamExt, TryStreamExt};
+use rustix::fs::{FlockOperation, flock};
+use rustix::process::{Pid, Signal, kill_process_group};
+use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 use tokio::sync::mpsc;
-use tokio_util::io::ReaderStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub use crate::runtime::image::ImageEngine;
+use crate::runtime::image::{DockerfileBuild, ImageEngineError, ImportRequest};
 
 /// Repository name of the sandbox images.
 pub const IMAGE_REPOSITORY: &str = "codebox-python";
@@ -44,18 +59,31 @@ pub const IMAGE_REPOSITORY: &str = "codebox-python";
 /// tell its own images apart from anything else on the engine.
 pub const MANAGED_LABEL: &str = "codebox.managed";
 
+/// Label holding the digest of the files an image was built from (see
+/// [`inputs_digest`]); a different digest means the image is out of date.
+pub const INPUTS_LABEL: &str = "codebox.inputs";
+
 /// Name of the root filesystem script inside the images directory.
 pub const BUILD_ROOTFS_SCRIPT: &str = "build-rootfs.sh";
 
 /// Name of the Dockerfile inside the images directory.
 pub const DOCKERFILE: &str = "Dockerfile";
 
+/// Prefix of the folders debootstrap builds work in, under the temporary folder.
+pub const BUILD_DIR_PREFIX: &str = "codebox-build.";
+
+/// The file, next to the build folders, that a build holds while it removes stale
+/// folders and creates and locks its own, so that no build ever sees another's
+/// folder before that folder is locked.
+const BUILD_DIRS_LOCK: &str = "codebox-build.lock";
+
+/// The lock file inside a build folder. The build holds an exclusive `flock` on it
+/// and the script inherits it as standard input, so the lock stays held while any
+/// process of the build is alive.
+const BUILD_DIR_LOCK: &str = "lock";
+
 /// Build argument of the Dockerfile that selects the package list.
 const PACKAGES_FILE_BUILD_ARG: &str = "PACKAGES_FILE";
-
-/// Engine endpoint used by [`Docker::connect_with_local_defaults`] when
-/// `DOCKER_HOST` does not name a Unix socket.
-const DEFAULT_DOCKER_SOCKET: &str = "unix:///var/run/docker.sock";
 
 /// The sandbox user (uid:gid) created by `build-rootfs.sh` and the Dockerfile.
 const SANDBOX_USER: &str = "1000:1000";
@@ -86,14 +114,23 @@ const SANDBOX_ENV: &[(&str, &str)] = &[
     ("HOME", "/home/sandbox"),
 ];
 
-/// Bollard applies its client timeout (two minutes by default) to every
-/// request until the response headers arrive. An import or build can take
-/// longer than that on a slow disk before the engine answers, so those
-/// requests get a generous limit of their own.
-const LONG_REQUEST_TIMEOUT: Duration = Duration::from_secs(2 * 60 * 60);
+/// The keyring `build-rootfs.sh` checks the mirror's signatures with, unless
+/// `CODEBOX_DEBIAN_KEYRING` names another.
+const DEFAULT_DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 
-/// How often the progress of an import is reported (at most once per 10 %).
-const IMPORT_PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+/// Folders searched for programs besides `PATH`; `build-rootfs.sh` adds the
+/// same ones, because debootstrap and chroot live there and a user's PATH
+/// often lacks them.
+const SBIN_DIRS: [&str; 3] = ["/usr/local/sbin", "/usr/sbin", "/sbin"];
+
+/// How long a stopped build script may take to clean up before its process
+/// group is killed. Removing even the full image's root takes a few seconds.
+const STOP_GRACE: Duration = Duration::from_secs(60);
+
+/// How long output is still read after a child exited: a process that left the
+/// group (a daemon started in the chroot) could otherwise keep its pipe open
+/// for ever.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 
 /// How many lines of script output a [`ImageError::ScriptFailed`] keeps.
 const OUTPUT_TAIL_LINES: usize = 20;
@@ -185,21 +222,12 @@ impl ImageBuildOptions {
     }
 }
 
-/// Errors of [`connect`] and [`build`].
+/// Errors of [`build`] and [`image_state`].
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    /// The engine did not answer: socket missing, permission denied, daemon
-    /// down or too old.
-    #[error(
-        "cannot reach the Docker engine at {endpoint}: {}; is the daemon running and is this user allowed to use it?",
-        error_chain(.cause)
-    )]
-    EngineUnreachable {
-        /// The endpoint that was tried, such as `unix:///var/run/docker.sock`.
-        endpoint: String,
-        /// What went wrong.
-        cause: bollard::errors::Error,
-    },
+    /// The engine could not be reached or failed a request.
+    #[error(transparent)]
+    Engine(#[from] ImageEngineError),
 
     /// A file or directory could not be read, written or executed.
     #[error("cannot {action} {}: {cause}", .path.display())]
@@ -240,29 +268,47 @@ pub enum ImageError {
         reason: &'static str,
     },
 
-    /// `build-rootfs.sh` exited unsuccessfully.
+    /// A debootstrap build was started without root.
+    #[error(
+        "building the sandbox image with debootstrap needs root (it sets file owners and uses chroot); run codebox as root, or build with `codebox image build --dockerfile` where debian:bookworm-slim can be pulled"
+    )]
+    NeedsRoot,
+
+    /// Host tools the debootstrap build needs are missing and could not be
+    /// installed.
+    #[error(
+        "the sandbox image build needs {} ({why}); install them with `apt-get install -y {}` (or your distribution's equivalent), or build with `codebox image build --dockerfile` where debian:bookworm-slim can be pulled",
+        .missing.join(", "),
+        .packages.join(" ")
+    )]
+    MissingTools {
+        /// The programs and files that are missing.
+        missing: Vec<String>,
+        /// The Debian packages that provide them.
+        packages: Vec<String>,
+        /// Why they were not installed.
+        why: String,
+    },
+
+    /// A build step (`build-rootfs.sh`, `apt-get`) exited unsuccessfully.
     #[error(
         "{} failed ({status}); last lines of its output:\n{}",
-        .script.display(),
+        .program,
         .output_tail.join("\n")
     )]
     ScriptFailed {
-        /// The script that failed.
-        script: PathBuf,
+        /// What failed, such as the script's path or `apt-get install`.
+        program: String,
         /// Its exit status.
         status: ExitStatus,
         /// The last lines it printed, oldest first.
         output_tail: Vec<String>,
     },
 
-    /// The engine rejected or failed a request.
-    #[error("failed to {action}: {}", error_chain(.cause))]
-    Docker {
-        /// What was attempted, such as `import codebox-python:test`.
-        action: String,
-        /// What went wrong.
-        cause: bollard::errors::Error,
-    },
+    /// The build was stopped through its cancellation token; its temporary
+    /// files are removed.
+    #[error("the image build was stopped; its temporary files are removed")]
+    Interrupted,
 
     /// The image was created but its configuration is not what was requested.
     #[error("image {reference} was built but its configuration is wrong: {detail}")]
@@ -282,55 +328,97 @@ impl ImageError {
             cause,
         }
     }
-
-    fn docker(action: impl Into<String>, cause: bollard::errors::Error) -> Self {
-        ImageError::Docker {
-            action: action.into(),
-            cause,
-        }
-    }
 }
 
-/// Connects to the local engine (`DOCKER_HOST` if it names a Unix socket,
-/// else `/var/run/docker.sock`), negotiates the API version and pings it.
-///
-/// Any failure becomes [`ImageError::EngineUnreachable`], whose message tells
-/// the user what to check.
-pub async fn connect() -> Result<Docker, ImageError> {
-    let endpoint = match std::env::var("DOCKER_HOST") {
-        Ok(host) if host.starts_with("unix://") => host,
-        _ => DEFAULT_DOCKER_SOCKET.to_owned(),
-    };
-    let unreachable = |cause| ImageError::EngineUnreachable {
-        endpoint: endpoint.clone(),
-        cause,
-    };
-    let docker = Docker::connect_with_local_defaults()
-        .map_err(unreachable)?
-        .negotiate_version()
-        .await
-        .map_err(unreachable)?;
-    docker.ping().await.map_err(unreachable)?;
-    Ok(docker)
+/// Whether the engine has an image built from the current image files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageState {
+    /// The engine has no image by that reference.
+    Missing,
+    /// The image was built from other files (or before images carried the
+    /// digest): `found` is its [`INPUTS_LABEL`], if any.
+    Stale {
+        /// The digest the image carries.
+        found: Option<String>,
+    },
+    /// The image carries the digest of the current files.
+    Current,
+}
+
+/// Compares the image `opts` would build with what the engine has.
+pub async fn image_state(
+    engine: &ImageEngine,
+    opts: &ImageBuildOptions,
+) -> Result<ImageState, ImageError> {
+    let reference = opts.reference()?;
+    let digest = inputs_digest(opts).await?;
+    Ok(match engine.inspect(&reference).await? {
+        None => ImageState::Missing,
+        Some(settings) => match settings.labels.get(INPUTS_LABEL) {
+            Some(found) if *found == digest => ImageState::Current,
+            found => ImageState::Stale {
+                found: found.cloned(),
+            },
+        },
+    })
+}
+
+/// The sha256 (hex) of everything an image of `opts.variant` is made from: the
+/// variant's package list, both builders (`build-rootfs.sh` and the
+/// Dockerfile, since either may have made the image) and the settings codebox
+/// applies on import. Comments count too: a changed file is a reason to
+/// rebuild, and rebuilding is only ever slow, never wrong.
+pub async fn inputs_digest(opts: &ImageBuildOptions) -> Result<String, ImageError> {
+    let mut hasher = Sha256::new();
+    hasher.update(b"codebox image inputs v1\n");
+    for path in [
+        opts.packages_path(),
+        opts.images_dir.join(BUILD_ROOTFS_SCRIPT),
+        opts.images_dir.join(DOCKERFILE),
+    ] {
+        let bytes = tokio::fs::read(&path)
+            .await
+            .map_err(|e| ImageError::io("read", &path, e))?;
+        let name = path
+            .file_name()
+            .map(|n| n.as_encoded_bytes())
+            .unwrap_or_default();
+        // Lengths keep one file's end from being read as the next one's start.
+        hasher.update((name.len() as u64).to_le_bytes());
+        hasher.update(name);
+        hasher.update((bytes.len() as u64).to_le_bytes());
+        hasher.update(&bytes);
+    }
+    for change in settings_changes() {
+        hasher.update(change.as_bytes());
+        hasher.update(b"\n");
+    }
+    Ok(hex::encode(hasher.finalize()))
 }
 
 /// Builds the sandbox image described by `opts` and returns its reference
 /// (such as `codebox-python:latest`).
 ///
-/// Every line of build output (debootstrap, the import, the Dockerfile steps)
-/// is passed to `progress` as it arrives; lines starting with `==> ` mark the
-/// phases. The package list is checked before anything slow starts.
+/// Every line of build output (apt-get, debootstrap, the import, the
+/// Dockerfile steps) is passed to `progress` as it arrives; lines starting with
+/// `==> ` mark the phases. The package list is checked before anything slow
+/// starts.
 ///
-/// Dropping the returned future does not stop a running `build-rootfs.sh`; the
-/// script finishes or fails on its own and always removes its temporary files.
+/// Cancelling `cancel` stops the build: a running script's process group gets
+/// SIGTERM, its output is still read while it removes its temporary files, the
+/// build folder is removed, and the result is [`ImageError::Interrupted`].
+/// An upload or Dockerfile build in progress is abandoned, so the engine keeps
+/// no partial image.
 pub async fn build(
-    docker: &Docker,
+    engine: &ImageEngine,
     opts: &ImageBuildOptions,
     progress: &mut (dyn FnMut(&str) + Send),
+    cancel: &CancellationToken,
 ) -> Result<String, ImageError> {
     let reference = opts.reference()?;
     let packages_path = opts.packages_path();
     let packages = read_packages_file(&packages_path).await?;
+    let digest = inputs_digest(opts).await?;
     progress(&format!(
         "==> building {reference} with the {} method from {} ({} packages)",
         opts.method,
@@ -338,63 +426,470 @@ pub async fn build(
         packages.len()
     ));
 
-    let docker = docker.clone().with_timeout(LONG_REQUEST_TIMEOUT);
     match opts.method {
         BuildMethod::Debootstrap => {
-            build_with_debootstrap(&docker, opts, &packages_path, &reference, progress).await?
+            build_with_debootstrap(
+                engine,
+                opts,
+                &packages_path,
+                &reference,
+                &digest,
+                progress,
+                cancel,
+            )
+            .await?
         }
         BuildMethod::Dockerfile => {
-            build_with_dockerfile(&docker, opts, &reference, progress).await?
+            let dockerfile_build =
+                build_with_dockerfile(engine, opts, &reference, &digest, progress);
+            tokio::select! {
+                built = dockerfile_build => built?,
+                () = cancel.cancelled() => return Err(ImageError::Interrupted),
+            }
         }
     }
 
-    verify_image_config(&docker, &reference).await?;
+    verify_image_config(engine, &reference, &digest).await?;
     progress(&format!("==> built {reference}"));
     Ok(reference)
 }
 
-/// Runs `build-rootfs.sh` into a temporary tar file and imports that.
+/// Makes sure the host tools exist, runs `build-rootfs.sh` into a build
+/// folder and imports the tar it writes. The build folder is removed whatever
+/// happens.
 async fn build_with_debootstrap(
-    docker: &Docker,
+    engine: &ImageEngine,
     opts: &ImageBuildOptions,
     packages_path: &Path,
     reference: &str,
+    digest: &str,
     progress: &mut (dyn FnMut(&str) + Send),
+    cancel: &CancellationToken,
 ) -> Result<(), ImageError> {
     let script = opts.images_dir.join(BUILD_ROOTFS_SCRIPT);
     tokio::fs::metadata(&script)
         .await
         .map_err(|e| ImageError::io("find", &script, e))?;
+    ensure_build_tools(progress, cancel).await?;
 
-    // The root filesystem tar of the full image is well over a gigabyte, too
-    // big for /tmp when that is a RAM-backed tmpfs, hence /var/tmp.
-    let temp_parent = std::env::var_os("TMPDIR")
+    let parent = build_dirs_parent();
+    let (build_dir, removed) = tokio::task::spawn_blocking({
+        let parent = parent.clone();
+        move || BuildDir::create(&parent)
+    })
+    .await
+    .map_err(|e| ImageError::io("create a build folder in", &parent, e.into()))??;
+    for (path, outcome) in removed {
+        match outcome {
+            Ok(()) => progress(&format!(
+                "==> removed {}, left by an interrupted build",
+                path.display()
+            )),
+            Err(e) => progress(&format!(
+                "==> could not remove {}, left by an interrupted build: {e}",
+                path.display()
+            )),
+        }
+    }
+
+    let tar_path = build_dir.path().join("rootfs.tar");
+    let result = async {
+        run_build_script(
+            &script,
+            packages_path,
+            &tar_path,
+            &build_dir,
+            progress,
+            cancel,
+        )
+        .await?;
+        let import = import_rootfs(engine, &tar_path, reference, digest, progress);
+        tokio::select! {
+            imported = import => imported,
+            () = cancel.cancelled() => Err(ImageError::Interrupted),
+        }
+    }
+    .await;
+
+    // Deleting the tar (or an interrupted root) can take a moment, so it is
+    // done off the runtime.
+    let dir = build_dir.path().to_path_buf();
+    match tokio::task::spawn_blocking(move || build_dir.remove()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => progress(&format!("==> could not remove {}: {e}", dir.display())),
+        Err(e) => progress(&format!("==> could not remove {}: {e}", dir.display())),
+    }
+    result
+}
+
+/// The folder that holds build folders: `$TMPDIR`, else `/var/tmp`. The root
+/// file system of the full image is well over a gigabyte, too big for `/tmp`
+/// when that is a RAM-backed tmpfs.
+fn build_dirs_parent() -> PathBuf {
+    std::env::var_os("TMPDIR")
+        .filter(|dir| !dir.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp"));
-    let temp_dir = tempfile::Builder::new()
-        .prefix("codebox-image-")
-        .tempdir_in(&temp_parent)
-        .map_err(|e| ImageError::io("create a temporary directory in", &temp_parent, e))?;
-    let tar_path = temp_dir.path().join("rootfs.tar");
+        .unwrap_or_else(|| PathBuf::from("/var/tmp"))
+}
 
-    run_build_script(&script, packages_path, &tar_path, progress).await?;
-    import_rootfs(docker, &tar_path, reference, progress).await?;
+/// A build's private folder, `codebox-build.XXXXXX`, locked while the build
+/// lives.
+#[derive(Debug)]
+struct BuildDir {
+    path: PathBuf,
+    /// The open lock file; closing its last descriptor releases the lock.
+    lock: File,
+}
 
-    // Deleting the tar can take a moment, so it is done off the runtime.
-    let closed = tokio::task::spawn_blocking(move || temp_dir.close()).await;
-    if let Ok(Err(e)) = closed {
-        tracing::warn!(error = %e, "cannot remove the temporary root filesystem tar");
+impl BuildDir {
+    /// Removes the build folders under `parent` whose builds are gone, then
+    /// creates and locks a new one. Returns it with what was removed and how
+    /// that went.
+    ///
+    /// Both happen under the lock on [`BUILD_DIRS_LOCK`], so a folder is only
+    /// ever seen by another build once it is locked: a folder without a held
+    /// lock is always stale.
+    #[allow(clippy::type_complexity)]
+    fn create(parent: &Path) -> Result<(Self, Vec<(PathBuf, std::io::Result<()>)>), ImageError> {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| ImageError::io("create the folder", parent, e))?;
+        // Mount points are listed with canonical paths, so the folders are
+        // named that way too.
+        let parent = parent
+            .canonicalize()
+            .map_err(|e| ImageError::io("resolve", parent, e))?;
+        let guard_path = parent.join(BUILD_DIRS_LOCK);
+        let guard = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&guard_path)
+            .map_err(|e| ImageError::io("open", &guard_path, e))?;
+        flock(&guard, FlockOperation::LockExclusive)
+            .map_err(|e| ImageError::io("lock", &guard_path, e.into()))?;
+
+        let removed = remove_stale_build_dirs(&parent)?;
+
+        let path = tempfile::Builder::new()
+            .prefix(BUILD_DIR_PREFIX)
+            .tempdir_in(&parent)
+            .map_err(|e| ImageError::io("create a build folder in", &parent, e))?
+            .keep();
+        let lock_path = path.join(BUILD_DIR_LOCK);
+        let lock = File::create(&lock_path).map_err(|e| ImageError::io("create", &lock_path, e))?;
+        flock(&lock, FlockOperation::NonBlockingLockExclusive)
+            .map_err(|e| ImageError::io("lock", &lock_path, e.into()))?;
+        drop(guard);
+        Ok((Self { path, lock }, removed))
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A descriptor of the lock file for a child's standard input, so that the
+    /// lock stays held while the child or anything it starts runs.
+    fn lock_for_child(&self) -> Result<Stdio, ImageError> {
+        let lock = self
+            .lock
+            .try_clone()
+            .map_err(|e| ImageError::io("share the lock", &self.path.join(BUILD_DIR_LOCK), e))?;
+        Ok(Stdio::from(lock))
+    }
+
+    /// Removes the folder (unmounting anything left below it first), then
+    /// releases the lock.
+    fn remove(self) -> std::io::Result<()> {
+        let removed = remove_tree(&self.path);
+        drop(self.lock);
+        removed
+    }
+}
+
+/// Removes every `codebox-build.*` folder under `parent` whose lock nobody
+/// holds. The caller holds the lock on [`BUILD_DIRS_LOCK`].
+#[allow(clippy::type_complexity)]
+fn remove_stale_build_dirs(
+    parent: &Path,
+) -> Result<Vec<(PathBuf, std::io::Result<()>)>, ImageError> {
+    let mut removed = Vec::new();
+    let entries = std::fs::read_dir(parent).map_err(|e| ImageError::io("list", parent, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| ImageError::io("list", parent, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !name.starts_with(BUILD_DIR_PREFIX) || name == BUILD_DIRS_LOCK {
+            continue;
+        }
+        // A link named like a build folder is not one of ours; following it
+        // could delete anything.
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if !is_dir {
+            continue;
+        }
+        let path = entry.path();
+        let lock_path = path.join(BUILD_DIR_LOCK);
+        let lock = match File::open(&lock_path) {
+            Ok(lock) => Some(lock),
+            // Build folders are locked before the guard is released, so one
+            // without a lock file belongs to a build that died right there.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                removed.push((path, Err(e)));
+                continue;
+            }
+        };
+        if let Some(lock) = &lock {
+            match flock(lock, FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => {}
+                // The build is alive.
+                Err(rustix::io::Errno::WOULDBLOCK) => continue,
+                Err(e) => {
+                    removed.push((path, Err(e.into())));
+                    continue;
+                }
+            }
+        }
+        let outcome = remove_tree(&path);
+        removed.push((path, outcome));
+    }
+    Ok(removed)
+}
+
+/// Removes `dir` and everything below it without ever crossing into another
+/// file system. debootstrap mounts /proc and /sys inside the root it builds
+/// (and sometimes binds /dev); a build killed at the wrong moment leaves them
+/// mounted, and deleting through such a mount would reach the host's files. So
+/// everything mounted below `dir` is detached first, and the walk stays on
+/// `dir`'s device in case a detach failed.
+fn remove_tree(dir: &Path) -> std::io::Result<()> {
+    for mount_point in mounts_below(dir)? {
+        if let Err(e) = rustix::mount::unmount(&mount_point, rustix::mount::UnmountFlags::DETACH) {
+            // A mount that vanished in the meantime is what was wanted.
+            if e != rustix::io::Errno::INVAL && e != rustix::io::Errno::NOENT {
+                return Err(std::io::Error::other(format!(
+                    "cannot unmount {}: {e}",
+                    mount_point.display()
+                )));
+            }
+        }
+    }
+    let mut first_error = None;
+    let walk = walkdir::WalkDir::new(dir)
+        .contents_first(true)
+        .same_file_system(true)
+        .follow_links(false);
+    for entry in walk {
+        let removed = entry.map_err(std::io::Error::from).and_then(|entry| {
+            if entry.file_type().is_dir() {
+                std::fs::remove_dir(entry.path())
+            } else {
+                std::fs::remove_file(entry.path())
+            }
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", entry.path().display())))
+        });
+        if let Err(e) = removed {
+            first_error.get_or_insert(e);
+        }
+    }
+    match first_error {
+        None => Ok(()),
+        Some(e) if e.kind() == std::io::ErrorKind::NotFound && !dir.exists() => Ok(()),
+        Some(e) => Err(e),
+    }
+}
+
+/// Every mount point at or below `dir`, deepest first, from
+/// `/proc/self/mountinfo`.
+fn mounts_below(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let mut mounts: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|field| PathBuf::from(unescape_mount_path(field)))
+        .filter(|mount_point| mount_point.starts_with(dir))
+        .collect();
+    mounts.sort_by_key(|mount_point| std::cmp::Reverse(mount_point.components().count()));
+    mounts.dedup();
+    Ok(mounts)
+}
+
+/// Decodes the octal escapes (`\040` for a space) the kernel writes into mount
+/// paths in `/proc/self/mountinfo`.
+fn unescape_mount_path(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escape = bytes
+            .get(i + 1..i + 4)
+            .filter(|digits| bytes[i] == b'\\' && digits.iter().all(|d| (b'0'..=b'7').contains(d)));
+        match escape {
+            Some(digits) => {
+                let value = digits
+                    .iter()
+                    .fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
+                out.push(u8::try_from(value).unwrap_or(b'?'));
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A program or file the debootstrap build needs on the host, and the Debian
+/// package that provides it.
+struct HostNeed {
+    /// A program name (looked up in PATH and the sbin folders) or an absolute
+    /// path of a file.
+    what: String,
+    /// The Debian package providing it.
+    package: &'static str,
+}
+
+impl HostNeed {
+    fn is_present(&self) -> bool {
+        if self.what.starts_with('/') {
+            Path::new(&self.what).is_file()
+        } else {
+            find_program(&self.what).is_some()
+        }
+    }
+}
+
+/// Everything `build-rootfs.sh` and debootstrap use that a minimal Debian or
+/// Ubuntu may lack: debootstrap downloads with wget and checks the mirror's
+/// signatures with gpgv against the Debian archive keyring; the script chroots,
+/// unmounts and writes a tar.
+fn host_needs() -> Vec<HostNeed> {
+    let keyring = std::env::var("CODEBOX_DEBIAN_KEYRING")
+        .ok()
+        .filter(|k| !k.is_empty())
+        .unwrap_or_else(|| DEFAULT_DEBIAN_KEYRING.to_owned());
+    let mut needs: Vec<HostNeed> = [
+        ("debootstrap", "debootstrap"),
+        ("wget", "wget"),
+        ("gpgv", "gpgv"),
+        ("chroot", "coreutils"),
+        ("umount", "mount"),
+        ("tar", "tar"),
+    ]
+    .into_iter()
+    .map(|(what, package)| HostNeed {
+        what: what.to_owned(),
+        package,
+    })
+    .collect();
+    needs.push(HostNeed {
+        what: keyring,
+        package: "debian-archive-keyring",
+    });
+    needs
+}
+
+/// Finds an executable regular file named `name` in PATH or the sbin folders.
+fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(SBIN_DIRS.iter().map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|candidate| {
+            std::fs::metadata(candidate)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// Checks that the build can run here: root, and every [`host_needs`]. Missing
+/// tools are installed with apt-get (its output going to `progress`) when this
+/// is a Debian-like system; otherwise the error names what to install.
+async fn ensure_build_tools(
+    progress: &mut (dyn FnMut(&str) + Send),
+    cancel: &CancellationToken,
+) -> Result<(), ImageError> {
+    if !rustix::process::geteuid().is_root() {
+        return Err(ImageError::NeedsRoot);
+    }
+    let missing = |needs: &[HostNeed]| -> (Vec<String>, Vec<String>) {
+        let absent: Vec<&HostNeed> = needs.iter().filter(|n| !n.is_present()).collect();
+        let mut packages: Vec<String> = absent.iter().map(|n| n.package.to_owned()).collect();
+        packages.dedup();
+        (absent.iter().map(|n| n.what.clone()).collect(), packages)
+    };
+    let needs = host_needs();
+    let (absent, packages) = missing(&needs);
+    if absent.is_empty() {
+        return Ok(());
+    }
+    let Some(apt_get) = find_program("apt-get") else {
+        return Err(ImageError::MissingTools {
+            missing: absent,
+            packages,
+            why: "there is no apt-get here to install them".to_owned(),
+        });
+    };
+    progress(&format!(
+        "==> installing what the image build needs: apt-get install -y {}",
+        packages.join(" ")
+    ));
+    let mut update = Command::new(&apt_get);
+    update.arg("update");
+    run_apt(update, "apt-get update", progress, cancel).await?;
+    let mut install = Command::new(&apt_get);
+    install
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(&packages);
+    run_apt(install, "apt-get install", progress, cancel).await?;
+
+    let (still_absent, packages) = missing(&needs);
+    if still_absent.is_empty() {
+        progress("==> installed what the image build needs");
+        Ok(())
+    } else {
+        Err(ImageError::MissingTools {
+            missing: still_absent,
+            packages,
+            why: "apt-get install did not provide them".to_owned(),
+        })
+    }
+}
+
+/// Runs one apt-get step without ever asking a question.
+async fn run_apt(
+    mut command: Command,
+    name: &str,
+    progress: &mut (dyn FnMut(&str) + Send),
+    cancel: &CancellationToken,
+) -> Result<(), ImageError> {
+    command
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdin(Stdio::null());
+    let outcome = run_streaming(command, Path::new(name), progress, cancel).await?;
+    if outcome.interrupted {
+        return Err(ImageError::Interrupted);
+    }
+    if !outcome.status.success() {
+        return Err(ImageError::ScriptFailed {
+            program: name.to_owned(),
+            status: outcome.status,
+            output_tail: outcome.tail.into(),
+        });
     }
     Ok(())
 }
 
-/// Runs `bash <script> <packages> <tar>`, passing every output line (stdout
-/// and stderr) to `progress`.
+/// Runs `bash <script> <packages> <tar>` inside the build folder, passing
+/// every output line (stdout and stderr) to `progress`.
 async fn run_build_script(
     script: &Path,
     packages_path: &Path,
     tar_path: &Path,
+    build_dir: &BuildDir,
     progress: &mut (dyn FnMut(&str) + Send),
+    cancel: &CancellationToken,
 ) -> Result<(), ImageError> {
     progress(&format!(
         "==> running {} {} {}",
@@ -403,19 +898,69 @@ async fn run_build_script(
         tar_path.display()
     ));
     // bash is named explicitly so that a checkout without the executable bit
-    // (or on a noexec mount) still works.
-    let mut child = Command::new("bash")
+    // (or on a noexec mount) still works. TMPDIR puts the script's own
+    // temporary root inside the build folder, where the next build finds it
+    // if this one is killed outright.
+    let mut command = Command::new("bash");
+    command
         .arg(script)
         .arg(packages_path)
         .arg(tar_path)
-        .stdin(Stdio::null())
+        .env("TMPDIR", build_dir.path())
+        .stdin(build_dir.lock_for_child()?);
+    let outcome = run_streaming(command, script, progress, cancel).await?;
+    if outcome.interrupted {
+        return Err(ImageError::Interrupted);
+    }
+    if outcome.status.success() {
+        Ok(())
+    } else {
+        Err(ImageError::ScriptFailed {
+            program: script.display().to_string(),
+            status: outcome.status,
+            output_tail: outcome.tail.into(),
+        })
+    }
+}
+
+/// How a child run by [`run_streaming`] ended.
+struct Streamed {
+    status: ExitStatus,
+    /// Its last lines of output, oldest first.
+    tail: VecDeque<String>,
+    /// Whether it was stopped because `cancel` fired.
+    interrupted: bool,
+}
+
+/// Runs `command` in a process group of its own, passing every line of its
+/// stdout and stderr to `progress`.
+///
+/// Its own group keeps a terminal's Ctrl-C from reaching it directly: codebox
+/// decides. When `cancel` fires, the whole group (the script, debootstrap,
+/// wget, dpkg) gets SIGTERM, and the output is still read while the child
+/// cleans up, so its cleanup never writes into a closed pipe. A group that
+/// takes longer than [`STOP_GRACE`] gets SIGKILL; after a stop, whatever is
+/// left of the group is killed so that nothing keeps writing into the build
+/// folder.
+async fn run_streaming(
+    mut command: Command,
+    program: &Path,
+    progress: &mut (dyn FnMut(&str) + Send),
+    cancel: &CancellationToken,
+) -> Result<Streamed, ImageError> {
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .spawn()
-        .map_err(|e| ImageError::io("run bash for", script, e))?;
+        .map_err(|e| ImageError::io("run", program, e))?;
+    let group = child
+        .id()
+        .and_then(|id| i32::try_from(id).ok())
+        .and_then(Pid::from_raw);
 
     // The two pipes are drained concurrently so that neither can fill up and
-    // block the script; their lines meet in one channel so that `progress`,
+    // block the child; their lines meet in one channel so that `progress`,
     // which cannot be shared, is only called from here.
     let (tx, mut rx) = mpsc::channel::<String>(256);
     let mut readers = Vec::new();
@@ -427,33 +972,75 @@ async fn run_build_script(
     }
     drop(tx);
 
-    let mut tail = VecDeque::with_capacity(OUTPUT_TAIL_LINES);
-    while let Some(line) = rx.recv().await {
-        progress(&line);
-        if tail.len() == OUTPUT_TAIL_LINES {
-            tail.pop_front();
+    let signal_group = |signal: Signal| {
+        if let Some(group) = group {
+            // ESRCH only means that every process of the group is gone.
+            let _ = kill_process_group(group, signal);
         }
-        tail.push_back(line);
+    };
+    let never = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+    let mut tail = VecDeque::with_capacity(OUTPUT_TAIL_LINES);
+    let mut status = None;
+    let mut interrupted = false;
+    let mut killed = false;
+    let mut kill_at = never;
+    let mut stop_reading_at = never;
+    loop {
+        tokio::select! {
+            line = rx.recv() => {
+                let Some(line) = line else { break };
+                progress(&line);
+                if tail.len() == OUTPUT_TAIL_LINES {
+                    tail.pop_front();
+                }
+                tail.push_back(line);
+            }
+            exited = child.wait(), if status.is_none() => {
+                status = Some(exited.map_err(|e| ImageError::io("wait for", program, e))?);
+                stop_reading_at = Instant::now() + DRAIN_AFTER_EXIT;
+            }
+            () = cancel.cancelled(), if !interrupted && status.is_none() => {
+                interrupted = true;
+                progress(&format!(
+                    "==> stopping {} and waiting for it to remove its temporary files",
+                    program.display()
+                ));
+                signal_group(Signal::TERM);
+                kill_at = Instant::now() + STOP_GRACE;
+            }
+            () = tokio::time::sleep_until(kill_at), if interrupted && !killed && status.is_none() => {
+                killed = true;
+                progress(&format!(
+                    "==> {} did not stop within {}s; killing it",
+                    program.display(),
+                    STOP_GRACE.as_secs()
+                ));
+                signal_group(Signal::KILL);
+            }
+            () = tokio::time::sleep_until(stop_reading_at), if status.is_some() => break,
+        }
     }
     for reader in readers {
-        // A reader only ends early on a broken pipe, which the exit status
-        // below reports better.
-        let _ = reader.await;
+        reader.abort();
     }
-
-    let status = child
-        .wait()
-        .await
-        .map_err(|e| ImageError::io("wait for", script, e))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(ImageError::ScriptFailed {
-            script: script.to_path_buf(),
-            status,
-            output_tail: tail.into(),
-        })
+    let status = match status {
+        Some(status) => status,
+        None => child
+            .wait()
+            .await
+            .map_err(|e| ImageError::io("wait for", program, e))?,
+    };
+    // A stop also counts when the child finished on its own at that moment:
+    // the caller abandons the build either way.
+    let interrupted = interrupted || cancel.is_cancelled();
+    if interrupted {
+        signal_group(Signal::KILL);
     }
+    Ok(Streamed {
+        status,
+        tail,
+        interrupted,
+    })
 }
 
 /// Sends each line read from `reader` to `tx`, without its line ending.
@@ -477,95 +1064,42 @@ async fn forward_lines(reader: impl AsyncRead + Unpin, tx: mpsc::Sender<String>)
     }
 }
 
-/// Streams the root filesystem tar into the engine (`docker import`) and
-/// applies the image configuration as Dockerfile-style changes.
+/// Streams the root filesystem tar into the engine (`docker import`) with the
+/// image settings and labels.
 async fn import_rootfs(
-    docker: &Docker,
+    engine: &ImageEngine,
     tar_path: &Path,
     reference: &str,
+    digest: &str,
     progress: &mut (dyn FnMut(&str) + Send),
 ) -> Result<(), ImageError> {
     let (repository, tag) = split_reference(reference)?;
-    let file = tokio::fs::File::open(tar_path)
+    let tar = tokio::fs::File::open(tar_path)
         .await
         .map_err(|e| ImageError::io("open", tar_path, e))?;
-    let total = file
+    let size = tar
         .metadata()
         .await
         .map_err(|e| ImageError::io("read the size of", tar_path, e))?
         .len();
-    progress(&format!(
-        "==> importing {} ({}) as {reference}",
-        tar_path.display(),
-        human_size(total)
-    ));
-
-    // The engine reports no progress for an import from a request body, so
-    // the bytes are counted on the sending side.
-    let sent = Arc::new(AtomicU64::new(0));
-    let counter = Arc::clone(&sent);
-    let body = ReaderStream::with_capacity(file, 1 << 20).inspect_ok(move |chunk| {
-        counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-    });
-
-    // Bollard sends all changes as one newline-separated `changes` value;
-    // the engine parses the changes as Dockerfile lines either way.
-    let options = CreateImageOptionsBuilder::default()
-        .from_src("-")
-        .repo(repository)
-        .tag(tag)
-        .message("codebox sandbox root filesystem built by build-rootfs.sh")
-        .changes(import_changes())
-        .build();
-    let mut stream = docker.create_image(Some(options), Some(bollard::body_try_stream(body)), None);
-
-    // The engine says nothing until the whole tar has been stored, so
-    // progress is reported from a timer rather than from its messages.
-    let mut ticker = tokio::time::interval(IMPORT_PROGRESS_INTERVAL);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut reported_tenths = 0;
-    let mut image_id = None;
-    loop {
-        tokio::select! {
-            info = stream.next() => {
-                let Some(info) = info else { break };
-                let info =
-                    info.map_err(|e| ImageError::docker(format!("import {reference}"), e))?;
-                // The engine's last message carries the new image's ID as status.
-                if let Some(status) = info.status.filter(|s| s.starts_with("sha256:")) {
-                    image_id = Some(status);
-                }
-            }
-            _ = ticker.tick() => {
-                let done = sent.load(Ordering::Relaxed);
-                let tenths = progress_tenths(done, total);
-                if tenths > reported_tenths {
-                    reported_tenths = tenths;
-                    let waiting = if done >= total {
-                        "; waiting for the engine to store it"
-                    } else {
-                        ""
-                    };
-                    progress(&format!(
-                        "==> importing: {}% sent ({} of {}){waiting}",
-                        tenths * 10,
-                        human_size(done),
-                        human_size(total)
-                    ));
-                }
-            }
-        }
-    }
-    match image_id {
+    let request = ImportRequest {
+        tar,
+        size,
+        repository,
+        tag,
+        changes: import_changes(digest),
+        message: "codebox sandbox root filesystem built by build-rootfs.sh",
+    };
+    match engine.import(request, progress).await? {
         Some(id) => progress(&format!("==> imported {reference} ({id})")),
         None => progress(&format!("==> imported {reference}")),
     }
     Ok(())
 }
 
-/// Dockerfile instructions applied by the import; the Dockerfile sets the
-/// same configuration with its own instructions.
-fn import_changes() -> Vec<String> {
+/// The image settings as Dockerfile instructions; the Dockerfile sets the same
+/// configuration with its own instructions.
+fn settings_changes() -> Vec<String> {
     let mut changes = vec![
         format!("USER {SANDBOX_USER}"),
         format!("WORKDIR {SANDBOX_WORKDIR}"),
@@ -575,17 +1109,25 @@ fn import_changes() -> Vec<String> {
             .iter()
             .map(|(name, value)| format!("ENV {name}={value}")),
     );
-    changes.push(format!("LABEL {MANAGED_LABEL}=true"));
     let cmd: Vec<String> = SANDBOX_CMD.iter().map(|arg| format!("\"{arg}\"")).collect();
     changes.push(format!("CMD [{}]", cmd.join(", ")));
     changes
 }
 
+/// Dockerfile instructions applied by the import: the settings and the labels.
+fn import_changes(digest: &str) -> Vec<String> {
+    let mut changes = settings_changes();
+    changes.push(format!("LABEL {MANAGED_LABEL}=true"));
+    changes.push(format!("LABEL {INPUTS_LABEL}={digest}"));
+    changes
+}
+
 /// Builds the Dockerfile with `images_dir` as the context.
 async fn build_with_dockerfile(
-    docker: &Docker,
+    engine: &ImageEngine,
     opts: &ImageBuildOptions,
     reference: &str,
+    digest: &str,
     progress: &mut (dyn FnMut(&str) + Send),
 ) -> Result<(), ImageError> {
     let dockerfile = opts.images_dir.join(DOCKERFILE);
@@ -594,37 +1136,18 @@ async fn build_with_dockerfile(
         .map_err(|e| ImageError::io("find", &dockerfile, e))?;
     let context = build_context(&opts.images_dir).await?;
     progress(&format!(
-        "==> sending build context {} ({})",
+        "==> sending build context {} ({} bytes)",
         opts.images_dir.display(),
-        human_size(context.len() as u64)
+        context.len()
     ));
-
-    let build_args = HashMap::from([(PACKAGES_FILE_BUILD_ARG, opts.variant.packages_file())]);
-    let labels = HashMap::from([(MANAGED_LABEL, "true")]);
-    let options = BuildImageOptionsBuilder::default()
-        .dockerfile(DOCKERFILE)
-        .t(reference)
-        .buildargs(&build_args)
-        .labels(&labels)
-        .rm(true)
-        .forcerm(true)
-        .build();
-    let mut stream = docker.build_image(options, None, Some(bollard::body_full(context.into())));
-    while let Some(info) = stream.next().await {
-        let info = info.map_err(|e| ImageError::docker(format!("build {reference}"), e))?;
-        if let Some(text) = info.stream {
-            for line in text.lines().map(str::trim_end).filter(|l| !l.is_empty()) {
-                progress(line);
-            }
-        }
-        // Status messages come from pulling the base image.
-        if let Some(status) = info.status {
-            match info.id {
-                Some(id) => progress(&format!("{id}: {status}")),
-                None => progress(&status),
-            }
-        }
-    }
+    let build = DockerfileBuild {
+        context,
+        dockerfile: DOCKERFILE,
+        reference,
+        build_args: HashMap::from([(PACKAGES_FILE_BUILD_ARG, opts.variant.packages_file())]),
+        labels: HashMap::from([(MANAGED_LABEL, "true"), (INPUTS_LABEL, digest)]),
+    };
+    engine.build_dockerfile(build, progress).await?;
     Ok(())
 }
 
@@ -647,45 +1170,47 @@ async fn build_context(dir: &Path) -> Result<Vec<u8>, ImageError> {
 
 /// Reads the engine's view of the image and checks the settings the sandbox
 /// relies on, above all that it does not run as root.
-async fn verify_image_config(docker: &Docker, reference: &str) -> Result<(), ImageError> {
-    let inspect = docker
-        .inspect_image(reference)
-        .await
-        .map_err(|e| ImageError::docker(format!("inspect {reference}"), e))?;
-    let config = inspect.config.unwrap_or_default();
+async fn verify_image_config(
+    engine: &ImageEngine,
+    reference: &str,
+    digest: &str,
+) -> Result<(), ImageError> {
     let mismatch = |detail: String| ImageError::ConfigMismatch {
         reference: reference.to_owned(),
         detail,
     };
+    let Some(config) = engine.inspect(reference).await? else {
+        return Err(mismatch("the engine does not list it".to_owned()));
+    };
 
-    let user = config.user.unwrap_or_default();
-    if user != SANDBOX_USER {
+    if config.user != SANDBOX_USER {
         return Err(mismatch(format!(
-            "user is `{user}`, expected `{SANDBOX_USER}`"
+            "user is `{}`, expected `{SANDBOX_USER}`",
+            config.user
         )));
     }
-    let workdir = config.working_dir.unwrap_or_default();
-    if workdir != SANDBOX_WORKDIR {
+    if config.working_dir != SANDBOX_WORKDIR {
         return Err(mismatch(format!(
-            "working directory is `{workdir}`, expected `{SANDBOX_WORKDIR}`"
+            "working directory is `{}`, expected `{SANDBOX_WORKDIR}`",
+            config.working_dir
         )));
     }
-    let env = config.env.unwrap_or_default();
     for (name, value) in SANDBOX_ENV {
         let expected = format!("{name}={value}");
-        if !env.contains(&expected) {
+        if !config.env.contains(&expected) {
             return Err(mismatch(format!("environment lacks `{expected}`")));
         }
     }
-    let cmd = config.cmd.unwrap_or_default();
-    if cmd != SANDBOX_CMD {
+    if config.cmd != SANDBOX_CMD {
         return Err(mismatch(format!(
-            "command is {cmd:?}, expected {SANDBOX_CMD:?}"
+            "command is {:?}, expected {SANDBOX_CMD:?}",
+            config.cmd
         )));
     }
-    let labels = config.labels.unwrap_or_default();
-    if labels.get(MANAGED_LABEL).map(String::as_str) != Some("true") {
-        return Err(mismatch(format!("label {MANAGED_LABEL}=true is missing")));
+    for (label, value) in [(MANAGED_LABEL, "true"), (INPUTS_LABEL, digest)] {
+        if config.labels.get(label).map(String::as_str) != Some(value) {
+            return Err(mismatch(format!("label {label}={value} is missing")));
+        }
     }
     Ok(())
 }
@@ -774,49 +1299,6 @@ fn split_reference(reference: &str) -> Result<(&str, &str), ImageError> {
         return Err(invalid("the tag after `:` is empty"));
     }
     Ok((repository, tag))
-}
-
-/// Completed tenths of `done` out of `total`, for coarse progress reports.
-fn progress_tenths(done: u64, total: u64) -> u64 {
-    if total == 0 {
-        return 0;
-    }
-    (done.min(total) * 10) / total
-}
-
-/// Formats a byte count for progress messages, such as `1.4 GiB`.
-fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
-}
-
-/// Joins an error's message with those of its sources, skipping a source
-/// whose message the previous one already contains. Bollard's transport
-/// errors say only "client error (Connect)" at the top; the useful part
-/// ("Permission denied", "No such file or directory") is further down.
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = err.to_string();
-    let mut last = message.clone();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !last.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        last = text;
-        source = cause.source();
-    }
-    message
 }
 
 #[cfg(test)]
@@ -1000,99 +1482,42 @@ mod tests {
     }
 
     #[test]
+    fn mount_paths_are_unescaped() {
+        assert_eq!(
+            unescape_mount_path(r"/var/tmp/a\040b\011c/proc"),
+            "/var/tmp/a b\tc/proc"
+        );
+        assert_eq!(unescape_mount_path(r"/plain\09"), r"/plain\09");
+        assert_eq!(unescape_mount_path("/"), "/");
+    }
+
+    #[test]
+    fn mounts_below_lists_deepest_first_and_only_below() {
+        let mounts = mounts_below(Path::new("/proc")).expect("read mountinfo");
+        assert!(mounts.iter().all(|m| m.starts_with("/proc")), "{mounts:?}");
+        assert!(mounts.contains(&PathBuf::from("/proc")), "{mounts:?}");
+        let depths: Vec<usize> = mounts.iter().map(|m| m.components().count()).collect();
+        assert!(depths.windows(2).all(|w| w[0] >= w[1]), "{mounts:?}");
+        // A sibling that merely shares the prefix is not below.
+        assert!(
+            mounts_below(Path::new("/pro"))
+                .expect("read mountinfo")
+                .is_empty()
+        );
+    }
+
+    #[test]
     fn import_changes_configure_the_sandbox() {
-        let changes = import_changes();
+        let changes = import_changes("abc123");
         assert_eq!(changes[0], "USER 1000:1000");
         assert_eq!(changes[1], "WORKDIR /mnt/data");
         assert!(changes.contains(&"ENV PYTHONDONTWRITEBYTECODE=1".to_owned()));
         assert!(changes.contains(&"ENV HOME=/home/sandbox".to_owned()));
         assert!(changes.contains(&"LABEL codebox.managed=true".to_owned()));
-        assert_eq!(
-            changes.last().map(String::as_str),
-            Some(r#"CMD ["python3"]"#)
-        );
+        assert!(changes.contains(&"LABEL codebox.inputs=abc123".to_owned()));
+        assert!(changes.contains(&r#"CMD ["python3"]"#.to_owned()));
         // The engine parses the changes as Dockerfile lines, so none may
         // contain a line break of its own.
         assert!(changes.iter().all(|c| !c.contains('\n')));
-    }
-
-    #[test]
-    fn progress_and_sizes_are_formatted() {
-        assert_eq!(progress_tenths(0, 0), 0);
-        assert_eq!(progress_tenths(5, 100), 0);
-        assert_eq!(progress_tenths(55, 100), 5);
-        assert_eq!(progress_tenths(150, 100), 10);
-        assert_eq!(human_size(512), "512 B");
-        assert_eq!(human_size(1536), "1.5 KiB");
-        assert_eq!(human_size(3 * 1024 * 1024 * 1024), "3.0 GiB");
-    }
-
-    #[test]
-    fn error_chain_skips_repeated_messages() {
-        #[derive(Debug)]
-        struct Outer(std::io::Error);
-        impl fmt::Display for Outer {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "client error (Connect)")
-            }
-        }
-        impl std::error::Error for Outer {
-            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-                Some(&self.0)
-            }
-        }
-        let err = Outer(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
-        assert_eq!(
-            error_chain(&err),
-            "client error (Connect): permission denied"
-        );
-    }
-
-    /// Builds the test image end to end under a throw-away tag and removes
-    /// it again. Needs no registry, but root, debootstrap, a Debian mirror and
-    /// a Docker engine: `cargo test -- --ignored build_test_image`.
-    #[tokio::test]
-    #[ignore = "needs root, debootstrap, a Debian mirror and a Docker engine"]
-    async fn build_test_image_with_debootstrap() {
-        let docker = connect().await.expect("engine is reachable");
-        let opts = ImageBuildOptions {
-            images_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("images/python"),
-            variant: ImageVariant::Test,
-            method: BuildMethod::Debootstrap,
-            tag: Some("codebox-python:build-test".to_owned()),
-        };
-        let mut lines = Vec::new();
-        let reference = build(&docker, &opts, &mut |line: &str| {
-            lines.push(line.to_owned())
-        })
-        .await
-        .expect("image builds");
-        assert_eq!(reference, "codebox-python:build-test");
-        assert!(
-            lines.iter().any(|l| l.starts_with("==> imported")),
-            "{lines:?}"
-        );
-        docker
-            .remove_image(
-                &reference,
-                None::<bollard::query_parameters::RemoveImageOptions>,
-                None,
-            )
-            .await
-            .expect("image is removed");
-    }
-
-    #[test]
-    fn engine_unreachable_is_one_clear_line() {
-        let err = ImageError::EngineUnreachable {
-            endpoint: DEFAULT_DOCKER_SOCKET.to_owned(),
-            cause: bollard::errors::Error::SocketNotFoundError("/var/run/docker.sock".to_owned()),
-        };
-        let message = err.to_string();
-        assert!(!message.contains('\n'));
-        assert!(
-            message.starts_with("cannot reach the Docker engine at unix:///var/run/docker.sock: ")
-        );
-        assert!(message.ends_with("is the daemon running and is this user allowed to use it?"));
     }
 }

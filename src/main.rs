@@ -79,6 +79,12 @@ fn main() -> ExitCode {
     });
     match outcome {
         Ok(code) => code,
+        Err(error) if error.is::<cli::BuildStopped>() => {
+            eprintln!("codebox: {error}");
+            error
+                .downcast_ref::<cli::BuildStopped>()
+                .map_or(ExitCode::FAILURE, cli::BuildStopped::exit_code)
+        }
         Err(error) => {
             eprintln!("codebox: {error:#}");
             ExitCode::FAILURE

@@ -15,8 +15,14 @@
 #   XDG_CACHE_HOME         Downloaded .debs are kept in
 #                          ${XDG_CACHE_HOME:-/var/cache}/codebox/debootstrap
 #                          so that a rebuild downloads almost nothing.
+#   CODEBOX_DEBIAN_KEYRING The keyring the mirror's Release signature is checked
+#                          against. Default:
+#                          /usr/share/keyrings/debian-archive-keyring.gpg
 #   TMPDIR                 Where the root filesystem is assembled
 #                          (default /var/tmp; needs ~2 GB for the full image).
+#
+# Interrupted (SIGINT, SIGTERM, SIGHUP) or cut off from its reader (SIGPIPE), it
+# removes its temporary root before exiting, even when its output goes nowhere.
 #
 # Progress lines start with "==> "; debootstrap's own output is passed through.
 set -euo pipefail
@@ -53,7 +59,15 @@ PATH=$PATH:/usr/local/sbin:/usr/sbin:/sbin
 # `command -v` alone also reports a matching file that is not executable.
 debootstrap_bin=$(command -v debootstrap 2>/dev/null || true)
 [[ -n $debootstrap_bin && -x $debootstrap_bin ]] ||
-    die "debootstrap is not installed; install it with: apt-get install -y debootstrap"
+    die "debootstrap is not installed; install it with: apt-get install -y debootstrap debian-archive-keyring gpgv"
+# debootstrap checks the Release file's signature with gpgv only when it has a
+# keyring; without one it would install whatever the mirror (or anything in
+# between) serves. So the keyring is always given, and must exist.
+keyring=${CODEBOX_DEBIAN_KEYRING:-/usr/share/keyrings/debian-archive-keyring.gpg}
+[[ -f $keyring ]] ||
+    die "the Debian archive keyring $keyring is missing; install it with: apt-get install -y debian-archive-keyring"
+command -v gpgv >/dev/null 2>&1 ||
+    die "gpgv is not installed (debootstrap checks the mirror's signatures with it); install it with: apt-get install -y gpgv"
 [[ -f $packages_file && -r $packages_file ]] ||
     die "cannot read packages file $packages_file"
 output_dir=$(dirname -- "$output")
@@ -160,25 +174,34 @@ unmount_below_work() {
 
 cleanup() {
     local status=$?
-    trap - EXIT INT TERM
+    # The cleanup must run to its end: further signals are ignored (the
+    # children it starts inherit that), a reader that went away must not kill
+    # it on the next progress line, and a failing step must not stop it.
+    trap '' INT TERM HUP PIPE
+    trap - EXIT
+    set +e
     rm -f -- "$partial_output"
     if [[ -d $work ]]; then
-        step "removing temporary root $work"
-        unmount_below_work
+        step "removing temporary root $work" 2>/dev/null
+        unmount_below_work 2>/dev/null
         # --one-file-system is a second guard against a mount left behind.
-        rm -rf --one-file-system -- "$work" || true
+        rm -rf --one-file-system -- "$work" 2>/dev/null
     fi
     exit "$status"
 }
 trap cleanup EXIT
 # Without these, bash would not run the EXIT trap when interrupted or killed.
+# SIGPIPE comes when whoever reads the output (codebox) is gone: the build is
+# pointless then, and dying of it would leave the temporary root behind.
+trap 'exit 129' HUP
 trap 'exit 130' INT
+trap 'exit 141' PIPE
 trap 'exit 143' TERM
 
 started=$SECONDS
 
 step "packages (${#packages[@]}): ${packages[*]}"
-step "mirror: $mirror"
+step "mirror: $mirror (signatures checked against $keyring)"
 step "package cache: $cache_dir"
 # Tails debootstrap's log, which holds the real cause of a failure (typically
 # a dpkg or download error) and is deleted together with the work directory.
@@ -196,7 +219,7 @@ debootstrap_failed() {
 # whenever anything fails, and the setting is removed again afterwards.
 step "debootstrap --variant=minbase $SUITE into $root (first stage: download and unpack)"
 "$debootstrap_bin" --foreign --variant=minbase --include="$include" --cache-dir="$cache_dir" \
-    "$SUITE" "$root" "$mirror" 2>&1 || debootstrap_failed "first stage"
+    --keyring="$keyring" "$SUITE" "$root" "$mirror" 2>&1 || debootstrap_failed "first stage"
 unsafe_io_cfg=$root/etc/dpkg/dpkg.cfg.d/codebox-unsafe-io
 printf 'force-unsafe-io\n' >"$unsafe_io_cfg"
 step "debootstrap second stage: installing packages"

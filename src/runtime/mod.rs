@@ -3,10 +3,12 @@
 //! [`Runtime`] is what the supervisor needs from a back end: a sandbox per workspace that can
 //! run code many times, with limits, and that can be listed and released. [`DockerRuntime`]
 //! is the back end on the local Docker engine; a Jupyter Enterprise Gateway or Kubernetes
-//! runtime would implement the same trait.
+//! runtime would implement the same trait. [`image`] holds the engine calls of the sandbox
+//! image builder (`src/image.rs`).
 
 mod cgroup;
 mod docker;
+pub mod image;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -588,7 +588,13 @@ pub fn sanitize_name(raw: &str) -> String {
     // A pathological "extension" (a name with one early dot) is not worth keeping whole.
     let extension = if extension.len() > 16 { "" } else { extension };
     let stem = truncate_to_bytes(stem, MAX_NAME_BYTES - extension.len());
-    format!("{stem}{extension}")
+    // Cutting can leave spaces at the end of the stem, or only a dot name (`..xxx…` keeps
+    // `.`): neither may survive.
+    let name = format!("{}{extension}", stem.trim_end());
+    match name.trim() {
+        "" | "." | ".." => "file".to_owned(),
+        trimmed => trimmed.to_owned(),
+    }
 }
 
 /// Splits `report.csv` into `("report", ".csv")`; a leading dot (`.env`) is not an extension.
@@ -634,6 +640,9 @@ mod tests {
         assert_eq!(sanitize_name("  "), "file");
         assert_eq!(sanitize_name("a\u{0}b\nc\u{7f}.csv"), "a_b_c_.csv");
         assert_eq!(sanitize_name("отчёт 2024.xlsx"), "отчёт 2024.xlsx");
+        // Found by the property tests: a long name whose only dots lead it.
+        assert_eq!(sanitize_name(&format!("..{}", "x".repeat(250))), "file");
+        assert_eq!(sanitize_name(&format!("{} {}", "a".repeat(199), "b".repeat(50))), "a".repeat(199));
         let long = format!("{}.xlsx", "é".repeat(300));
         let short = sanitize_name(&long);
         assert!(short.len() <= MAX_NAME_BYTES, "{}", short.len());

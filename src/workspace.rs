@@ -642,7 +642,10 @@ mod tests {
         assert_eq!(sanitize_name("отчёт 2024.xlsx"), "отчёт 2024.xlsx");
         // Found by the property tests: a long name whose only dots lead it.
         assert_eq!(sanitize_name(&format!("..{}", "x".repeat(250))), "file");
-        assert_eq!(sanitize_name(&format!("{} {}", "a".repeat(199), "b".repeat(50))), "a".repeat(199));
+        assert_eq!(
+            sanitize_name(&format!("{} {}", "a".repeat(199), "b".repeat(50))),
+            "a".repeat(199)
+        );
         let long = format!("{}.xlsx", "é".repeat(300));
         let short = sanitize_name(&long);
         assert!(short.len() <= MAX_NAME_BYTES, "{}", short.len());

@@ -254,18 +254,15 @@ impl Supervisor {
     /// on the same engine are never touched.
     pub async fn reconcile(&self) -> Result<usize> {
         let mut removed = 0;
-        for sandbox in self.runtime.list().await? {
-            if sandbox.instance.as_deref() != Some(self.instance.as_str()) {
-                continue;
-            }
+        for workspace_id in self.own_sandboxes().await? {
             let owned = self
                 .catalog
                 .messages()
-                .by_workspace(&sandbox.workspace_id)
+                .by_workspace(&workspace_id)
                 .await?
                 .is_some();
             if !owned {
-                self.runtime.release(&sandbox.workspace_id).await?;
+                self.runtime.release(&workspace_id).await?;
                 removed += 1;
             }
         }
@@ -277,14 +274,23 @@ impl Supervisor {
     /// server stops. Returns how many were removed. Sandboxes of other instances on the same
     /// engine are never touched.
     pub async fn release_own_sandboxes(&self) -> Result<usize> {
-        let mut removed = 0;
-        for sandbox in self.runtime.list().await? {
-            if sandbox.instance.as_deref() == Some(self.instance.as_str()) {
-                self.runtime.release(&sandbox.workspace_id).await?;
-                removed += 1;
-            }
+        let own = self.own_sandboxes().await?;
+        for workspace_id in &own {
+            self.runtime.release(workspace_id).await?;
         }
-        Ok(removed)
+        Ok(own.len())
+    }
+
+    /// The workspace ids of this instance's sandboxes on the engine.
+    async fn own_sandboxes(&self) -> Result<Vec<String>> {
+        Ok(self
+            .runtime
+            .list()
+            .await?
+            .into_iter()
+            .filter(|sandbox| sandbox.instance.as_deref() == Some(self.instance.as_str()))
+            .map(|sandbox| sandbox.workspace_id)
+            .collect())
     }
 
     /// The message `message_id` if it is bound to `owner`.

@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use codebox::catalog::RunStatus;
+use codebox::catalog::{RunRecord, RunStatus};
 use codebox::config::DiskLimit;
 use common::{TestEnv, request};
 
@@ -174,6 +174,22 @@ fn allocated(path: &std::path::Path) -> u64 {
     std::fs::metadata(path).map_or(0, |metadata| metadata.blocks() * 512)
 }
 
+/// Runs `code` as `message_id` with a timeout far beyond what it needs, and checks that the
+/// disk cap, not the clock, stopped it.
+async fn run_into_the_disk_cap(env: &TestEnv, message_id: &str, code: &str) -> RunRecord {
+    let mut flood = request(message_id, code, &[]);
+    flood.timeout = Some(Duration::from_secs(60));
+    let report = env
+        .supervisor
+        .run(&env.owner, flood, None)
+        .await
+        .expect("run");
+    let run = report.run;
+    assert_eq!(run.status, RunStatus::Killed, "{run:?}");
+    assert_eq!(run.reason.as_deref(), Some("disk_quota"), "{run:?}");
+    run
+}
+
 /// Code that keeps writing (and ignores "No space left on device") is stopped at the cap
 /// while it runs, reported as killed with reason `disk_quota`, and the host holds no more
 /// than the cap.
@@ -184,7 +200,8 @@ async fn writing_past_the_disk_cap_is_stopped_while_the_code_runs() {
         config.sandbox.disk_size = bytesize::ByteSize::mib(64);
     })
     .await;
-    let mut flood = request(
+    let run = &run_into_the_disk_cap(
+        &env,
         "m-disk",
         r#"
 import os, time
@@ -200,17 +217,8 @@ with open('/mnt/data/flood.bin', 'wb') as out:
             time.sleep(0.01)
 print('wrote', written)
 "#,
-        &[],
-    );
-    flood.timeout = Some(Duration::from_secs(60));
-    let report = env
-        .supervisor
-        .run(&env.owner, flood, None)
-        .await
-        .expect("run");
-    let run = &report.run;
-    assert_eq!(run.status, RunStatus::Killed, "{run:?}");
-    assert_eq!(run.reason.as_deref(), Some("disk_quota"), "{run:?}");
+    )
+    .await;
     assert!(
         run.stderr.contains("/mnt/data reached its limit of 64 MiB"),
         "{}",
@@ -291,7 +299,8 @@ async fn the_watchdog_stops_a_run_past_the_cap() {
         config.sandbox.disk_size = bytesize::ByteSize::mib(32);
     })
     .await;
-    let mut flood = request(
+    let run = &run_into_the_disk_cap(
+        &env,
         "m-watchdog",
         r#"
 import os, time
@@ -303,17 +312,8 @@ with open('/mnt/data/flood.bin', 'wb') as out:
         time.sleep(0.002)
 print('wrote it all')
 "#,
-        &[],
-    );
-    flood.timeout = Some(Duration::from_secs(60));
-    let report = env
-        .supervisor
-        .run(&env.owner, flood, None)
-        .await
-        .expect("run");
-    let run = &report.run;
-    assert_eq!(run.status, RunStatus::Killed, "{run:?}");
-    assert_eq!(run.reason.as_deref(), Some("disk_quota"), "{run:?}");
+    )
+    .await;
     assert!(!run.stdout.contains("wrote it all"));
     let data = env.data_dir_of("m-watchdog").await;
     let held = allocated(&data.join("flood.bin"));

@@ -127,10 +127,7 @@ fn folders_swapped_for_links_are_never_followed() {
 /// that exchanges each folder with its link atomically, without pause, as hostile code in the
 /// sandbox could. The thread runs until the returned flag is set; it returns how many swaps
 /// it made.
-fn start_swapping(
-    data: &Path,
-    outside: &Path,
-) -> (Arc<AtomicBool>, std::thread::JoinHandle<u64>) {
+fn start_swapping(data: &Path, outside: &Path) -> (Arc<AtomicBool>, std::thread::JoinHandle<u64>) {
     let mut pairs: Vec<(PathBuf, PathBuf)> = Vec::new();
     for i in 0..SWAPPED {
         let folder = data.join(format!("sub{i}"));
@@ -161,6 +158,9 @@ fn start_swapping(
 /// shows.
 const BIG: usize = 8 * 1024 * 1024;
 
+/// The size of a file inside that is never swapped.
+const KEPT: usize = 64 * 1024;
+
 /// A folder outside the walked one, holding a big file that is really allocated.
 fn big_outside(dir: &Path) -> PathBuf {
     let outside = dir.join("outside");
@@ -171,8 +171,10 @@ fn big_outside(dir: &Path) -> PathBuf {
 }
 
 /// Repeats `measure` for three seconds while folders are swapped for links to a folder with
-/// big files, and fails if any measurement counted the bytes outside.
+/// big files, and fails if any measurement counted the bytes outside, or missed a file
+/// inside that nothing moves.
 fn measure_while_swapping(data: &Path, outside: &Path, measure: impl Fn() -> u64) {
+    std::fs::write(data.join("kept.bin"), vec![1u8; KEPT]).expect("write");
     let (stop, swapper) = start_swapping(data, outside);
     let started = Instant::now();
     let mut measured = 0;
@@ -180,6 +182,11 @@ fn measure_while_swapping(data: &Path, outside: &Path, measure: impl Fn() -> u64
     while started.elapsed() < Duration::from_secs(3) {
         let bytes = measure();
         measured += 1;
+        // What is inside is counted (the file that is never swapped at least).
+        assert!(
+            bytes >= KEPT as u64,
+            "{bytes} bytes counted at measurement {measured}"
+        );
         if bytes >= BIG as u64 {
             leaked.push(bytes);
         }

@@ -317,9 +317,10 @@ impl Usage {
 }
 
 /// What the workspace's `data` folder holds, measured for `policy`. In `loop` mode that is
-/// one `statvfs`; in `watchdog` mode a walk of the folder (links not followed, other file
-/// systems not entered) that counts allocated blocks and entries, and stops as soon as it is
-/// past the cap. `None` when `data` cannot be measured (it is gone).
+/// one `statvfs`; in `watchdog` mode a walk of the folder by file descriptors
+/// ([`crate::walk`]: links not followed, not even a folder swapped for one during the walk,
+/// other file systems not entered) that counts allocated blocks and entries, and stops as soon
+/// as it is past the cap. `None` when `data` cannot be measured (it is gone).
 pub fn usage(data: &Path, policy: &DiskPolicy) -> Option<Usage> {
     let full = || {
         format!(

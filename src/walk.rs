@@ -16,7 +16,7 @@
 //! folder and whether to stop: that is where the callers put their bounds (depth, entries,
 //! bytes).
 //!
-//! A deep tree cannot exhaust the process's descriptors: only the [`OPEN_FOLDERS`] nearest
+//! A deep tree cannot exhaust the process's descriptors: only the `OPEN_FOLDERS` (16) nearest
 //! folders above the current one stay open. A folder further up is closed while the walk is
 //! below it and opened again, on the way back, as `..` of its child, checked to be the same
 //! folder; if it is not (the sandbox moved the child meanwhile), the walk ends there.

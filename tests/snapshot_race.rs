@@ -1,6 +1,7 @@
-//! The snapshot walk against a tree that changes under it: folders swapped for symlinks to a
-//! folder outside, again and again, while snapshots are taken. Nothing outside the walked
-//! folder may ever be listed, in the entries or in what the snapshot says it left out.
+//! The walks over folders the sandbox controls against a tree that changes under them: folders
+//! swapped for symlinks to a folder outside, again and again, while the walk is repeated.
+//! Nothing outside the walked folder may ever be listed (the snapshot, in its entries or in
+//! what it says it left out) or counted (the disk watchdog's usage, a workspace's bytes).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -25,6 +25,7 @@ use bytesize::ByteSize;
 
 use crate::config::{DiskLimit, SandboxConfig};
 use crate::error::{IoContext, IoError};
+use crate::walk::{self, Found, Step};
 
 /// The name of the file system image in a workspace's folder, beside `data/`.
 pub const IMAGE_FILE: &str = "data.img";
@@ -316,9 +317,10 @@ impl Usage {
 }
 
 /// What the workspace's `data` folder holds, measured for `policy`. In `loop` mode that is
-/// one `statvfs`; in `watchdog` mode a walk of the folder (links not followed, other file
-/// systems not entered) that counts allocated blocks and entries, and stops as soon as it is
-/// past the cap. `None` when `data` cannot be measured (it is gone).
+/// one `statvfs`; in `watchdog` mode a walk of the folder by file descriptors
+/// ([`crate::walk`]: links not followed, not even a folder swapped for one during the walk,
+/// other file systems not entered) that counts allocated blocks and entries, and stops as soon
+/// as it is past the cap. `None` when `data` cannot be measured (it is gone).
 pub fn usage(data: &Path, policy: &DiskPolicy) -> Option<Usage> {
     let full = || {
         format!(
@@ -353,37 +355,54 @@ pub fn usage(data: &Path, policy: &DiskPolicy) -> Option<Usage> {
         }
         // A workspace kept as a plain folder (made before the policy was loop) is watched.
         DiskMode::Loop | DiskMode::Watchdog => {
-            let mut usage = Usage {
-                bytes: 0,
-                files: 0,
-                full: None,
+            let mut watch = Watch {
+                policy,
+                usage: Usage {
+                    bytes: 0,
+                    files: 0,
+                    full: None,
+                },
+                full: &full,
+                too_many: &too_many,
             };
-            std::fs::symlink_metadata(data).ok()?;
-            for entry in walkdir::WalkDir::new(data)
-                .min_depth(1)
-                .follow_links(false)
-                .same_file_system(true)
-                .into_iter()
-                .filter_map(Result::ok)
-            {
-                usage.files += 1;
-                if let Ok(metadata) = entry.metadata() {
-                    usage.bytes = usage
-                        .bytes
-                        .saturating_add(metadata.blocks().saturating_mul(512));
-                }
-                if usage.bytes > policy.size.as_u64() {
-                    usage.full = Some(full());
-                    break;
-                }
-                if usage.files > policy.files {
-                    usage.full = Some(too_many());
-                    break;
-                }
-            }
-            Some(usage)
+            // By file descriptors: code that swaps a folder for a link while it is measured
+            // cannot make another workspace's files count against this one.
+            walk::walk(data, &mut watch).ok()?;
+            Some(watch.usage)
         }
     }
+}
+
+/// The watchdog's walk of a plain `data/` folder.
+struct Watch<'a> {
+    policy: &'a DiskPolicy,
+    usage: Usage,
+    /// The sentence for a `data/` past its size.
+    full: &'a dyn Fn() -> String,
+    /// The sentence for a `data/` past its number of files.
+    too_many: &'a dyn Fn() -> String,
+}
+
+impl walk::Visitor for Watch<'_> {
+    fn entry(&mut self, found: Found<'_>) -> Step {
+        self.usage.files += 1;
+        if let Ok(stat) = &found.stat {
+            self.usage.bytes = self.usage.bytes.saturating_add(walk::allocated(stat));
+        }
+        if self.usage.bytes > self.policy.size.as_u64() {
+            self.usage.full = Some((self.full)());
+            return Step::Stop;
+        }
+        if self.usage.files > self.policy.files {
+            self.usage.full = Some((self.too_many)());
+            return Step::Stop;
+        }
+        Step::Descend
+    }
+
+    // A folder that changed under the walk, or another file system, is not measured: the
+    // next measurement sees what is there then.
+    fn refused(&mut self, _: &Path) {}
 }
 
 /// A size for people: `64 MiB` when it is a whole number of MiB or GiB, else bytesize's form.

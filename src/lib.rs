@@ -19,6 +19,7 @@ pub mod server;
 pub mod snapshot;
 pub mod supervisor;
 pub mod translate;
+pub mod walk;
 pub mod workspace;
 
 pub use config::Config;

@@ -6,20 +6,21 @@
 //! tree; what the bounds leave out is listed in the snapshot, never dropped silently.
 //!
 //! The sandbox also keeps running (or has left processes running) while the walk goes on, so
-//! the tree may change between listing a folder and opening it: a folder can be swapped for a
-//! link to somewhere else on the host. The walk therefore never resolves a path. It opens the
-//! root once and every folder below by its single name relative to the descriptor of its
-//! parent, with `O_NOFOLLOW | O_DIRECTORY`: a name that is a link by then fails to open and is
-//! reported as unreadable, so nothing outside the root is ever listed or examined.
+//! the tree may change between listing a folder and opening it. The walk is
+//! [`crate::walk`]'s, by file descriptors: a folder swapped for a link (or for another folder)
+//! after it was described is reported as unreadable and never entered, so nothing outside the
+//! root is ever listed or examined.
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat};
+use rustix::fs::{FileType, Stat};
+
+use crate::walk::{self, Found, Step};
 
 /// How far a snapshot may walk.
 #[derive(Debug, Clone, Copy)]
@@ -81,25 +82,16 @@ pub struct Snapshot {
     pub omissions: Vec<Omission>,
 }
 
-/// How every folder is opened: relative to its parent's descriptor, never through a link.
-const FOLDER_FLAGS: OFlags = OFlags::RDONLY
-    .union(OFlags::DIRECTORY)
-    .union(OFlags::NOFOLLOW)
-    .union(OFlags::CLOEXEC);
-
 /// Takes a snapshot of `root`, which must be a folder (not a link to one). Nothing below it is
 /// followed, whatever the sandbox changes while the walk goes on. Entries are visited folder
 /// by folder in byte order of their names, depth first, so the same tree always gives the
 /// same snapshot, and the same entries when a cap cuts it.
 pub fn take(root: &Path, limits: SnapshotLimits) -> io::Result<Snapshot> {
-    let folder = rustix::fs::open(root, FOLDER_FLAGS, Mode::empty())?;
-    let names = list(&folder)?;
     let mut walk = Walk {
         limits,
         snapshot: Snapshot::default(),
-        stopped: false,
     };
-    walk.folder(&folder, names, Path::new(""), 1);
+    walk::walk(root, &mut walk)?;
     Ok(walk.snapshot)
 }
 
@@ -107,96 +99,58 @@ pub fn take(root: &Path, limits: SnapshotLimits) -> io::Result<Snapshot> {
 struct Walk {
     limits: SnapshotLimits,
     snapshot: Snapshot,
-    /// Set once a cap is reached: nothing more is looked at.
-    stopped: bool,
 }
 
-impl Walk {
-    /// Looks at the entries `names` of the open `folder`, found at `relative`, whose entries
-    /// lie at `depth`.
-    fn folder(&mut self, folder: &OwnedFd, names: Vec<OsString>, relative: &Path, depth: usize) {
-        for name in names {
-            if self.stopped {
-                return;
-            }
-            if self.snapshot.entries.len() >= self.limits.max_entries
-                || self.snapshot.omissions.len() >= self.limits.max_entries
-            {
-                self.snapshot.omissions.push(Omission::TooManyEntries);
-                self.stopped = true;
-                return;
-            }
-            let path = relative.join(&name);
-            let Ok((entry, stat)) = describe(folder, &name) else {
-                self.snapshot.omissions.push(Omission::Unreadable(path));
-                continue;
-            };
-            if depth > self.limits.max_depth {
-                self.snapshot.omissions.push(Omission::TooDeep(path, entry));
-                continue;
-            }
-            let is_folder = entry.kind == EntryKind::Dir;
-            self.snapshot.entries.insert(path.clone(), entry);
-            if is_folder {
-                match open_folder(folder, &name, &stat) {
-                    Ok((child, names)) => self.folder(&child, names, &path, depth + 1),
-                    Err(_) => self.snapshot.omissions.push(Omission::Unreadable(path)),
-                }
-            }
+impl walk::Visitor for Walk {
+    fn entry(&mut self, found: Found<'_>) -> Step {
+        if self.snapshot.entries.len() >= self.limits.max_entries
+            || self.snapshot.omissions.len() >= self.limits.max_entries
+        {
+            self.snapshot.omissions.push(Omission::TooManyEntries);
+            return Step::Stop;
         }
+        let path = found.path.to_owned();
+        let described = found
+            .stat
+            .and_then(|stat| describe(found.folder, found.name, &stat));
+        let Ok(entry) = described else {
+            self.snapshot.omissions.push(Omission::Unreadable(path));
+            return Step::Next;
+        };
+        if found.depth > self.limits.max_depth {
+            self.snapshot.omissions.push(Omission::TooDeep(path, entry));
+            return Step::Next;
+        }
+        let is_folder = entry.kind == EntryKind::Dir;
+        self.snapshot.entries.insert(path, entry);
+        if is_folder { Step::Descend } else { Step::Next }
+    }
+
+    fn refused(&mut self, path: &Path) {
+        self.snapshot
+            .omissions
+            .push(Omission::Unreadable(path.to_owned()));
     }
 }
 
-/// What `lstat` says of `name` in `folder`, and the raw status it came from.
-fn describe(folder: &OwnedFd, name: &OsString) -> io::Result<(Entry, Stat)> {
-    let stat = rustix::fs::statat(folder, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)?;
+/// What `lstat` said of `name` in `folder` (`stat`), as an entry.
+fn describe(folder: BorrowedFd<'_>, name: &OsStr, stat: &Stat) -> io::Result<Entry> {
     let kind = match FileType::from_raw_mode(stat.st_mode) {
         FileType::Symlink => {
-            let target = rustix::fs::readlinkat(folder, name.as_os_str(), Vec::new())?;
+            let target = rustix::fs::readlinkat(folder, name, Vec::new())?;
             EntryKind::Symlink(PathBuf::from(OsString::from_vec(target.into_bytes())))
         }
         FileType::RegularFile => EntryKind::File,
         FileType::Directory => EntryKind::Dir,
         _ => EntryKind::Other,
     };
-    let entry = Entry {
+    Ok(Entry {
         kind,
         size: u64::try_from(stat.st_size).unwrap_or(0),
         mtime_ns: nanos(i128::from(stat.st_mtime), i128::from(stat.st_mtime_nsec)),
         ctime_ns: nanos(i128::from(stat.st_ctime), i128::from(stat.st_ctime_nsec)),
         inode: stat.st_ino,
-    };
-    Ok((entry, stat))
-}
-
-/// Opens the folder `name` of `parent` and lists it. It must still be the very folder `seen`
-/// describes: a link swapped in since fails to open (`O_NOFOLLOW`), and another folder moved
-/// into its place is refused too, so what is listed below a path is what was there.
-fn open_folder(
-    parent: &OwnedFd,
-    name: &OsString,
-    seen: &Stat,
-) -> io::Result<(OwnedFd, Vec<OsString>)> {
-    let folder = rustix::fs::openat(parent, name.as_os_str(), FOLDER_FLAGS, Mode::empty())?;
-    let opened = rustix::fs::fstat(&folder)?;
-    if opened.st_ino != seen.st_ino || opened.st_dev != seen.st_dev {
-        return Err(io::Error::other("the folder changed while it was walked"));
-    }
-    let names = list(&folder)?;
-    Ok((folder, names))
-}
-
-/// The names in an open folder, without `.` and `..`, in byte order.
-fn list(folder: &OwnedFd) -> io::Result<Vec<OsString>> {
-    let mut names = Vec::new();
-    for entry in Dir::read_from(folder)? {
-        let name = entry?.file_name().to_bytes().to_vec();
-        if name != b"." && name != b".." {
-            names.push(OsString::from_vec(name));
-        }
-    }
-    names.sort();
-    Ok(names)
+    })
 }
 
 fn nanos(seconds: i128, nanoseconds: i128) -> i128 {
@@ -348,33 +302,6 @@ mod tests {
         let snapshot = take(root, small).expect("snapshot");
         assert_eq!(snapshot.entries.len(), 5);
         assert!(snapshot.omissions.contains(&Omission::TooManyEntries));
-    }
-
-    #[test]
-    fn a_folder_changed_after_listing_is_not_opened() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let root = dir.path().join("data");
-        fs::create_dir_all(root.join("sub")).expect("mkdir");
-        fs::create_dir(dir.path().join("outside")).expect("mkdir");
-        fs::write(dir.path().join("outside/secret.csv"), "x").expect("write");
-        let parent = rustix::fs::open(&root, FOLDER_FLAGS, Mode::empty()).expect("open");
-        let name = OsString::from("sub");
-        let (_, seen) = describe(&parent, &name).expect("lstat");
-
-        // Swapped for a link to a folder outside: refused, never listed.
-        fs::rename(root.join("sub"), root.join("kept")).expect("rename");
-        std::os::unix::fs::symlink(dir.path().join("outside"), root.join("sub")).expect("link");
-        assert!(open_folder(&parent, &name, &seen).is_err());
-
-        // Swapped for another folder: refused too, what is listed is what was described.
-        fs::remove_file(root.join("sub")).expect("rm");
-        fs::create_dir(root.join("sub")).expect("mkdir");
-        assert!(open_folder(&parent, &name, &seen).is_err());
-
-        // The very folder described is listed.
-        fs::remove_dir(root.join("sub")).expect("rmdir");
-        fs::rename(root.join("kept"), root.join("sub")).expect("rename");
-        assert!(open_folder(&parent, &name, &seen).is_ok());
     }
 
     #[test]

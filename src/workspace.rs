@@ -13,6 +13,7 @@
 //! to one workspace (runs, removal) across tasks and processes. It lives outside the workspace
 //! so that removing a workspace never removes a lock someone is waiting on.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -20,6 +21,7 @@ use std::path::{Component, Path, PathBuf};
 
 use crate::disk::{self, DiskMode, DiskPolicy};
 use crate::error::{IoContext, IoError};
+use crate::walk::{self, Found, Step};
 
 /// The longest file name given to an attachment, in bytes (file systems allow 255).
 pub const MAX_NAME_BYTES: usize = 200;
@@ -234,27 +236,16 @@ impl Workspace {
     /// from the blob store) is not freed by the removal and does not count; one with several
     /// names inside it counts once.
     pub fn bytes(&self) -> u64 {
-        use std::collections::HashMap;
-        use std::os::unix::fs::MetadataExt;
-        // (device, inode) -> (links the file has, names of it seen here, bytes).
-        let mut inodes: HashMap<(u64, u64), (u64, u64, u64)> = HashMap::new();
-        for metadata in walkdir::WalkDir::new(&self.root)
-            .follow_links(false)
-            // A loop-mounted data/ is counted by its image file, which holds it.
-            .same_file_system(true)
-            .into_iter()
-            .filter_map(Result::ok)
-            .filter_map(|entry| entry.metadata().ok())
-            .filter(|metadata| !metadata.is_dir())
-        {
-            let seen = inodes.entry((metadata.dev(), metadata.ino())).or_insert((
-                metadata.nlink(),
-                0,
-                metadata.blocks() * 512,
-            ));
-            seen.1 += 1;
+        let mut count = CountFreed::default();
+        // By file descriptors, not entering another file system: the sandbox controls data/
+        // and may swap a folder for a link to another workspace while this walk goes on, and
+        // a loop-mounted data/ is counted by its image file, which holds it. A workspace that
+        // cannot be opened frees nothing that can be counted.
+        if walk::walk(&self.root, &mut count).is_err() {
+            return 0;
         }
-        inodes
+        count
+            .inodes
             .values()
             .filter(|(links, seen, _)| seen >= links)
             .map(|(_, _, bytes)| bytes)
@@ -471,6 +462,33 @@ impl Workspace {
         let mut file = File::create_new(&path).with_path("create", &path)?;
         file.write_all(bytes).with_path("write", &path)
     }
+}
+
+/// The walk of [`Workspace::bytes`]: files other than folders, by identity.
+#[derive(Default)]
+struct CountFreed {
+    /// (device, inode) -> (links the file has, names of it seen here, bytes).
+    inodes: HashMap<(u64, u64), (u64, u64, u64)>,
+}
+
+impl walk::Visitor for CountFreed {
+    fn entry(&mut self, found: Found<'_>) -> Step {
+        if let Ok(stat) = &found.stat
+            && !walk::is_folder(stat)
+        {
+            let seen = self.inodes.entry((stat.st_dev, stat.st_ino)).or_insert((
+                walk::links(stat),
+                0,
+                walk::allocated(stat),
+            ));
+            seen.1 += 1;
+        }
+        Step::Descend
+    }
+
+    // What is not entered is not counted: removing the workspace may free it, but only what
+    // is sure to be freed counts.
+    fn refused(&mut self, _: &Path) {}
 }
 
 /// Whether `name` is one plain path component: no separator, not empty, `.` or `..`.

@@ -400,7 +400,7 @@ impl Supervisor {
     }
 
     /// Soft-deletes one of `owner`'s files: gone from listings and downloads at once, and
-    /// from every workspace it was placed in (see [`Supervisor::unplace`]); its bytes are
+    /// from every workspace it was placed in (see `Supervisor::unplace`); its bytes are
     /// purged by the reaper after the grace period.
     pub async fn delete_file(&self, owner: &Owner, file_id: &str) -> Result<()> {
         if !self

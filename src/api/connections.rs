@@ -7,7 +7,7 @@
 //! - a request body must arrive at `server.min_body_rate` once `server.body_read_timeout` has
 //!   passed ([`TimedBody`]; the handler sees a [`BodyTimeout`] error and answers 408);
 //! - a connection on which no byte moves for `server.idle_timeout` while none of its requests
-//!   is being worked on is dropped ([`Activity`]).
+//!   is being worked on is dropped (`Activity`).
 //!
 //! axum's own `serve` has none of these, which is why the API drives hyper here itself.
 

@@ -514,11 +514,24 @@ impl Supervisor {
         Ok(overview)
     }
 
-    /// Stops and removes the sandbox of `owner`'s message `message_id`, keeping its workspace
-    /// folder: a later run of the message starts a new sandbox on the same files.
+    /// Stops and removes the sandbox of `owner`'s message `message_id`, and unmounts its
+    /// workspace's file system, keeping the workspace's files: a later run of the message
+    /// mounts them again and starts a new sandbox on them. A process that ends after its run
+    /// (`codebox run`) calls it so that it leaves neither a container nor a loop device behind.
     pub async fn release_sandbox(&self, owner: &Owner, message_id: &str) -> Result<()> {
         let message = self.message(owner, message_id).await?;
+        let workspace = self.workspaces.get(&message.workspace_id)?;
+        // Under the lock: a run of the message in another process reads data/ on the host.
+        let _lock = lock(&workspace).await?;
         self.runtime.release(&message.workspace_id).await?;
+        let data = workspace.data.clone();
+        tokio::task::spawn_blocking(move || crate::disk::unmount_data(&data))
+            .await
+            .map_err(|error| IoError {
+                action: "unmount",
+                path: workspace.data.clone(),
+                source: std::io::Error::other(error),
+            })??;
         Ok(())
     }
 

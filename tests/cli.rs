@@ -174,7 +174,10 @@ fn exit_code_is_the_runs() {
         .expect("docker inspect");
     assert!(!inspect.status.success(), "the one-shot sandbox is removed");
     // Nor its mounted file system: the command leaves no loop device behind.
-    let data = data_dir.join("workspaces").join(&workspaces[0]).join("data");
+    let data = data_dir
+        .join("workspaces")
+        .join(&workspaces[0])
+        .join("data");
     assert!(!codebox::disk::is_mount_point(&data).expect("inspect"));
 }
 

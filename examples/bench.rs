@@ -69,7 +69,7 @@ use bytes::Bytes;
 use bytesize::ByteSize;
 use clap::Parser;
 use codebox::catalog::{FileRecord, Owner, RunStatus};
-use codebox::config::{Limits, Role, SandboxConfig, ServerConfig, TokenConfig};
+use codebox::config::{DiskLimit, Limits, Role, SandboxConfig, ServerConfig, TokenConfig};
 use codebox::{Config, RunReport, RunRequest, Supervisor};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
@@ -152,6 +152,20 @@ struct Args {
     /// Leaves out the download phase (and its upload and nginx).
     #[arg(long)]
     skip_download: bool,
+    /// How workspaces are capped: `loop` (each a loop-mounted file system, made for every new
+    /// message) or `watchdog` (a plain folder); comparing the two measures what the loop mount
+    /// costs a new message.
+    #[arg(long, default_value = "auto", value_parser = parse_disk_limit)]
+    disk_limit: DiskLimit,
+}
+
+fn parse_disk_limit(text: &str) -> Result<DiskLimit, String> {
+    match text {
+        "auto" => Ok(DiskLimit::Auto),
+        "loop" => Ok(DiskLimit::Loop),
+        "watchdog" => Ok(DiskLimit::Watchdog),
+        other => Err(format!("{other:?} is not one of auto, loop, watchdog")),
+    }
 }
 
 #[tokio::main]
@@ -247,6 +261,7 @@ impl Bench {
             data_dir: scratch.join("codebox"),
             sandbox: SandboxConfig {
                 image: args.image.clone(),
+                disk_limit: args.disk_limit,
                 ..defaults.sandbox.clone()
             },
             limits: Limits {
@@ -1225,6 +1240,7 @@ fn report(args: &Args, docker_version: &str, results: &Results) -> Result<()> {
     let line = json!({
         "runs": args.runs,
         "image": args.image,
+        "disk_limit": format!("{:?}", args.disk_limit).to_lowercase(),
         "cases": cases,
         "ratios": ratios,
         "download": download,

@@ -13,6 +13,7 @@ pub mod disk;
 pub mod error;
 pub mod ids;
 pub mod image;
+pub mod paths;
 pub mod retention;
 pub mod runtime;
 pub mod server;

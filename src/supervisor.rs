@@ -1465,7 +1465,7 @@ pub fn sandbox_user(config: &Config) -> Result<(String, Option<(u32, u32)>)> {
     let uid = rustix::process::geteuid().as_raw();
     let gid = rustix::process::getegid().as_raw();
     if uid == 0 {
-        let owner = crate::runtime::parse_user(&config.sandbox.user)
+        let owner = crate::config::parse_user(&config.sandbox.user)
             .map_err(|reason| Error::invalid("sandbox.user", reason))?;
         Ok((config.sandbox.user.clone(), Some(owner)))
     } else {

@@ -21,6 +21,7 @@ use std::path::{Component, Path, PathBuf};
 
 use crate::disk::{self, DiskMode, DiskPolicy};
 use crate::error::{IoContext, IoError};
+use crate::paths::join_safely;
 use crate::walk::{self, Found, Step};
 
 /// The longest file name given to an attachment, in bytes (file systems allow 255).
@@ -552,32 +553,6 @@ pub fn open_beneath(root: &Path, relative: &Path) -> io::Result<(File, u64)> {
     Ok((File::from(fd), size))
 }
 
-/// Joins a relative path that came from outside (a caller, the sandbox) onto `base`, refusing
-/// anything that could leave `base`: absolute paths, `..`, and empty paths.
-pub fn join_safely(base: &Path, relative: &Path) -> io::Result<PathBuf> {
-    let mut joined = base.to_path_buf();
-    let mut any = false;
-    for component in relative.components() {
-        match component {
-            Component::Normal(part) => {
-                joined.push(part);
-                any = true;
-            }
-            Component::CurDir => {}
-            Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("path {relative:?} leaves its folder"),
-                ));
-            }
-        }
-    }
-    if !any {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty path"));
-    }
-    Ok(joined)
-}
-
 /// The last part of a file name a client sent, where both `/` and `\` separate folders (a
 /// browser on Windows sends `C:\Users\a\report.csv`): `report.csv`. Parts that are empty,
 /// `.` or `..` (spaces around them aside) never count, so `reports/..` is `reports`; `None`
@@ -704,18 +679,6 @@ mod tests {
             open_beneath(&root, Path::new("pipe.csv")).is_err(),
             "a FIFO is refused without blocking"
         );
-    }
-
-    #[test]
-    fn join_safely_refuses_escapes() {
-        let base = Path::new("/srv/ws");
-        assert_eq!(
-            join_safely(base, Path::new("a/./b.csv")).expect("ok"),
-            PathBuf::from("/srv/ws/a/b.csv")
-        );
-        for bad in ["../x", "/etc/passwd", "a/../../x", "", "."] {
-            assert!(join_safely(base, Path::new(bad)).is_err(), "{bad}");
-        }
     }
 
     #[test]

@@ -1,0 +1,808 @@
+//! The run pipeline, one message at a time. Read [`Supervisor::run`] top to bottom: each step
+//! of `shared/DESIGN.md` is one function below it, in the same order.
+//!
+//! ```text
+//! check -> claim -> attach -> prepare -> snapshot -> execute -> snapshot -> register -> answer
+//! ```
+//!
+//! The supervisor is the library both the CLI and the HTTP server call; it knows nothing of
+//! HTTP. It owns the catalog, the blob store, the workspaces and a [`Runtime`].
+//!
+//! Two steps that take more than a screen have files of their own: `attach.rs` (step 2a,
+//! placing attachments) and `register.rs` (step 6, storing outputs). What happens outside a
+//! run lives beside them: `files.rs` (uploads, lookups, listings, rendering, deletion) and
+//! `sandboxes.rs` (start-up, shutdown, removing a workspace, the operators' overview).
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use tokio::io::AsyncRead;
+use tokio::sync::mpsc;
+
+use crate::blobs::{BlobError, Blobs};
+use crate::catalog::{
+    self, AttachmentRecord, Catalog, FileRecord, FileSource, MessageRecord, Owner, RunRecord,
+    RunStatus, Truncation,
+};
+use crate::config::Config;
+use crate::disk::DiskPolicy;
+use crate::error::{Error, IoContext, IoError, Result};
+use crate::ids;
+use crate::runtime::{
+    DockerRuntime, ExecOutcome, ExecRequest, OutputChunk, Runtime, SANDBOX_DATA, SandboxSpec,
+};
+use crate::snapshot::{self, EntryKind, Omission, Snapshot, SnapshotLimits};
+use crate::translate::{self, PathMap};
+use crate::workspace::{self, Workspace, Workspaces};
+
+mod attach;
+mod files;
+mod register;
+mod sandboxes;
+
+/// The languages codebox runs.
+pub const LANGUAGES: [&str; 1] = ["python"];
+
+/// How long a run waits for a streaming consumer that does not read before it drops events.
+const EVENT_WAIT: Duration = Duration::from_secs(5);
+
+/// The hint added to stderr when code tried to write to an attachment.
+const READ_ONLY_HINT: &str = "codebox: attached files are read-only. Write a new file, or \
+     delete the link first (os.remove('/mnt/data/<name>')) and then write a file of the same \
+     name: it is registered as derived from the attachment.";
+
+/// What a user says about a file they upload.
+#[derive(Debug, Clone, Default)]
+pub struct UploadMeta {
+    /// The file's name as the client sent it. Only its last part is kept (see
+    /// [`workspace::base_name`]), and that is sanitized where it becomes a path.
+    pub name: String,
+    /// The chat it belongs to, if any.
+    pub chat_id: Option<String>,
+    /// The message it belongs to, if any. With `chat_id` it binds the message like a run
+    /// does; without, it must name an existing message of the uploader.
+    pub message_id: Option<String>,
+}
+
+impl UploadMeta {
+    fn check(&self) -> Result<()> {
+        if self.name.trim().is_empty() || self.name.len() > 1024 {
+            return Err(Error::invalid(
+                "name",
+                "must be 1 to 1024 bytes and not blank",
+            ));
+        }
+        if let Some(chat_id) = &self.chat_id {
+            ids::check_external("chat_id", chat_id)?;
+        }
+        if let Some(message_id) = &self.message_id {
+            ids::check_external("message_id", message_id)?;
+        }
+        Ok(())
+    }
+}
+
+/// Bytes of an upload that are stored but not yet recorded.
+#[derive(Debug)]
+pub struct StoredUpload {
+    id: String,
+    stored: crate::blobs::Stored,
+}
+
+/// What a caller asks to run.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    /// The chat the message belongs to.
+    pub chat_id: String,
+    /// The message the code answers; its workspace and sandbox are reused across its runs.
+    pub message_id: String,
+    /// The program.
+    pub code: String,
+    /// Its language (see [`LANGUAGES`]).
+    pub language: String,
+    /// Stored files to attach, all the caller's own.
+    pub file_ids: Vec<String>,
+    /// Wall-clock limit; `None` is the configured default. Above the configured maximum is
+    /// refused.
+    pub timeout: Option<Duration>,
+}
+
+/// A run that passed its checks and bound its message; see [`Supervisor::accept`].
+#[derive(Debug)]
+pub struct AcceptedRun {
+    owner: Owner,
+    request: RunRequest,
+    timeout: Duration,
+    attachments: Vec<FileRecord>,
+    message: MessageRecord,
+}
+
+/// What a run produced: its record and the files it registered, oldest first.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    /// The run as recorded.
+    pub run: RunRecord,
+    /// The files it registered.
+    pub files: Vec<FileRecord>,
+}
+
+/// Something that happened during a run, for callers that stream runs.
+#[derive(Debug, Clone)]
+pub enum RunEvent {
+    /// Output of the code, with host paths already translated.
+    Stdout(String),
+    /// Error output of the code, with host paths already translated.
+    Stderr(String),
+    /// A file was registered.
+    File(Box<FileRecord>),
+}
+
+/// A workspace as operators see it.
+#[derive(Debug, Clone)]
+pub struct WorkspaceOverview {
+    /// The message it belongs to (tenant, user, chat, last use).
+    pub message: MessageRecord,
+    /// Whether its folder exists (the reaper may have removed it).
+    pub exists: bool,
+    /// Bytes its folder takes.
+    pub bytes: u64,
+    /// Its container's state.
+    pub container: ContainerState,
+}
+
+/// The state of a workspace's container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerState {
+    /// It exists and runs.
+    Running,
+    /// It exists but does not run.
+    Stopped,
+    /// There is none.
+    None,
+}
+
+impl ContainerState {
+    /// The word the API shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Stopped => "stopped",
+            Self::None => "none",
+        }
+    }
+}
+
+/// The run pipeline and the stores it works on.
+pub struct Supervisor {
+    config: Arc<Config>,
+    /// This instance's id, kept in `<data_dir>/instance`; it labels every sandbox made here.
+    instance: String,
+    catalog: Catalog,
+    blobs: Blobs,
+    workspaces: Workspaces,
+    runtime: Arc<dyn Runtime>,
+}
+
+impl Supervisor {
+    /// Opens everything the configuration names: the catalog (migrated), the blob store, the
+    /// workspaces folder and the local Docker engine.
+    pub async fn open(config: Config) -> Result<Self> {
+        let (user, _) = sandbox_user(&config)?;
+        let runtime = DockerRuntime::connect(&config.sandbox, user).await?;
+        Self::with_runtime(config, Arc::new(runtime)).await
+    }
+
+    /// Like [`Supervisor::open`] with a runtime of the caller's choosing.
+    pub async fn with_runtime(config: Config, runtime: Arc<dyn Runtime>) -> Result<Self> {
+        let (_, owner) = sandbox_user(&config)?;
+        std::fs::create_dir_all(&config.data_dir).with_path("create", &config.data_dir)?;
+        let catalog = Catalog::connect(&config.catalog_url()).await?;
+        let blobs = Blobs::open(&config.blobs, &config.data_dir)?;
+        let disk = DiskPolicy::resolve(&config.sandbox)
+            .map_err(|error| Error::invalid("sandbox.disk_limit", error.to_string()))?;
+        let workspaces = Workspaces::open(&config.workspaces_dir(), owner)?.with_disk(disk);
+        let instance = instance_id(&config.data_dir)?;
+        Ok(Self {
+            config: Arc::new(config),
+            instance,
+            catalog,
+            blobs,
+            workspaces,
+            runtime,
+        })
+    }
+
+    /// This instance's id (one per data folder); it labels every sandbox made here.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The catalog.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The blob store.
+    pub fn blobs(&self) -> &Blobs {
+        &self.blobs
+    }
+
+    /// The workspaces.
+    pub fn workspaces(&self) -> &Workspaces {
+        &self.workspaces
+    }
+
+    /// The runtime.
+    pub fn runtime(&self) -> &Arc<dyn Runtime> {
+        &self.runtime
+    }
+
+    /// The run `run_id` of `owner`, with its files.
+    pub async fn run_report(&self, owner: &Owner, run_id: &str) -> Result<RunReport> {
+        let run = self
+            .catalog
+            .runs()
+            .get(owner, run_id)
+            .await?
+            .ok_or(Error::NotFound("run"))?;
+        let files = self.catalog.files().of_run(&run.id).await?;
+        Ok(RunReport { run, files })
+    }
+
+    /// Runs code for one message of `owner`: the whole pipeline. A run that executes returns
+    /// `Ok` whatever its exit status; `Err` means it could not be run (bad request, someone
+    /// else's message or file, or an infrastructure failure). `events`, if given, receives
+    /// output and registered files as they happen.
+    pub async fn run(
+        &self,
+        owner: &Owner,
+        request: RunRequest,
+        events: Option<mpsc::Sender<RunEvent>>,
+    ) -> Result<RunReport> {
+        let accepted = self.accept(owner, request).await?;
+        self.carry_out(accepted, events).await
+    }
+
+    /// The first half of [`Supervisor::run`], for callers that must answer a refusal before
+    /// they start streaming: checks the request, looks up the attachments and binds the
+    /// message. Nothing is executed yet.
+    pub async fn accept(&self, owner: &Owner, request: RunRequest) -> Result<AcceptedRun> {
+        let timeout = self.check(&request)?;
+        let attachments = self.attachments_of(owner, &request.file_ids).await?;
+        let message = self
+            .claim(owner, &request.chat_id, &request.message_id)
+            .await?;
+        Ok(AcceptedRun {
+            owner: owner.clone(),
+            request,
+            timeout,
+            attachments,
+            message,
+        })
+    }
+
+    /// The second half of [`Supervisor::run`]: everything from the workspace on.
+    pub async fn carry_out(
+        &self,
+        accepted: AcceptedRun,
+        events: Option<mpsc::Sender<RunEvent>>,
+    ) -> Result<RunReport> {
+        let AcceptedRun {
+            owner,
+            request,
+            timeout,
+            attachments,
+            message,
+        } = accepted;
+        let owner = &owner;
+        let _lock = lock(&self.workspaces.get(&message.workspace_id)?).await?;
+        // Prepared under the lock: the reaper may have removed the folder while we waited.
+        let workspace = self.workspaces.prepare(&message.workspace_id)?;
+        self.cap_workspace(&workspace).await?;
+        let inputs = self.attach(&message, &workspace, &attachments).await?;
+        self.prepare_sandbox(&message, &workspace).await?;
+        let before = self.snapshot(&workspace).await?;
+        let mut run = self.record_start(owner, &message, &request).await?;
+        // From here on the run is in the catalog: whatever fails marks it failed there too.
+        let finished = async {
+            let outcome = self
+                .execute(&workspace, &request, timeout, events.as_ref())
+                .await?;
+            let after = self.snapshot(&workspace).await?;
+            let (files, truncated) = self
+                .register(
+                    owner,
+                    &message,
+                    &run,
+                    &workspace,
+                    &inputs,
+                    &before,
+                    &after,
+                    events.as_ref(),
+                )
+                .await?;
+            self.answer(&mut run, outcome, truncated, &workspace, &inputs, timeout)
+                .await?;
+            Ok(files)
+        }
+        .await;
+        let files = match finished {
+            Ok(files) => files,
+            Err(error) => return Err(self.record_failure(run, error).await),
+        };
+        Ok(RunReport { run, files })
+    }
+
+    /// Step 0: refuses what cannot run, before anything is written. Returns the timeout.
+    fn check(&self, request: &RunRequest) -> Result<Duration> {
+        ids::check_external("chat_id", &request.chat_id)?;
+        ids::check_external("message_id", &request.message_id)?;
+        if !LANGUAGES.contains(&request.language.as_str()) {
+            return Err(Error::invalid(
+                "language",
+                format!("{:?} is not one of {LANGUAGES:?}", request.language),
+            ));
+        }
+        let limits = &self.config.limits;
+        if request.code.len() as u64 > limits.max_code_bytes.as_u64() {
+            return Err(Error::TooLarge(format!(
+                "code is larger than {}",
+                limits.max_code_bytes.display().iec()
+            )));
+        }
+        let timeout = request.timeout.unwrap_or(limits.default_timeout);
+        if timeout.is_zero() || timeout > limits.max_timeout {
+            return Err(Error::invalid(
+                "timeout_secs",
+                format!(
+                    "must be above 0 and at most {}",
+                    limits.max_timeout.as_secs()
+                ),
+            ));
+        }
+        Ok(timeout)
+    }
+
+    /// Looks up the files to attach: each must be a live file of `owner`. Duplicates collapse.
+    async fn attachments_of(&self, owner: &Owner, file_ids: &[String]) -> Result<Vec<FileRecord>> {
+        let mut seen = BTreeSet::new();
+        let mut files = Vec::new();
+        for id in file_ids {
+            if seen.insert(id.as_str()) {
+                files.push(self.file(owner, id).await?);
+            }
+        }
+        Ok(files)
+    }
+
+    /// Step 1: binds the message to (tenant, user, chat) on first use. A message bound to
+    /// another user or chat is reported as not found, so message ids cannot be probed.
+    async fn claim(&self, owner: &Owner, chat_id: &str, message_id: &str) -> Result<MessageRecord> {
+        let message = self
+            .catalog
+            .messages()
+            .claim(
+                owner,
+                chat_id,
+                message_id,
+                &ids::mint("ws"),
+                &catalog::now(),
+            )
+            .await?;
+        if message.is_bound_to(owner, chat_id) {
+            Ok(message)
+        } else {
+            Err(Error::NotFound("message"))
+        }
+    }
+
+    /// Step 2a': gives the workspace's `data/` its own capped file system, where the disk
+    /// policy is `loop`. A sandbox made before that saw the bare folder (the host restarted,
+    /// say): it goes, and the next step makes a new one on the mounted file system.
+    async fn cap_workspace(&self, workspace: &Workspace) -> Result<()> {
+        let workspaces = self.workspaces.clone();
+        let mounting = workspace.clone();
+        let mounted_now = tokio::task::spawn_blocking(move || workspaces.mount_data(&mounting))
+            .await
+            .map_err(|error| IoError {
+                action: "mount",
+                path: workspace.data.clone(),
+                source: std::io::Error::other(error),
+            })??;
+        if mounted_now {
+            self.runtime.release(&workspace.id).await?;
+        }
+        Ok(())
+    }
+
+    /// Step 2b: makes sure the message's sandbox runs, with the workspace mounted.
+    async fn prepare_sandbox(&self, message: &MessageRecord, workspace: &Workspace) -> Result<()> {
+        let spec = SandboxSpec {
+            workspace_id: workspace.id.clone(),
+            instance: self.instance.clone(),
+            host_data: workspace.data.clone(),
+            host_inputs: workspace.inputs.clone(),
+            labels: vec![
+                ("codebox.tenant".to_owned(), message.tenant.clone()),
+                ("codebox.message".to_owned(), message.message_id.clone()),
+            ],
+        };
+        self.runtime.ensure(&spec).await?;
+        Ok(())
+    }
+
+    /// Steps 3 and 5: what `data/` holds, by `lstat` alone.
+    async fn snapshot(&self, workspace: &Workspace) -> Result<Snapshot> {
+        let data = workspace.data.clone();
+        let limits = SnapshotLimits {
+            max_depth: self.config.limits.max_depth,
+            max_entries: self.config.limits.max_snapshot_entries,
+        };
+        let taken = tokio::task::spawn_blocking(move || snapshot::take(&data, limits))
+            .await
+            .map_err(|error| IoError {
+                action: "snapshot",
+                path: workspace.data.clone(),
+                source: std::io::Error::other(error),
+            })?;
+        Ok(taken.with_path("snapshot", &workspace.data)?)
+    }
+
+    /// Records the run as `running` before it starts, so that a crash leaves a trace.
+    async fn record_start(
+        &self,
+        owner: &Owner,
+        message: &MessageRecord,
+        request: &RunRequest,
+    ) -> Result<RunRecord> {
+        let now = catalog::now();
+        self.catalog
+            .messages()
+            .touch(&message.tenant, &message.message_id, &now)
+            .await?;
+        let run = RunRecord {
+            id: ids::mint("run"),
+            tenant: owner.tenant.clone(),
+            user_id: owner.user.clone(),
+            chat_id: message.chat_id.clone(),
+            message_id: message.message_id.clone(),
+            language: request.language.clone(),
+            status: RunStatus::Running,
+            exit_code: None,
+            reason: None,
+            stdout: String::new(),
+            stderr: String::new(),
+            stdout_truncated: false,
+            stderr_truncated: false,
+            truncated: Vec::new(),
+            duration_ms: 0,
+            created_at: now,
+            finished_at: None,
+        };
+        self.catalog.runs().insert_running(&run).await?;
+        self.catalog
+            .runs()
+            .set_instance(&run.id, &self.instance)
+            .await?;
+        Ok(run)
+    }
+
+    /// Step 4: runs the code in the sandbox, forwarding translated output to `events`.
+    async fn execute(
+        &self,
+        workspace: &Workspace,
+        request: &RunRequest,
+        timeout: Duration,
+        events: Option<&mpsc::Sender<RunEvent>>,
+    ) -> Result<ExecOutcome> {
+        let paths = path_map(workspace);
+        let code = if self.runtime.mounts_workspace() {
+            request.code.clone()
+        } else {
+            translate::to_host_paths(&request.code, &paths)
+        };
+        let exec = ExecRequest {
+            code,
+            timeout,
+            max_output_bytes: usize::try_from(self.config.limits.max_output_bytes.as_u64())
+                .unwrap_or(usize::MAX),
+        };
+        let Some(events) = events else {
+            return self.exec_within_disk_cap(workspace, &exec, None).await;
+        };
+        // Output is translated on its way to the caller by a small relay task.
+        let (chunks, mut received) = mpsc::channel::<OutputChunk>(64);
+        let events = events.clone();
+        let relay = tokio::spawn(async move {
+            while let Some(chunk) = received.recv().await {
+                let event =
+                    match chunk {
+                        OutputChunk::Stdout(bytes) => RunEvent::Stdout(
+                            translate::to_sandbox_paths(&String::from_utf8_lossy(&bytes), &paths),
+                        ),
+                        OutputChunk::Stderr(bytes) => RunEvent::Stderr(
+                            translate::to_sandbox_paths(&String::from_utf8_lossy(&bytes), &paths),
+                        ),
+                    };
+                let _ = events.send(event).await;
+            }
+        });
+        let outcome = self
+            .exec_within_disk_cap(workspace, &exec, Some(&chunks))
+            .await;
+        drop(chunks);
+        // A consumer that does not read may not hold the run: what it has not taken by then
+        // is dropped from the stream (the run's record carries all of it).
+        let mut relay = relay;
+        if tokio::time::timeout(EVENT_WAIT, &mut relay).await.is_err() {
+            relay.abort();
+        }
+        outcome
+    }
+
+    /// Executes while watching the workspace's disk cap: a run that fills `/mnt/data` has all
+    /// its processes killed from outside the sandbox at once, and is reported as killed with
+    /// reason [`DISK_QUOTA`] (also when it filled the disk and ended by itself between two
+    /// checks), with a line on stderr that says which cap it hit.
+    async fn exec_within_disk_cap(
+        &self,
+        workspace: &Workspace,
+        exec: &ExecRequest,
+        live: Option<&mpsc::Sender<OutputChunk>>,
+    ) -> Result<ExecOutcome> {
+        let before = disk_usage(workspace).await;
+        let running = self.runtime.exec(&workspace.id, exec, live);
+        tokio::pin!(running);
+        let watched = disk_filled(workspace.clone(), before.clone());
+        tokio::pin!(watched);
+        let (outcome, mut full) = tokio::select! {
+            outcome = &mut running => (outcome?, None),
+            reason = &mut watched => {
+                self.runtime.kill_processes(&workspace.id).await?;
+                (running.await?, Some(reason))
+            }
+        };
+        if full.is_none()
+            && !outcome.timed_out
+            && let (Some(before), Some(after)) = (&before, disk_usage(workspace).await)
+        {
+            full = after.filled_since(before).map(str::to_owned);
+        }
+        let mut outcome = outcome;
+        if let Some(reason) = full {
+            outcome.killed_reason = Some(DISK_QUOTA.to_owned());
+            if !outcome.stderr.is_empty() && !outcome.stderr.ends_with(b"\n") {
+                outcome.stderr.push(b'\n');
+            }
+            outcome
+                .stderr
+                .extend_from_slice(format!("codebox: killed: {reason}\n").as_bytes());
+        }
+        Ok(outcome)
+    }
+
+    /// Marks a run that could not be carried through as failed, and returns the error to
+    /// report.
+    async fn record_failure(&self, mut run: RunRecord, error: Error) -> Error {
+        run.status = RunStatus::Failed;
+        run.reason = Some("codebox could not carry the run through".to_owned());
+        run.finished_at = Some(catalog::now());
+        if let Err(record_error) = self.catalog.runs().finish(&run).await {
+            tracing::error!(run = %run.id, error = %record_error, "could not record a failed run");
+        }
+        error
+    }
+
+    /// Steps 7 and 8: translates the output, turns the outcome into a status and records it.
+    async fn answer(
+        &self,
+        run: &mut RunRecord,
+        outcome: ExecOutcome,
+        truncated: Vec<Truncation>,
+        workspace: &Workspace,
+        inputs: &Inputs,
+        timeout: Duration,
+    ) -> Result<()> {
+        let paths = path_map(workspace);
+        let stdout = translate::to_sandbox_paths(&String::from_utf8_lossy(&outcome.stdout), &paths);
+        let mut stderr =
+            translate::to_sandbox_paths(&String::from_utf8_lossy(&outcome.stderr), &paths);
+        if wrote_to_attachment(&stderr, inputs) {
+            if !stderr.ends_with('\n') && !stderr.is_empty() {
+                stderr.push('\n');
+            }
+            stderr.push_str(READ_ONLY_HINT);
+            stderr.push('\n');
+        }
+        let (status, reason) = if outcome.timed_out {
+            (
+                RunStatus::TimedOut,
+                Some(format!(
+                    "wall-clock limit of {} reached",
+                    humantime::format_duration(timeout)
+                )),
+            )
+        } else if let Some(reason) = outcome.killed_reason {
+            (RunStatus::Killed, Some(reason))
+        } else if outcome.exit_code == Some(0) {
+            (RunStatus::Succeeded, None)
+        } else {
+            (RunStatus::Failed, None)
+        };
+        run.status = status;
+        run.reason = reason;
+        run.exit_code = outcome.exit_code;
+        run.stdout = stdout;
+        run.stderr = stderr;
+        run.stdout_truncated = outcome.stdout_truncated;
+        run.stderr_truncated = outcome.stderr_truncated;
+        run.truncated = truncated;
+        run.duration_ms = i64::try_from(outcome.duration.as_millis()).unwrap_or(i64::MAX);
+        run.finished_at = Some(catalog::now());
+        self.catalog.runs().finish(run).await?;
+        Ok(())
+    }
+}
+
+/// A message's attachments: file id by name in the workspace.
+type Inputs = HashMap<String, String>;
+
+/// The `reason` of a run killed because `/mnt/data` reached its cap.
+pub const DISK_QUOTA: &str = "disk_quota";
+
+/// Resolves, with a sentence saying which cap, once the run fills the workspace's `data/`
+/// up to its cap (it is full, and holds more than `before`); never, if it does not.
+async fn disk_filled(workspace: Workspace, before: Option<crate::disk::Usage>) -> String {
+    let (Some(interval), Some(before)) = (workspace.disk_check_interval(), before) else {
+        return std::future::pending().await;
+    };
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if let Some(now) = disk_usage(&workspace).await
+            && let Some(reason) = now.filled_since(&before)
+        {
+            return reason.to_owned();
+        }
+    }
+}
+
+/// [`Workspace::disk_usage`] on a blocking thread: in watchdog mode it walks the folder.
+async fn disk_usage(workspace: &Workspace) -> Option<crate::disk::Usage> {
+    let checked = workspace.clone();
+    tokio::task::spawn_blocking(move || checked.disk_usage())
+        .await
+        .ok()
+        .flatten()
+}
+
+/// The `uid:gid` code runs as, and the owner to give `data/` folders. A supervisor running as
+/// root runs code as the configured user and hands it `data/`; any other supervisor runs code
+/// as itself, since it could not hand over the folder.
+pub fn sandbox_user(config: &Config) -> Result<(String, Option<(u32, u32)>)> {
+    let uid = rustix::process::geteuid().as_raw();
+    let gid = rustix::process::getegid().as_raw();
+    if uid == 0 {
+        let owner = crate::config::parse_user(&config.sandbox.user)
+            .map_err(|reason| Error::invalid("sandbox.user", reason))?;
+        Ok((config.sandbox.user.clone(), Some(owner)))
+    } else {
+        Ok((format!("{uid}:{gid}"), None))
+    }
+}
+
+/// The id of the instance that owns `data_dir`, created on first use.
+fn instance_id(data_dir: &Path) -> Result<String> {
+    let path = data_dir.join("instance");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(IoError::from_io("read", &path, error).into()),
+    }
+    // The id is written to a private file first and then linked into place, so that a second
+    // process starting on the same new folder either wins the link or reads a complete id.
+    let id = ids::mint("inst");
+    let staged = data_dir.join(format!(".{id}"));
+    std::fs::write(&staged, &id).with_path("write", &staged)?;
+    let linked = std::fs::hard_link(&staged, &path);
+    std::fs::remove_file(&staged).with_path("remove", &staged)?;
+    match linked {
+        Ok(()) => Ok(id),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            Ok(std::fs::read_to_string(&path)
+                .with_path("read", &path)?
+                .trim()
+                .to_owned())
+        }
+        Err(error) => Err(IoError::from_io("link", &path, error).into()),
+    }
+}
+
+/// Takes the workspace's lock on a blocking thread: waiting must not stall the runtime.
+async fn lock(workspace: &Workspace) -> Result<std::fs::File> {
+    let locked = workspace.clone();
+    Ok(tokio::task::spawn_blocking(move || locked.lock())
+        .await
+        .map_err(|error| IoError {
+            action: "lock",
+            path: workspace.root.clone(),
+            source: std::io::Error::other(error),
+        })??)
+}
+
+/// Where the code sees an attachment named `name`.
+fn attachment_path(name: &str) -> String {
+    format!("{SANDBOX_DATA}/{name}")
+}
+
+fn path_map(workspace: &Workspace) -> PathMap {
+    PathMap::new(
+        workspace.data.to_string_lossy(),
+        workspace.inputs.to_string_lossy(),
+    )
+}
+
+/// The MIME type of a file name, `application/octet-stream` when unknown.
+pub fn content_type_of(name: &str) -> String {
+    mime_guess::from_path(name)
+        .first_or_octet_stream()
+        .essence_str()
+        .to_owned()
+}
+
+/// Whether stderr shows code failing to write an attachment. Opening one to overwrite it fails
+/// with "Read-only file system" (the mount); opening it to append fails earlier, with
+/// "Permission denied" (the file belongs to the supervisor).
+fn wrote_to_attachment(stderr: &str, inputs: &Inputs) -> bool {
+    let refused = stderr.contains("Read-only file system") || stderr.contains("Permission denied");
+    refused
+        && (stderr.contains("/mnt/inputs/")
+            || inputs
+                .keys()
+                .any(|name| stderr.contains(&format!("{SANDBOX_DATA}/{name}"))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_only_hint_needs_both_signs() {
+        let inputs = Inputs::from([("a.csv".to_owned(), "file_1".to_owned())]);
+        for stderr in [
+            "OSError: [Errno 30] Read-only file system: '/mnt/data/a.csv'",
+            "PermissionError: [Errno 13] Permission denied: '/mnt/data/a.csv'",
+            "OSError: [Errno 30] Read-only file system: '/mnt/inputs/a.csv'",
+        ] {
+            assert!(wrote_to_attachment(stderr, &inputs), "{stderr}");
+        }
+        for stderr in [
+            "Read-only file system: '/usr/lib/x'",
+            "Permission denied: '/mnt/data/other.csv'",
+            "wrote /mnt/data/a.csv",
+        ] {
+            assert!(!wrote_to_attachment(stderr, &inputs), "{stderr}");
+        }
+    }
+
+    #[test]
+    fn content_types() {
+        assert_eq!(
+            content_type_of("r.xlsx"),
+            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+        );
+        assert_eq!(content_type_of("r.csv"), "text/csv");
+        assert_eq!(content_type_of("r.pdf"), "application/pdf");
+        assert_eq!(content_type_of("noext"), "application/octet-stream");
+    }
+}

@@ -1,0 +1,139 @@
+//! Housekeeping of sandboxes and workspaces outside the run pipeline: start-up (interrupted
+//! runs, orphan sandboxes), shutdown, removal of a message's workspace or sandbox, and the
+//! operators' overview.
+
+use super::*;
+
+impl Supervisor {
+    /// Marks the runs this instance left `running` when it last stopped as failed. Call it at
+    /// start-up, before accepting runs. Returns how many there were.
+    pub async fn fail_interrupted_runs(&self) -> Result<u64> {
+        Ok(self
+            .catalog
+            .runs()
+            .fail_interrupted(
+                &self.instance,
+                "codebox stopped while the run was in progress",
+                &catalog::now(),
+            )
+            .await?)
+    }
+
+    /// Removes this instance's sandboxes that no message owns (left by a crash, or by a
+    /// catalog that was reset). Returns how many were removed. Sandboxes of other instances
+    /// on the same engine are never touched.
+    pub async fn reconcile(&self) -> Result<usize> {
+        let mut removed = 0;
+        for workspace_id in self.own_sandboxes().await? {
+            let owned = self
+                .catalog
+                .messages()
+                .by_workspace(&workspace_id)
+                .await?
+                .is_some();
+            if !owned {
+                self.runtime.release(&workspace_id).await?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Removes every sandbox of this instance, whatever message owns it; the workspaces stay,
+    /// and a later run of a message starts a new sandbox on the same files. Called when a
+    /// server stops. Returns how many were removed. Sandboxes of other instances on the same
+    /// engine are never touched.
+    pub async fn release_own_sandboxes(&self) -> Result<usize> {
+        let own = self.own_sandboxes().await?;
+        for workspace_id in &own {
+            self.runtime.release(workspace_id).await?;
+        }
+        Ok(own.len())
+    }
+
+    /// The workspace ids of this instance's sandboxes on the engine.
+    async fn own_sandboxes(&self) -> Result<Vec<String>> {
+        Ok(self
+            .runtime
+            .list()
+            .await?
+            .into_iter()
+            .filter(|sandbox| sandbox.instance.as_deref() == Some(self.instance.as_str()))
+            .map(|sandbox| sandbox.workspace_id)
+            .collect())
+    }
+
+    /// Removes the container and the workspace folder of one of `owner`'s messages now; its
+    /// registered files stay. A later run of the message starts from an empty workspace.
+    pub async fn delete_workspace(&self, owner: &Owner, message_id: &str) -> Result<()> {
+        let message = self.message(owner, message_id).await?;
+        let workspace = self.workspaces.get(&message.workspace_id)?;
+        let _lock = lock(&workspace).await?;
+        self.remove_workspace_locked(&workspace).await
+    }
+
+    /// Removes a workspace whose lock the caller holds: container, folder, and the lock file
+    /// last. The message's attachments stay attached: its next run places them again under
+    /// the same names.
+    pub(crate) async fn remove_workspace_locked(&self, workspace: &Workspace) -> Result<()> {
+        self.runtime.release(&workspace.id).await?;
+        self.workspaces.remove(&workspace.id)?;
+        workspace.remove_lock_file()?;
+        Ok(())
+    }
+
+    /// Every workspace this instance knows, of one tenant or (`None`) of all, least recently
+    /// used first, with the bytes removing it would free and its container's state: the
+    /// operators' view.
+    pub async fn workspace_overview(&self, tenant: Option<&str>) -> Result<Vec<WorkspaceOverview>> {
+        let containers: HashMap<String, bool> = self
+            .runtime
+            .list()
+            .await?
+            .into_iter()
+            .filter(|sandbox| sandbox.instance.as_deref() == Some(self.instance.as_str()))
+            .map(|sandbox| (sandbox.workspace_id, sandbox.running))
+            .collect();
+        let mut overview = Vec::new();
+        for message in self.catalog.messages().all().await? {
+            if tenant.is_some_and(|tenant| tenant != message.tenant) {
+                continue;
+            }
+            let workspace = self.workspaces.get(&message.workspace_id)?;
+            let exists = workspace.exists();
+            let container = match containers.get(&message.workspace_id) {
+                Some(true) => ContainerState::Running,
+                Some(false) => ContainerState::Stopped,
+                None => ContainerState::None,
+            };
+            overview.push(WorkspaceOverview {
+                bytes: if exists { workspace.bytes() } else { 0 },
+                exists,
+                container,
+                message,
+            });
+        }
+        Ok(overview)
+    }
+
+    /// Stops and removes the sandbox of `owner`'s message `message_id`, and unmounts its
+    /// workspace's file system, keeping the workspace's files: a later run of the message
+    /// mounts them again and starts a new sandbox on them. A process that ends after its run
+    /// (`codebox run`) calls it so that it leaves neither a container nor a loop device behind.
+    pub async fn release_sandbox(&self, owner: &Owner, message_id: &str) -> Result<()> {
+        let message = self.message(owner, message_id).await?;
+        let workspace = self.workspaces.get(&message.workspace_id)?;
+        // Under the lock: a run of the message in another process reads data/ on the host.
+        let _lock = lock(&workspace).await?;
+        self.runtime.release(&message.workspace_id).await?;
+        let data = workspace.data.clone();
+        tokio::task::spawn_blocking(move || crate::disk::unmount_data(&data))
+            .await
+            .map_err(|error| IoError {
+                action: "unmount",
+                path: workspace.data.clone(),
+                source: std::io::Error::other(error),
+            })??;
+        Ok(())
+    }
+}

@@ -690,6 +690,8 @@ impl Bench {
             language: "python".to_owned(),
             file_ids,
             timeout: None,
+            restart: false,
+            init_code: None,
         };
         self.supervisor
             .run(&self.owner, request, None)

@@ -188,6 +188,8 @@ pub async fn run(
                 language: "python".to_owned(),
                 file_ids,
                 timeout: args.timeout.map(Duration::from_secs),
+                restart: false,
+                init_code: None,
             },
             None,
         )
@@ -248,6 +250,26 @@ fn print_report(report: &codebox::RunReport, out: Option<&Path>) {
     eprint!("{}", run.stderr);
     if run.stderr_truncated {
         eprintln!("[stderr truncated]");
+    }
+    // The notebook's results: the last expression's value and the figures (errors are on
+    // stderr already, as their traceback).
+    for output in &run.outputs {
+        match output {
+            codebox::catalog::RunOutput::Result { data } => {
+                if let Some(text) = data.get("text/plain") {
+                    println!("Out: {text}");
+                }
+            }
+            codebox::catalog::RunOutput::Image { file_id } => {
+                let name = report
+                    .files
+                    .iter()
+                    .find(|file| &file.id == file_id)
+                    .map_or(file_id.as_str(), |file| file.name.as_str());
+                println!("Out: [figure {name}]");
+            }
+            codebox::catalog::RunOutput::Error { .. } => {}
+        }
     }
     println!();
     let exit = run

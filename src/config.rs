@@ -110,6 +110,16 @@ pub struct SandboxConfig {
     /// The most files and folders one workspace's `/mnt/data` may hold (with a
     /// loop-mounted file system, its inode count).
     pub disk_files: u64,
+    /// Modules every interpreter imports before it is ready, so that a cell using them does
+    /// not pay for the import; those the image lacks are skipped.
+    pub preload: Vec<String>,
+    /// Python run first in every fresh interpreter (a chat backend's kernel set-up: plot
+    /// styles, helper functions). A run may add its own (`init_code`), which runs after.
+    pub init_code: Option<String>,
+    /// Sandboxes kept started and ready for new messages, their interpreters warm: a new
+    /// message's first run takes one instead of starting a container. `0` turns the pool off.
+    /// Only `codebox serve` keeps a pool.
+    pub warm_pool: usize,
 }
 
 /// How a workspace's `/mnt/data` is held to `sandbox.disk_size` while code runs.
@@ -141,6 +151,12 @@ impl Default for SandboxConfig {
             disk_limit: DiskLimit::Auto,
             disk_size: ByteSize::gib(1),
             disk_files: 100_000,
+            preload: ["numpy", "pandas", "openpyxl", "matplotlib.pyplot"]
+                .map(String::from)
+                .to_vec(),
+            init_code: None,
+            // As many as runs may execute at once by default (`server.max_runs_in_flight`).
+            warm_pool: 4,
         }
     }
 }
@@ -171,6 +187,10 @@ pub struct Limits {
     pub max_snapshot_entries: usize,
     /// Largest upload or attachment.
     pub max_upload_bytes: ByteSize,
+    /// Most rich outputs (results, figures, errors) kept per run.
+    pub max_outputs: usize,
+    /// Largest figure kept, as PNG.
+    pub max_figure_bytes: ByteSize,
 }
 
 impl Default for Limits {
@@ -186,6 +206,8 @@ impl Default for Limits {
             max_path_bytes: 512,
             max_snapshot_entries: 20_000,
             max_upload_bytes: ByteSize::mib(512),
+            max_outputs: 50,
+            max_figure_bytes: ByteSize::mib(5),
         }
     }
 }
@@ -463,6 +485,17 @@ pub enum ConfigError {
     Inconsistent(String),
 }
 
+/// Whether `name` is a dotted Python module name (`matplotlib.pyplot`).
+fn is_module_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.split('.').all(|part| {
+            part.chars()
+                .next()
+                .is_some_and(|first| first.is_ascii_alphabetic() || first == '_')
+                && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+}
+
 impl Config {
     /// Loads defaults, then `file` if given (it must exist) or `codebox.toml` if present, then
     /// `CODEBOX_*` variables, then `overrides` (the command line's flags, serialized).
@@ -535,6 +568,11 @@ impl Config {
         }
         parse_user(&self.sandbox.user)
             .map_err(|reason| ConfigError::Inconsistent(format!("sandbox.user: {reason}")))?;
+        if let Some(module) = self.sandbox.preload.iter().find(|m| !is_module_name(m)) {
+            return Err(ConfigError::Inconsistent(format!(
+                "sandbox.preload: {module:?} is not a Python module name"
+            )));
+        }
         Ok(())
     }
 

@@ -106,7 +106,10 @@ async fn reap_containers(
         .map(|message| (message.workspace_id.as_str(), message))
         .collect();
     for sandbox in supervisor.runtime().list().await? {
-        if sandbox.instance.as_deref() != Some(supervisor.instance()) {
+        // A warm-pool slot belongs to no message yet, and is not idle: it waits for one.
+        if sandbox.instance.as_deref() != Some(supervisor.instance())
+            || supervisor.pool().holds(&sandbox.workspace_id)
+        {
             continue;
         }
         let idle = match by_workspace.get(sandbox.workspace_id.as_str()) {

@@ -1,9 +1,10 @@
 //! `codebox serve`: everything around the HTTP API that a long-running server does at start,
 //! in the background and at the end. Start-up checks that the engine sees the workspaces folder
 //! (bind mounts need a shared file system), marks runs interrupted by the last stop as failed,
-//! removes orphaned sandboxes, loads tokens and the link-signing secret, then serves; a reaper
-//! pass runs every `retention.reap_interval`. A graceful stop removes every sandbox this
-//! instance started (the workspaces stay).
+//! removes orphaned sandboxes and warm slots, loads tokens and the link-signing secret, then
+//! serves; a reaper pass runs every `retention.reap_interval`, and the warm pool is kept full
+//! in the background. A graceful stop removes the warm slots and every sandbox this instance
+//! started (the messages' workspaces stay).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -45,6 +46,10 @@ pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
     if removed > 0 {
         tracing::info!(removed, "removed sandboxes that no message owns");
     }
+    let stale = supervisor.clear_pool().await?;
+    if stale > 0 {
+        tracing::info!(stale, "removed warm sandboxes left by the last stop");
+    }
     let config = supervisor.config();
     let tokens = if config.server.tokens.is_empty() {
         development_tokens(&config.data_dir)?
@@ -74,8 +79,14 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let state = prepare(config).await?;
     eprintln!("codebox: listening on http://{address}");
     let reaper = tokio::spawn(reap_forever(state.supervisor.clone()));
+    let pool = tokio::spawn(state.supervisor.clone().keep_pool_warm());
     let served = api::serve(listener, state.clone(), shutdown_signal()).await;
     reaper.abort();
+    pool.abort();
+    let _ = pool.await;
+    if let Err(error) = state.supervisor.clear_pool().await {
+        tracing::error!(%error, "could not remove the warm sandboxes");
+    }
     // A stopped server's sandboxes would run on for good, holding memory and processes: they
     // go now. Their workspaces stay, and the next run of each message starts a new sandbox on
     // the same files.

@@ -61,6 +61,9 @@ pub struct Workspace {
 /// The folder that holds the lock files, inside the workspaces folder.
 const LOCKS: &str = ".locks";
 
+/// The folder that marks which workspaces are warm-pool slots, inside the workspaces folder.
+const POOL: &str = ".pool";
+
 impl Workspaces {
     /// Opens (creating it if needed) the folder that holds every workspace. Its path is made
     /// absolute because Docker bind mounts need absolute host paths. `sandbox_owner` is the
@@ -137,6 +140,48 @@ impl Workspaces {
             }
             _ => Ok(false),
         }
+    }
+
+    /// Marks the workspace `id` as a warm-pool slot (see `supervisor/pool.rs`).
+    pub fn mark_pool_slot(&self, id: &str) -> Result<(), IoError> {
+        let marks = self.root.join(POOL);
+        fs::create_dir_all(&marks).with_path("create", &marks)?;
+        let mark = self.pool_mark(id)?;
+        File::create(&mark).with_path("create", &mark)?;
+        Ok(())
+    }
+
+    /// Removes the warm-pool mark of `id`, if it has one.
+    pub fn unmark_pool_slot(&self, id: &str) -> Result<(), IoError> {
+        let mark = self.pool_mark(id)?;
+        match fs::remove_file(&mark) {
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other.with_path("remove", &mark),
+        }
+    }
+
+    /// Every workspace marked as a warm-pool slot.
+    pub fn pool_slots(&self) -> Result<Vec<String>, IoError> {
+        let marks = self.root.join(POOL);
+        let entries = match fs::read_dir(&marks) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(error) => return Err(error).with_path("list", &marks),
+        };
+        let mut slots = Vec::new();
+        for entry in entries {
+            let entry = entry.with_path("list", &marks)?;
+            if let Some(id) = entry.file_name().to_str() {
+                slots.push(id.to_owned());
+            }
+        }
+        Ok(slots)
+    }
+
+    fn pool_mark(&self, id: &str) -> Result<PathBuf, IoError> {
+        // The same checks as a workspace's own path.
+        self.get(id)?;
+        Ok(self.root.join(POOL).join(id))
     }
 
     /// Deletes a workspace's folders, unmounting its `data/` first. A workspace that is

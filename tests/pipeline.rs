@@ -392,9 +392,9 @@ else:
     let mut seen = Vec::new();
     for _ in 0..3 {
         let report = env.run("m-swapper", &code("True"), &[]).await;
-        // Killing the wrapper reads as the run being killed.
-        assert_status(&report, RunStatus::Killed);
-        assert_eq!(report.run.reason.as_deref(), Some("killed by SIGKILL"));
+        // The code's parent is the container's init, which ignores the kill: the run ends
+        // normally, and the swapper it left behind is swept.
+        assert_status(&report, RunStatus::Succeeded);
         assert_eq!(report.run.stdout, "swapping\n", "{:?}", report.run);
         seen.extend(report.files.iter().map(|file| file.path.clone()));
         seen.extend(report.run.truncated.iter().map(|t| t.path.clone()));

@@ -123,13 +123,19 @@ async fn a_graceful_stop_removes_the_sandboxes_and_keeps_the_workspaces() {
         .await;
         assert_eq!(run["status"], "succeeded", "{run}");
     }
-    assert_eq!(containers_of(instance.trim()).len(), 2);
+    // The messages' sandboxes, and the warm pool's.
+    assert!(containers_of(instance.trim()).len() >= 2);
     stop(server).await;
     assert_eq!(
         containers_of(instance.trim()),
         Vec::<String>::new(),
         "a stopped server left its sandboxes running"
     );
+    let slots = data_dir.join("workspaces").join(".pool");
+    let left = std::fs::read_dir(&slots)
+        .map(|entries| entries.count())
+        .unwrap_or(0);
+    assert_eq!(left, 0, "a stopped server left warm workspaces");
 
     // The workspaces stayed: a new start runs the same message on the same files.
     let (server, url) = start(&config).await;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::catalog::{FileRecord, RunRecord};
+use crate::catalog::{FileRecord, KernelState, RunOutput, RunRecord};
 use crate::supervisor::RunReport;
 
 /// A stored file, as the API shows it.
@@ -24,8 +24,9 @@ pub struct File {
     pub content_type: String,
     /// Hex sha256 of the bytes.
     pub sha256: String,
-    /// `upload` or `code_execution`.
-    #[schema(value_type = String, pattern = "^(upload|code_execution)$")]
+    /// `upload`, `code_execution`, or `figure` (a figure the interpreter returned; it has no
+    /// `path`, since it is not in `/mnt/data`).
+    #[schema(value_type = String, pattern = "^(upload|code_execution|figure)$")]
     pub source: &'static str,
     /// The chat, if any.
     pub chat_id: Option<String>,
@@ -103,6 +104,88 @@ pub struct Run {
     pub truncated: Vec<Truncation>,
     /// When the run started (RFC 3339 UTC).
     pub created_at: String,
+    /// Rich results in order, as a notebook shows them.
+    pub outputs: Vec<Output>,
+    /// The interpreter the run ran in; `null` for runs that did not reach it.
+    pub kernel: Option<Kernel>,
+}
+
+/// A rich output of a run: the last expression's value, a figure, or an exception.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Output {
+    /// The value of the last expression (or something displayed), by MIME type:
+    /// `text/plain`, and `text/html` for a DataFrame.
+    Result {
+        /// Renderings by MIME type.
+        data: BTreeMap<String, String>,
+    },
+    /// A figure, registered as a PNG file (`source: "figure"`).
+    Image {
+        /// The registered PNG.
+        file: Box<File>,
+    },
+    /// An exception.
+    Error {
+        /// Its type's name.
+        ename: String,
+        /// Its message.
+        evalue: String,
+        /// The traceback, line by line.
+        traceback: Vec<String>,
+    },
+}
+
+impl Output {
+    /// The API view of a stored output; a figure whose file is not among `files` (deleted
+    /// since) is left out.
+    pub fn new(
+        output: &RunOutput,
+        files: &[FileRecord],
+        url_for: &impl Fn(&FileRecord) -> Option<String>,
+    ) -> Option<Self> {
+        Some(match output {
+            RunOutput::Result { data } => Self::Result { data: data.clone() },
+            RunOutput::Image { file_id } => {
+                let file = files.iter().find(|file| &file.id == file_id)?;
+                Self::Image {
+                    file: Box::new(File::new(file, url_for(file))),
+                }
+            }
+            RunOutput::Error {
+                ename,
+                evalue,
+                traceback,
+            } => Self::Error {
+                ename: ename.clone(),
+                evalue: evalue.clone(),
+                traceback: traceback.clone(),
+            },
+        })
+    }
+}
+
+/// The interpreter a run ran in.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Kernel {
+    /// The run's number in its interpreter (1 for the first).
+    pub execution_count: u64,
+    /// Whether the interpreter is a fresh one, not the one the message's earlier runs used.
+    pub restarted: bool,
+    /// Why it was restarted: `timeout`, `crashed`, `memory`, `requested`; `null` when codebox
+    /// released the old one (idle, or codebox restarted).
+    #[schema(value_type = Option<String>, pattern = "^(timeout|crashed|memory|requested)$")]
+    pub reason: Option<String>,
+}
+
+impl From<&KernelState> for Kernel {
+    fn from(state: &KernelState) -> Self {
+        Self {
+            execution_count: state.execution_count,
+            restarted: state.restarted,
+            reason: state.reason.clone(),
+        }
+    }
 }
 
 impl Run {
@@ -135,6 +218,12 @@ impl Run {
                 })
                 .collect(),
             created_at: run.created_at.clone(),
+            outputs: run
+                .outputs
+                .iter()
+                .filter_map(|output| Output::new(output, &report.files, &url_for))
+                .collect(),
+            kernel: run.kernel.as_ref().map(Kernel::from),
         }
     }
 }
@@ -163,6 +252,13 @@ pub struct RunCreate {
     #[serde(default, deserialize_with = "whole_seconds")]
     #[schema(minimum = 1)]
     pub timeout_secs: Option<u64>,
+    /// Start this run in a fresh interpreter (the message's variables are gone).
+    #[serde(default)]
+    pub restart: bool,
+    /// Python run first when the interpreter is fresh (after the configured `init_code`);
+    /// ignored when the message's interpreter is live.
+    #[serde(default)]
+    pub init_code: Option<String>,
 }
 
 /// Reads a whole number of seconds, also when written as a JSON float such as `30.0` (JSON

@@ -1,5 +1,6 @@
 //! `/v1/runs`: execute code for a message, answered as one JSON `Run` or, with
-//! `Accept: text/event-stream`, as server-sent events `stdout`, `stderr`, `file` and `done`.
+//! `Accept: text/event-stream`, as server-sent events `stdout`, `stderr`, `output`, `file` and
+//! `done`.
 //!
 //! Every run passes the [`super::RunLimiter`] first: past the queue it is refused with 503 and
 //! `Retry-After` before anything is claimed or written. A streamed run keeps going when its
@@ -19,7 +20,7 @@ use tokio::sync::mpsc;
 
 use super::AppState;
 use super::auth::UserCaller;
-use super::dto::{OutputEvent, Run, RunCreate};
+use super::dto::{Output, OutputEvent, Run, RunCreate};
 use super::error::{ApiError, ApiResult, ErrorBody};
 use crate::supervisor::{AcceptedRun, RunEvent, RunReport, RunRequest};
 
@@ -33,7 +34,8 @@ use crate::supervisor::{AcceptedRun, RunEvent, RunReport, RunRequest};
     request_body = RunCreate,
     responses(
         (status = 200, description = "The run finished (a non-zero exit is still 200). With \
-            `Accept: text/event-stream`: events `stdout`/`stderr` {text}, `file` {File}, `done` {Run}.",
+            `Accept: text/event-stream`: events `stdout`/`stderr` {text}, `output` {an entry of \
+            `outputs`}, `file` {File}, `done` {Run}.",
             body = Run),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, description = "The message or a file belongs to someone else", body = ErrorBody),
@@ -59,6 +61,8 @@ pub async fn create_run(
             Some(seconds) => Some(Duration::from_secs(seconds)),
             None => None,
         },
+        restart: body.restart,
+        init_code: body.init_code,
     };
     let permit = state
         .limiter
@@ -121,6 +125,13 @@ fn stream_run(
                 RunEvent::Stdout(text) => json_event("stdout", &OutputEvent { text }),
                 RunEvent::Stderr(text) => json_event("stderr", &OutputEvent { text }),
                 RunEvent::File(file) => json_event("file", &state.file_dto(&file)),
+                RunEvent::Output(output, file) => {
+                    let files: Vec<_> = file.map(|file| *file).into_iter().collect();
+                    match Output::new(&output, &files, &|file| Some(state.download_url(file))) {
+                        Some(output) => json_event("output", &output),
+                        None => continue,
+                    }
+                }
             };
             let _ = sse_tx.send(event).await;
         }

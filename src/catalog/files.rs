@@ -15,6 +15,8 @@ pub enum FileSource {
     Upload,
     /// A run wrote it.
     CodeExecution,
+    /// A run drew it: a figure the interpreter returned.
+    Figure,
 }
 
 impl FileSource {
@@ -23,6 +25,7 @@ impl FileSource {
         match self {
             Self::Upload => "upload",
             Self::CodeExecution => "code_execution",
+            Self::Figure => "figure",
         }
     }
 }
@@ -34,6 +37,7 @@ impl TryFrom<String> for FileSource {
         match value.as_str() {
             "upload" => Ok(Self::Upload),
             "code_execution" => Ok(Self::CodeExecution),
+            "figure" => Ok(Self::Figure),
             other => Err(format!("unknown file source {other:?}")),
         }
     }
@@ -164,7 +168,7 @@ impl<'a> Files<'a> {
         let sql = format!(
             "SELECT {COLUMNS} FROM files \
              WHERE tenant = $1 AND user_id = $2 AND message_id = $3 AND deleted_at IS NULL \
-             AND (source = 'code_execution' OR $4 = 1) ORDER BY created_at, id"
+             AND (source <> 'upload' OR $4 = 1) ORDER BY created_at, id"
         );
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(&owner.tenant)
@@ -184,7 +188,7 @@ impl<'a> Files<'a> {
         let sql = format!(
             "SELECT {COLUMNS} FROM files \
              WHERE tenant = $1 AND user_id = $2 AND chat_id = $3 AND deleted_at IS NULL \
-             AND source = 'code_execution' ORDER BY created_at, id"
+             AND source <> 'upload' ORDER BY created_at, id"
         );
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(&owner.tenant)

@@ -18,7 +18,7 @@ use sqlx::{AnyPool, Executor};
 pub use attachments::{AttachmentRecord, Attachments};
 pub use files::{FileRecord, FileSource, Files};
 pub use messages::{MessageRecord, Messages};
-pub use runs::{RunRecord, RunStatus, Runs, Truncation};
+pub use runs::{KernelState, RunOutput, RunRecord, RunStatus, Runs, Truncation};
 
 /// Who acts: a tenant (from the caller's token) and one of its end users.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -1,6 +1,8 @@
 //! The `runs` table: one row per execution, written when it starts (status `running`) and
 //! completed when it ends, so that a crash leaves a visible trace instead of nothing.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use sqlx::AnyPool;
 
@@ -55,6 +57,43 @@ pub struct Truncation {
     pub reason: String,
 }
 
+/// A rich output of a run, as stored: a notebook's result, figure or error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RunOutput {
+    /// The value of the last expression, or something displayed, by MIME type.
+    Result {
+        /// `text/plain`, and `text/html` or `text/markdown` where the value has them.
+        data: BTreeMap<String, String>,
+    },
+    /// A figure, registered as a file.
+    Image {
+        /// The registered PNG.
+        file_id: String,
+    },
+    /// An exception.
+    Error {
+        /// Its type's name.
+        ename: String,
+        /// Its message.
+        evalue: String,
+        /// The traceback's lines.
+        traceback: Vec<String>,
+    },
+}
+
+/// The interpreter a run ran in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelState {
+    /// The run's number in its interpreter (1 for the first).
+    pub execution_count: u64,
+    /// Whether the interpreter is not the one the message's earlier runs used.
+    pub restarted: bool,
+    /// Why, when restarted: `timeout`, `crashed`, `memory`, `requested`, or none when codebox
+    /// released it (idle, or a restart of codebox).
+    pub reason: Option<String>,
+}
+
 /// One run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunRecord {
@@ -92,6 +131,11 @@ pub struct RunRecord {
     pub created_at: String,
     /// When the run ended.
     pub finished_at: Option<String>,
+    /// Rich outputs, in order.
+    pub outputs: Vec<RunOutput>,
+    /// The interpreter it ran in; `None` until it ran (and for runs recorded before codebox
+    /// kept interpreters).
+    pub kernel: Option<KernelState>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -113,6 +157,8 @@ struct RunRow {
     duration_ms: i64,
     created_at: String,
     finished_at: Option<String>,
+    outputs: Option<String>,
+    kernel: Option<String>,
 }
 
 impl TryFrom<RunRow> for RunRecord {
@@ -128,7 +174,21 @@ impl TryFrom<RunRow> for RunRecord {
             .ok_or_else(|| corrupt(format!("unknown status {:?}", row.status)))?;
         let truncated = serde_json::from_str(&row.truncated)
             .map_err(|error| corrupt(format!("truncated: {error}")))?;
+        let outputs = match &row.outputs {
+            Some(text) => {
+                serde_json::from_str(text).map_err(|error| corrupt(format!("outputs: {error}")))?
+            }
+            None => Vec::new(),
+        };
+        let kernel = match &row.kernel {
+            Some(text) => Some(
+                serde_json::from_str(text).map_err(|error| corrupt(format!("kernel: {error}")))?,
+            ),
+            None => None,
+        };
         Ok(Self {
+            outputs,
+            kernel,
             status,
             truncated,
             stdout_truncated: row.stdout_truncated != 0,
@@ -157,7 +217,7 @@ pub struct Runs<'a> {
 
 const COLUMNS: &str = "id, tenant, user_id, chat_id, message_id, language, status, exit_code, \
     reason, stdout, stderr, stdout_truncated, stderr_truncated, truncated, duration_ms, \
-    created_at, finished_at";
+    created_at, finished_at, outputs, kernel";
 
 impl<'a> Runs<'a> {
     pub(super) fn new(pool: &'a AnyPool) -> Self {
@@ -219,7 +279,7 @@ impl<'a> Runs<'a> {
         sqlx::query(
             "UPDATE runs SET status = $2, exit_code = $3, reason = $4, stdout = $5, stderr = $6, \
              stdout_truncated = $7, stderr_truncated = $8, truncated = $9, duration_ms = $10, \
-             finished_at = $11 WHERE id = $1",
+             finished_at = $11, outputs = $12, kernel = $13 WHERE id = $1",
         )
         .bind(&run.id)
         .bind(run.status.as_str())
@@ -232,9 +292,26 @@ impl<'a> Runs<'a> {
         .bind(truncated_json(&run.truncated))
         .bind(run.duration_ms)
         .bind(&run.finished_at)
+        .bind(to_json(&run.outputs))
+        .bind(run.kernel.as_ref().map(to_json))
         .execute(self.pool)
         .await?;
         Ok(())
+    }
+
+    /// How many runs of the message `message_id` of `tenant` were recorded.
+    pub async fn count_of_message(
+        &self,
+        tenant: &str,
+        message_id: &str,
+    ) -> Result<i64, CatalogError> {
+        let (count,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM runs WHERE tenant = $1 AND message_id = $2")
+                .bind(tenant)
+                .bind(message_id)
+                .fetch_one(self.pool)
+                .await?;
+        Ok(count)
     }
 
     /// The run `id` if `owner` owns it.
@@ -254,4 +331,9 @@ impl<'a> Runs<'a> {
 fn truncated_json(truncated: &[Truncation]) -> String {
     // Serializing a list of plain string pairs cannot fail.
     serde_json::to_string(truncated).unwrap_or_else(|_| "[]".to_owned())
+}
+
+/// JSON text of plain data (strings, numbers, maps with string keys), which cannot fail.
+fn to_json(value: &impl Serialize) -> String {
+    serde_json::to_string(value).unwrap_or_default()
 }

@@ -1,38 +1,40 @@
 //! [`DockerRuntime`]: one long-lived, hardened container per workspace on a Docker engine
-//! (bollard, API version negotiated so that old engines speaking 1.41 work).
+//! (bollard, API version negotiated so that old engines speaking 1.41 work), whose main
+//! process (under the engine's init) is the runner: the message's live interpreter.
 //!
-//! The container's main process only sleeps; each run is an `exec` of the interpreter with
-//! the code on standard input, so nothing is written into `/mnt/data` but what the code
-//! writes itself. Docker cannot kill an exec, and nothing inside the sandbox can be trusted to
-//! clean up after the code, so every process a run leaves behind, and every process of a run
-//! that timed out, is killed from the host through the container's control group
-//! ([`super::cgroup`]); where that group is not visible, the container itself is killed and
-//! the next run starts it again.
+//! The supervisor talks to the runner over the container's own attached stdio
+//! ([`super::kernel`]), attached before the container starts so that nothing it says is
+//! missed. Nothing inside the sandbox can be trusted to clean up after the code, which now runs
+//! in the runner's own process, so enforcement is from outside: a deadline sends SIGINT through
+//! the engine (the init forwards it to the runner as KeyboardInterrupt) and kills the container
+//! when the cell does not stop; every process a cell leaves behind is killed from the host
+//! through the container's control group ([`super::cgroup`]), sparing only the init and the
+//! runner; where that group is not visible, a container with leftovers is killed and the next
+//! cell gets a fresh interpreter.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
-use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{
     ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType, ResourcesUlimits,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
-    RemoveContainerOptionsBuilder,
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, KillContainerOptionsBuilder,
+    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
 };
 use futures::StreamExt;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use super::cgroup::Cgroup;
+use super::kernel::{Enforcer, Kernel, RawOutput};
 use super::{
-    ExecOutcome, ExecRequest, OutputChunk, Runtime, RuntimeError, SANDBOX_DATA, SANDBOX_INPUTS,
-    SandboxInfo, SandboxSpec,
+    ExecOutcome, ExecRequest, KernelEnd, KernelStart, OutputChunk, Runtime, RuntimeError,
+    SANDBOX_DATA, SANDBOX_INPUTS, SandboxInfo, SandboxSpec,
 };
 use crate::config::SandboxConfig;
 
@@ -43,7 +45,11 @@ pub const WORKSPACE_LABEL: &str = "codebox.workspace";
 /// The label that names the codebox instance a container belongs to.
 pub const INSTANCE_LABEL: &str = "codebox.instance";
 
-/// Environment of every run: unbuffered output so that nothing is lost when a run is killed,
+/// The runner, started as `python3 -c <source>`: it needs nothing from the image but Python,
+/// so every image with a `python3` can serve, and a new runner needs no image rebuild.
+const RUNNER_SOURCE: &str = include_str!("../../images/python/runner.py");
+
+/// Environment of the runner: unbuffered output so that nothing is lost when it is killed,
 /// and a writable home and cache in `/tmp` because the root file system is read-only.
 const RUN_ENV: [&str; 5] = [
     "HOME=/tmp",
@@ -53,27 +59,30 @@ const RUN_ENV: [&str; 5] = [
     "MPLCONFIGDIR=/tmp/matplotlib",
 ];
 
-/// The run's command: the interpreter reads the code from standard input.
-const RUN_COMMAND: [&str; 2] = ["python3", "-"];
+/// The user of the short-lived probe container of [`Runtime::check_host_folder`]: nobody.
+const PROBE_USER: &str = "65534:65534";
 
-/// Prints the memory cgroup's OOM-kill counter (cgroup v2 and v1 layouts).
-const OOM_COUNTER_SCRIPT: &str =
-    "cat /sys/fs/cgroup/memory.events /sys/fs/cgroup/memory/memory.oom_control 2>/dev/null";
-
-/// The user of the container's main process. It differs from the user code runs as, so that
-/// the code's user can never signal it and stop the container, and so that the sweep after
-/// each run can tell it from what the code started (code cannot change its uid: no
-/// capabilities, `no-new-privileges`).
-const KEEPER_USER: &str = "65534:65534";
-/// The uid of [`KEEPER_USER`].
-const KEEPER_UID: u32 = 65534;
-
-/// How many processes a sandbox has between runs, as the engine counts them: its init and the
-/// keeper.
+/// How many processes a sandbox has between cells, as the engine counts them: its init and
+/// the runner.
 const IDLE_PROCESSES: usize = 2;
 
-/// How long output may keep coming after the timeout kill before the container is killed.
-const DRAIN_AFTER_KILL: Duration = Duration::from_secs(3);
+/// How long a fresh interpreter may take to import what it preloads and say it is ready.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long a container that lost its interpreter may take to stop by itself before it is
+/// killed.
+const STOP_WAIT: Duration = Duration::from_secs(2);
+
+/// A sandbox's live interpreter and what the host knows of its processes.
+struct Live {
+    kernel: tokio::sync::Mutex<Kernel>,
+    /// The container's control group, when visible from here.
+    cgroup: Option<Cgroup>,
+    /// The runner's host PID, spared by the sweep after each cell.
+    runner_pid: Option<i32>,
+    /// OOM kills already accounted for, so that a new one can be told from an old one.
+    oom_seen: Mutex<u64>,
+}
 
 /// A runtime on a Docker engine.
 pub struct DockerRuntime {
@@ -81,11 +90,10 @@ pub struct DockerRuntime {
     config: SandboxConfig,
     /// The `uid:gid` code runs as.
     user: String,
-    /// Per container: the OOM-kill count already accounted for, so that a new kill can be
-    /// told apart from an old one.
-    oom_seen: Mutex<HashMap<String, u64>>,
-    /// Per running container: its control group on this host, when visible.
-    cgroups: Mutex<HashMap<String, Cgroup>>,
+    /// Per container: its live interpreter.
+    live: Mutex<HashMap<String, Arc<Live>>>,
+    /// Per container: why its last interpreter ended, until the next one starts.
+    ended: Mutex<HashMap<String, KernelEnd>>,
 }
 
 impl DockerRuntime {
@@ -93,11 +101,6 @@ impl DockerRuntime {
     /// version and checks that the engine answers and has the image. `user` is the `uid:gid`
     /// code runs as.
     pub async fn connect(config: &SandboxConfig, user: String) -> Result<Self, RuntimeError> {
-        if user.split(':').next() == Some(&KEEPER_UID.to_string()) {
-            return Err(RuntimeError::Unreachable(format!(
-                "code may not run as uid {KEEPER_UID}: it is the sandbox's own keeper process"
-            )));
-        }
         let docker = connect_engine().await?;
         match docker.inspect_image(&config.image).await {
             Ok(_) => {}
@@ -110,8 +113,8 @@ impl DockerRuntime {
             docker,
             config: config.clone(),
             user,
-            oom_seen: Mutex::new(HashMap::new()),
-            cgroups: Mutex::new(HashMap::new()),
+            live: Mutex::new(HashMap::new()),
+            ended: Mutex::new(HashMap::new()),
         })
     }
 
@@ -145,16 +148,24 @@ impl DockerRuntime {
                 self.config.tmpfs_size.as_u64()
             ),
         )]);
+        let mut env: Vec<String> = RUN_ENV.iter().map(|v| (*v).to_owned()).collect();
+        env.push(format!("CODEBOX_PRELOAD={}", self.config.preload.join(",")));
         ContainerCreateBody {
             image: Some(self.config.image.clone()),
-            user: Some(KEEPER_USER.to_owned()),
+            user: Some(self.user.clone()),
             working_dir: Some(SANDBOX_DATA.to_owned()),
-            // The main process only keeps the container alive; runs are execs.
-            entrypoint: Some(vec!["sleep".to_owned()]),
-            cmd: Some(vec!["infinity".to_owned()]),
-            env: Some(RUN_ENV.iter().map(|v| (*v).to_owned()).collect()),
+            entrypoint: Some(vec!["python3".to_owned()]),
+            cmd: Some(vec!["-c".to_owned(), RUNNER_SOURCE.to_owned()]),
+            env: Some(env),
             labels: Some(labels),
             network_disabled: Some(true),
+            // Standard input stays open across attachments: it is the runner's channel.
+            open_stdin: Some(true),
+            stdin_once: Some(false),
+            attach_stdin: Some(true),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            tty: Some(false),
             host_config: Some(HostConfig {
                 mounts: Some(vec![
                     bind(&spec.host_data, SANDBOX_DATA, false),
@@ -175,6 +186,7 @@ impl DockerRuntime {
                     soft: Some(self.config.nofile),
                     hard: Some(self.config.nofile),
                 }]),
+                // The init forwards the engine's SIGINT to the runner and reaps orphans.
                 init: Some(true),
                 log_config: Some(HostConfigLogConfig {
                     typ: Some("none".to_owned()),
@@ -187,177 +199,255 @@ impl DockerRuntime {
         }
     }
 
-    /// The control group of a running container on this host, found from its init's PID and
-    /// kept until the container is started again or released. `None` when codebox cannot see
-    /// it (another PID namespace), or the container does not run.
-    async fn cgroup(&self, container: &str) -> Option<Cgroup> {
-        if let Some(cgroup) = self
-            .cgroups
+    fn live_of(&self, container: &str) -> Option<Arc<Live>> {
+        self.live
             .lock()
             .ok()
-            .and_then(|groups| groups.get(container).cloned())
-        {
-            return Some(cgroup);
+            .and_then(|live| live.get(container).cloned())
+    }
+
+    fn forget(&self, container: &str) -> Option<Arc<Live>> {
+        self.live
+            .lock()
+            .ok()
+            .and_then(|mut live| live.remove(container))
+    }
+
+    fn set_ended(&self, container: &str, end: KernelEnd) {
+        if let Ok(mut ended) = self.ended.lock() {
+            ended.insert(container.to_owned(), end);
         }
-        let inspected = self.docker.inspect_container(container, None).await.ok()?;
-        let pid = inspected.state.and_then(|state| state.pid)?;
-        let pid = i32::try_from(pid).ok().filter(|pid| *pid > 0)?;
-        let cgroup = match Cgroup::of_process(pid) {
-            Ok(cgroup) => cgroup,
-            Err(error) => {
-                tracing::debug!(%container, %error, "the sandbox's control group is not visible");
-                return None;
+    }
+
+    fn take_ended(&self, container: &str) -> Option<KernelEnd> {
+        self.ended
+            .lock()
+            .ok()
+            .and_then(|mut ended| ended.remove(container))
+    }
+
+    /// Creates the container unless it exists; stops one that runs an interpreter this
+    /// process has no channel to (codebox restarted), whose state is unknown.
+    async fn stopped_container(&self, spec: &SandboxSpec, name: &str) -> Result<(), RuntimeError> {
+        match self.docker.inspect_container(name, None).await {
+            Ok(existing) => {
+                let running = existing
+                    .state
+                    .as_ref()
+                    .and_then(|state| state.running)
+                    .unwrap_or(false);
+                if running {
+                    kill_container(self.docker.clone(), name.to_owned(), "SIGKILL").await;
+                    self.wait_stopped(name, None).await;
+                }
+                return Ok(());
             }
-        };
-        if let Ok(mut groups) = self.cgroups.lock() {
-            groups.insert(container.to_owned(), cgroup.clone());
-        }
-        Some(cgroup)
-    }
-
-    fn forget_cgroup(&self, container: &str) {
-        if let Ok(mut groups) = self.cgroups.lock() {
-            groups.remove(container);
-        }
-    }
-
-    /// Kills whatever a finished run left running. Through the control group when visible;
-    /// otherwise the engine counts the container's processes, and a container with more than
-    /// its idle ones is killed.
-    async fn sweep_after_run(&self, container: &str) -> Result<(), RuntimeError> {
-        if let Some(cgroup) = self.cgroup(container).await {
-            kill_run_processes(self.docker.clone(), container.to_owned(), Some(cgroup)).await;
-            return Ok(());
-        }
-        let top = match self.docker.top_processes(container, None).await {
-            Ok(top) => top,
-            // Already gone (the timeout killed it): nothing is left.
-            Err(error) if matches!(status_of(&error), Some(404 | 409)) => return Ok(()),
+            Err(error) if status_of(&error) == Some(404) => {}
             Err(error) => return Err(error.into()),
-        };
-        if top.processes.unwrap_or_default().len() > IDLE_PROCESSES {
-            kill_container(self.docker.clone(), container.to_owned()).await;
         }
-        Ok(())
-    }
-
-    /// Runs a short command in the container as the sandbox user and returns its stdout.
-    async fn exec_capture(&self, container: &str, script: &str) -> Result<String, RuntimeError> {
-        exec_capture(&self.docker, container, &self.user, script).await
-    }
-
-    /// The container's OOM-kill counter, or `None` where the cgroup files are not visible.
-    async fn oom_kills(&self, container: &str) -> Option<u64> {
-        if let Some(count) = self
-            .cgroup(container)
+        let options = CreateContainerOptionsBuilder::default().name(name).build();
+        match self
+            .docker
+            .create_container(Some(options), self.create_body(spec))
             .await
-            .and_then(|cgroup| cgroup.oom_kills())
         {
-            return Some(count);
+            Ok(_) => Ok(()),
+            Err(error) if status_of(&error) == Some(404) => {
+                Err(RuntimeError::ImageMissing(self.config.image.clone()))
+            }
+            Err(error) => Err(error.into()),
         }
-        let text = self
-            .exec_capture(container, OOM_COUNTER_SCRIPT)
-            .await
-            .ok()?;
-        text.lines().find_map(|line| {
-            let mut words = line.split_whitespace();
-            match (words.next(), words.next()) {
-                (Some("oom_kill"), Some(count)) => count.parse().ok(),
+    }
+
+    /// Waits until the container does not run, for at most `limit` (unbounded: `None`).
+    async fn wait_stopped(&self, name: &str, limit: Option<Duration>) -> bool {
+        let options = WaitContainerOptionsBuilder::default()
+            .condition("not-running")
+            .build();
+        let mut waits = self.docker.wait_container(name, Some(options));
+        let waited = async { waits.next().await };
+        match limit {
+            Some(limit) => tokio::time::timeout(limit, waited).await.is_ok(),
+            None => {
+                waited.await;
+                true
+            }
+        }
+    }
+
+    /// Attaches to a stopped container's stdio, starts it and waits for its runner.
+    async fn start_interpreter(&self, name: &str) -> Result<Live, RuntimeError> {
+        let options = AttachContainerOptionsBuilder::default()
+            .stdin(true)
+            .stdout(true)
+            .stderr(true)
+            .stream(true)
+            .logs(false)
+            .build();
+        let attached = self.docker.attach_container(name, Some(options)).await?;
+        let output = attached.output.filter_map(|item| async move {
+            match item {
+                Ok(LogOutput::StdOut { message }) => Some(Ok(RawOutput::Channel(message))),
+                Ok(LogOutput::StdErr { message }) => Some(Ok(RawOutput::Diagnostic(message))),
+                Ok(LogOutput::StdIn { .. } | LogOutput::Console { .. }) => None,
+                Err(error) => Some(Err(error.to_string())),
+            }
+        });
+        let mut kernel = Kernel::attach(attached.input, output);
+        if let Err(error) = self.docker.start_container(name, None).await {
+            // 304: started already (a concurrent start of the same container).
+            if status_of(&error) != Some(304) {
+                return Err(error.into());
+            }
+        }
+        if let Err(why) = kernel.ready(START_TIMEOUT).await {
+            kill_container(self.docker.clone(), name.to_owned(), "SIGKILL").await;
+            let diagnostics = kernel.diagnostics();
+            return Err(RuntimeError::Sandbox {
+                workspace_id: name.to_owned(),
+                reason: if diagnostics.is_empty() {
+                    why
+                } else {
+                    format!("{why}: {}", diagnostics.trim())
+                },
+            });
+        }
+        // Right after `ready` the group holds the init and the runner, nothing else: no cell
+        // has run yet.
+        let cgroup = self.cgroup_of(name).await;
+        let runner_pid = cgroup.as_ref().and_then(|cgroup| {
+            let others: Vec<i32> = cgroup
+                .pids()
+                .ok()?
+                .into_iter()
+                .filter(|pid| *pid != cgroup.init_pid)
+                .collect();
+            match others.as_slice() {
+                [runner] => Some(*runner),
                 _ => None,
             }
+        });
+        let oom_seen = cgroup
+            .as_ref()
+            .and_then(|cgroup| cgroup.oom_kills())
+            .unwrap_or(0);
+        Ok(Live {
+            kernel: tokio::sync::Mutex::new(kernel),
+            cgroup,
+            runner_pid,
+            oom_seen: Mutex::new(oom_seen),
         })
     }
 
-    /// Records the current OOM-kill count of a container this process did not create, so
-    /// that kills from before are not blamed on the next run.
-    async fn remember_oom_baseline(&self, container: &str) {
-        if self.oom_seen_get(container).is_none() {
-            let count = self.oom_kills(container).await.unwrap_or(0);
-            self.oom_seen_set(container, count);
+    /// The control group of a running container on this host; `None` when codebox cannot see
+    /// it (another PID namespace), or the container does not run.
+    async fn cgroup_of(&self, container: &str) -> Option<Cgroup> {
+        let inspected = self.docker.inspect_container(container, None).await.ok()?;
+        let pid = inspected.state.and_then(|state| state.pid)?;
+        let pid = i32::try_from(pid).ok().filter(|pid| *pid > 0)?;
+        match Cgroup::of_process(pid) {
+            Ok(cgroup) => Some(cgroup),
+            Err(error) => {
+                tracing::debug!(%container, %error, "the sandbox's control group is not visible");
+                None
+            }
         }
     }
 
-    fn oom_seen_get(&self, container: &str) -> Option<u64> {
-        self.oom_seen
-            .lock()
-            .ok()
-            .and_then(|seen| seen.get(container).copied())
-    }
-
-    fn oom_seen_set(&self, container: &str, count: u64) {
-        if let Ok(mut seen) = self.oom_seen.lock() {
-            seen.insert(container.to_owned(), count);
+    /// Kills whatever a finished cell left running but the interpreter. Returns `false` when
+    /// that took killing the whole container (the interpreter with it).
+    async fn sweep_after_cell(&self, container: &str, live: &Live) -> Result<bool, RuntimeError> {
+        if let (Some(cgroup), Some(runner)) = (&live.cgroup, live.runner_pid) {
+            match cgroup.kill_all_but(|pid, _| pid == runner).await {
+                Ok(true) => return Ok(true),
+                Ok(false) => {
+                    tracing::warn!(%container, "processes kept appearing; killing the sandbox");
+                }
+                Err(error) => {
+                    tracing::warn!(%container, %error, "could not sweep the sandbox; killing it");
+                }
+            }
+            kill_container(self.docker.clone(), container.to_owned(), "SIGKILL").await;
+            return Ok(false);
         }
+        let top = match self.docker.top_processes(container, None).await {
+            Ok(top) => top,
+            // Already gone: nothing is left.
+            Err(error) if matches!(status_of(&error), Some(404 | 409)) => return Ok(false),
+            Err(error) => return Err(error.into()),
+        };
+        if top.processes.unwrap_or_default().len() > IDLE_PROCESSES {
+            kill_container(self.docker.clone(), container.to_owned(), "SIGKILL").await;
+            return Ok(false);
+        }
+        Ok(true)
     }
 
-    /// Whether the memory limit killed something since the last check.
-    async fn memory_limit_hit(&self, container: &str) -> bool {
-        let Some(count) = self.oom_kills(container).await else {
+    /// Whether the memory limit killed a process of a live sandbox since the last check.
+    fn memory_limit_hit(live: &Live) -> bool {
+        let Some(count) = live.cgroup.as_ref().and_then(|cgroup| cgroup.oom_kills()) else {
             return false;
         };
-        let before = self.oom_seen_get(container).unwrap_or(0);
-        self.oom_seen_set(container, count);
-        count > before
+        let Ok(mut seen) = live.oom_seen.lock() else {
+            return false;
+        };
+        let hit = count > *seen;
+        *seen = count;
+        hit
     }
-}
 
-/// Runs a short command in `container` as `user` and returns its stdout.
-async fn exec_capture(
-    docker: &Docker,
-    container: &str,
-    user: &str,
-    script: &str,
-) -> Result<String, RuntimeError> {
-    let exec = docker
-        .create_exec(
-            container,
-            CreateExecOptions {
-                cmd: Some(vec!["sh", "-c", script]),
-                user: Some(user),
-                attach_stdout: Some(true),
-                attach_stderr: Some(true),
-                ..Default::default()
-            },
+    /// How a container whose interpreter died ended: its exit status, and whether the
+    /// memory limit killed it. The container is killed if it does not stop by itself.
+    async fn how_it_ended(&self, container: &str) -> (Option<i64>, bool) {
+        if !self.wait_stopped(container, Some(STOP_WAIT)).await {
+            kill_container(self.docker.clone(), container.to_owned(), "SIGKILL").await;
+            self.wait_stopped(container, Some(STOP_WAIT)).await;
+        }
+        match self.docker.inspect_container(container, None).await {
+            Ok(inspected) => {
+                let state = inspected.state.unwrap_or_default();
+                (state.exit_code, state.oom_killed.unwrap_or(false))
+            }
+            Err(_) => (None, false),
+        }
+    }
+
+    fn memory_reason(&self) -> String {
+        format!(
+            "memory limit of {} exceeded",
+            self.config.memory.display().iec()
         )
-        .await?;
-    let mut stdout = String::new();
-    if let StartExecResults::Attached { mut output, .. } = docker.start_exec(&exec.id, None).await?
-    {
-        while let Some(chunk) = output.next().await {
-            if let LogOutput::StdOut { message } = chunk? {
-                stdout.push_str(&String::from_utf8_lossy(&message));
-            }
-        }
     }
-    Ok(stdout)
 }
 
-/// Kills every process the runs of `container` started, from the host through its control
-/// group, sparing only the init and the keeper. When the group is not visible, or processes
-/// keep appearing, the container itself is killed (the next `ensure` starts it again; the
-/// workspace is untouched).
-async fn kill_run_processes(docker: Docker, container: String, cgroup: Option<Cgroup>) {
-    if let Some(cgroup) = cgroup {
-        match cgroup.kill_all_but(|_, uid| uid == KEEPER_UID).await {
-            Ok(true) => return,
-            Ok(false) => {
-                tracing::warn!(%container, "processes kept appearing; killing the sandbox");
-            }
-            Err(error) => {
-                tracing::warn!(%container, %error, "could not sweep the sandbox; killing it");
-            }
-        }
-    }
-    kill_container(docker, container).await;
+/// Stops code in one container through the engine.
+struct DockerEnforcer {
+    docker: Docker,
+    container: String,
 }
 
-/// Kills a container with SIGKILL.
-async fn kill_container(docker: Docker, container: String) {
+#[async_trait]
+impl Enforcer for DockerEnforcer {
+    async fn interrupt(&self) {
+        // To the init, which forwards it to the runner.
+        kill_container(self.docker.clone(), self.container.clone(), "SIGINT").await;
+    }
+
+    async fn kill(&self) {
+        kill_container(self.docker.clone(), self.container.clone(), "SIGKILL").await;
+    }
+}
+
+/// Sends `signal` to a container's init.
+async fn kill_container(docker: Docker, container: String, signal: &str) {
     let options = KillContainerOptionsBuilder::default()
-        .signal("SIGKILL")
+        .signal(signal)
         .build();
     if let Err(error) = docker.kill_container(&container, Some(options)).await {
-        tracing::warn!(%container, %error, "could not kill a sandbox");
+        // 409: it does not run; 404: it is gone. Either way there is nothing to signal.
+        if !matches!(status_of(&error), Some(404 | 409)) {
+            tracing::warn!(%container, %error, signal, "could not signal a sandbox");
+        }
     }
 }
 
@@ -385,227 +475,127 @@ fn status_of(error: &BollardError) -> Option<u16> {
     }
 }
 
-/// Keeps the first `cap` bytes of a stream and counts whether more came.
-struct CappedBuffer {
-    bytes: Vec<u8>,
-    cap: usize,
-    truncated: bool,
-}
-
-impl CappedBuffer {
-    fn new(cap: usize) -> Self {
-        Self {
-            bytes: Vec::new(),
-            cap,
-            truncated: false,
-        }
-    }
-
-    fn push(&mut self, chunk: &[u8]) {
-        let room = self.cap.saturating_sub(self.bytes.len());
-        if chunk.len() > room {
-            self.truncated = true;
-        }
-        self.bytes
-            .extend_from_slice(&chunk[..chunk.len().min(room)]);
-    }
-}
-
 #[async_trait]
 impl Runtime for DockerRuntime {
-    async fn ensure(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
+    async fn ensure(&self, spec: &SandboxSpec) -> Result<KernelStart, RuntimeError> {
         let name = Self::container_name(&spec.workspace_id);
-        match self.docker.inspect_container(&name, None).await {
-            Ok(existing) => {
-                let running = existing
-                    .state
-                    .as_ref()
-                    .and_then(|state| state.running)
-                    .unwrap_or(false);
-                if !running {
-                    self.docker.start_container(&name, None).await?;
-                }
-                self.forget_cgroup(&name);
-                self.remember_oom_baseline(&name).await;
-                return Ok(());
+        if let Some(live) = self.live_of(&name) {
+            if live.kernel.lock().await.is_open() {
+                return Ok(KernelStart::default());
             }
-            Err(error) if status_of(&error) == Some(404) => {}
-            Err(error) => return Err(error.into()),
-        }
-        let options = CreateContainerOptionsBuilder::default().name(&name).build();
-        match self
-            .docker
-            .create_container(Some(options), self.create_body(spec))
-            .await
-        {
-            Ok(_) => {}
-            // Another supervisor created it between our inspect and create: use theirs.
-            Err(error) if status_of(&error) == Some(409) => {}
-            Err(error) if status_of(&error) == Some(404) => {
-                return Err(RuntimeError::ImageMissing(self.config.image.clone()));
-            }
-            Err(error) => return Err(error.into()),
-        }
-        if let Err(error) = self.docker.start_container(&name, None).await {
-            // 304: already started by the other creator.
-            if status_of(&error) != Some(304) {
-                return Err(error.into());
+            // It died between cells (a thread of the code ended the process, say).
+            self.forget(&name);
+            let (_, oom_killed) = self.how_it_ended(&name).await;
+            if let Ok(mut ended) = self.ended.lock() {
+                ended.entry(name.clone()).or_insert(if oom_killed {
+                    KernelEnd::Memory
+                } else {
+                    KernelEnd::Crashed
+                });
             }
         }
-        self.forget_cgroup(&name);
-        self.oom_seen_set(&name, 0);
-        Ok(())
+        self.stopped_container(spec, &name).await?;
+        let live = self.start_interpreter(&name).await?;
+        let previous_end = self.take_ended(&name);
+        if let Ok(mut all) = self.live.lock() {
+            all.insert(name, Arc::new(live));
+        }
+        Ok(KernelStart {
+            fresh: true,
+            previous_end,
+        })
     }
 
     async fn exec(
         &self,
         workspace_id: &str,
         request: &ExecRequest,
-        live: Option<&mpsc::Sender<OutputChunk>>,
+        live_output: Option<&mpsc::Sender<OutputChunk>>,
     ) -> Result<ExecOutcome, RuntimeError> {
         let container = Self::container_name(workspace_id);
-        let started = Instant::now();
-        let exec = self
-            .docker
-            .create_exec(
-                &container,
-                CreateExecOptions {
-                    cmd: Some(RUN_COMMAND.to_vec()),
-                    user: Some(self.user.as_str()),
-                    working_dir: Some(SANDBOX_DATA),
-                    attach_stdin: Some(true),
-                    attach_stdout: Some(true),
-                    attach_stderr: Some(true),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        let StartExecResults::Attached {
-            mut output,
-            mut input,
-        } = self.docker.start_exec(&exec.id, None).await?
-        else {
+        let Some(live) = self.live_of(&container) else {
             return Err(RuntimeError::Sandbox {
                 workspace_id: workspace_id.to_owned(),
-                reason: "the engine started the run detached".to_owned(),
+                reason: "no live interpreter: ensure the sandbox first".to_owned(),
             });
         };
-
-        // The code goes in on stdin, in the background: a program larger than the pipe's
-        // buffer must not block reading its output.
-        let code = request.code.clone().into_bytes();
-        let writer = tokio::spawn(async move {
-            let written = input.write_all(&code).await;
-            let closed = input.shutdown().await;
-            written.and(closed)
+        let enforcer = Arc::new(DockerEnforcer {
+            docker: self.docker.clone(),
+            container: container.clone(),
         });
-
-        let mut stdout = CappedBuffer::new(request.max_output_bytes);
-        let mut stderr = CappedBuffer::new(request.max_output_bytes);
-        let deadline_at = tokio::time::Instant::now() + request.timeout;
-        let mut timed_out = false;
-        // Set once the run is killed: how long its remaining output may still take to arrive.
-        let mut drain_until: Option<tokio::time::Instant> = None;
-        loop {
-            // The clock is read on every turn, not only through a timer: code that floods
-            // its output keeps the stream always ready, and a timer branch could then starve.
-            let now = tokio::time::Instant::now();
-            if !timed_out && now >= deadline_at {
-                timed_out = true;
-                // The kill runs beside this loop, which keeps reading: an engine whose output
-                // stream is not read stalls, and with it the kill's own exec.
-                tokio::spawn(kill_run_processes(
-                    self.docker.clone(),
-                    container.clone(),
-                    self.cgroup(&container).await,
-                ));
-                drain_until = Some(now + DRAIN_AFTER_KILL);
-            }
-            if drain_until.is_some_and(|until| now >= until) {
-                // The kill from inside did not end the output: stop the whole container.
-                tokio::spawn(kill_container(self.docker.clone(), container.clone()));
-                break;
-            }
-            let next = tokio::select! {
-                biased;
-                () = tokio::time::sleep_until(drain_until.unwrap_or(deadline_at)) => continue,
-                next = output.next() => next,
-            };
-            let Some(item) = next else { break };
-            let (buffer, chunk) = match item? {
-                LogOutput::StdOut { message } => (&mut stdout, OutputChunk::Stdout(message)),
-                LogOutput::StdErr { message } => (&mut stderr, OutputChunk::Stderr(message)),
-                LogOutput::StdIn { .. } | LogOutput::Console { .. } => continue,
-            };
-            let bytes = match &chunk {
-                OutputChunk::Stdout(bytes) | OutputChunk::Stderr(bytes) => bytes.clone(),
-            };
-            let room_before = buffer.cap.saturating_sub(buffer.bytes.len());
-            buffer.push(&bytes);
-            if let Some(live) = live {
-                // Live output obeys the same cap as the captured one.
-                if room_before > 0 {
-                    let kept = bytes.slice(..bytes.len().min(room_before));
-                    let chunk = match chunk {
-                        OutputChunk::Stdout(_) => OutputChunk::Stdout(kept),
-                        OutputChunk::Stderr(_) => OutputChunk::Stderr(kept),
-                    };
-                    // A caller that stopped listening does not stop the run, and one that
-                    // reads slowly may not stretch it: the wait for room in the channel
-                    // ends at the run's deadline, where the loop above takes over.
-                    let _ = tokio::time::timeout_at(deadline_at, live.send(chunk)).await;
-                }
-            }
-        }
-        let duration = started.elapsed();
-        // A program that never reads stdin may exit before all of it was written: a broken
-        // pipe then is no failure of the run.
-        if let Ok(Err(error)) = writer.await {
-            tracing::debug!(%container, %error, "code was not fully written to stdin");
-        }
-
-        // Whatever the run left behind (a daemon it double-forked, a child that closed its
-        // output) goes now, before the run is reported finished.
-        self.sweep_after_run(&container).await?;
-        let exit_code = self.docker.inspect_exec(&exec.id).await?.exit_code;
-        let killed_reason = if !timed_out && exit_code == Some(137) {
-            if self.memory_limit_hit(&container).await {
-                Some(format!(
-                    "memory limit of {} exceeded",
-                    self.config.memory.display().iec()
-                ))
-            } else {
-                Some("killed by SIGKILL".to_owned())
-            }
-        } else {
-            None
+        let (executed, execution_count) = {
+            let mut kernel = live.kernel.lock().await;
+            let executed = kernel.execute(request, live_output, enforcer).await;
+            (executed, kernel.execution_count)
         };
+        let mut exit_code = executed.exit_code;
+        let mut killed_reason = None;
+        let mut lost = executed.lost;
+        if lost.is_none() {
+            // Whatever the cell left behind (a daemon it double-forked, a child that closed
+            // its output) goes now, before the run is reported finished.
+            if !self.sweep_after_cell(&container, &live).await? {
+                lost = Some(KernelEnd::Crashed);
+            } else if Self::memory_limit_hit(&live) {
+                killed_reason = Some(self.memory_reason());
+            }
+        }
+        if let Some(end) = lost {
+            self.forget(&container);
+            let mut end = end;
+            if end == KernelEnd::Crashed {
+                let (status, oom_killed) = self.how_it_ended(&container).await;
+                exit_code = status;
+                if oom_killed {
+                    end = KernelEnd::Memory;
+                    killed_reason = Some(self.memory_reason());
+                } else if let Some(why) = &executed.closed_because {
+                    let diagnostics = live.kernel.lock().await.diagnostics();
+                    tracing::debug!(%container, why, %diagnostics, "a sandbox's interpreter ended");
+                }
+            } else {
+                exit_code = None;
+            }
+            self.set_ended(&container, end);
+        }
         Ok(ExecOutcome {
             exit_code,
-            stdout_truncated: stdout.truncated,
-            stderr_truncated: stderr.truncated,
-            stdout: stdout.bytes,
-            stderr: stderr.bytes,
-            timed_out,
+            stdout_truncated: executed.stdout.truncated,
+            stderr_truncated: executed.stderr.truncated,
+            stdout: executed.stdout.bytes,
+            stderr: executed.stderr.bytes,
+            timed_out: executed.timed_out,
             killed_reason,
-            duration,
+            duration: executed.duration,
+            outputs: executed.outputs,
+            outputs_truncated: executed.outputs_truncated,
+            execution_count,
+            kernel_lost: lost,
         })
     }
 
     async fn kill_processes(&self, workspace_id: &str) -> Result<(), RuntimeError> {
+        // The code runs in the interpreter's own process: stopping all of it takes the
+        // container. The cell in progress sees its channel end.
         let container = Self::container_name(workspace_id);
-        let cgroup = self.cgroup(&container).await;
-        kill_run_processes(self.docker.clone(), container, cgroup).await;
+        kill_container(self.docker.clone(), container, "SIGKILL").await;
+        Ok(())
+    }
+
+    async fn restart(&self, workspace_id: &str) -> Result<(), RuntimeError> {
+        let container = Self::container_name(workspace_id);
+        if self.forget(&container).is_some() {
+            kill_container(self.docker.clone(), container.clone(), "SIGKILL").await;
+            self.set_ended(&container, KernelEnd::Requested);
+        }
         Ok(())
     }
 
     async fn release(&self, workspace_id: &str) -> Result<(), RuntimeError> {
         let name = Self::container_name(workspace_id);
         let options = RemoveContainerOptionsBuilder::default().force(true).build();
-        self.forget_cgroup(&name);
-        if let Ok(mut seen) = self.oom_seen.lock() {
-            seen.remove(&name);
-        }
+        self.forget(&name);
+        self.take_ended(&name);
         match self.docker.remove_container(&name, Some(options)).await {
             Ok(()) => Ok(()),
             // 404: already gone. 409: a removal is already in progress.
@@ -656,7 +646,7 @@ impl Runtime for DockerRuntime {
         let name = format!("codebox-{probe}");
         let body = ContainerCreateBody {
             image: Some(self.config.image.clone()),
-            user: Some(KEEPER_USER.to_owned()),
+            user: Some(PROBE_USER.to_owned()),
             entrypoint: Some(vec!["test".to_owned()]),
             cmd: Some(vec!["-e".to_owned(), format!("/probe/{probe}")]),
             network_disabled: Some(true),
@@ -702,21 +692,5 @@ impl Runtime for DockerRuntime {
                 folder.display()
             ))),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn capped_buffer_keeps_the_head() {
-        let mut buffer = CappedBuffer::new(5);
-        buffer.push(b"abc");
-        assert!(!buffer.truncated);
-        buffer.push(b"defg");
-        buffer.push(b"h");
-        assert_eq!(buffer.bytes, b"abcde");
-        assert!(buffer.truncated);
     }
 }

@@ -1,15 +1,19 @@
 //! The seam between the supervisor and whatever runs the code.
 //!
-//! [`Runtime`] is what the supervisor needs from a back end: a sandbox per workspace that can
-//! run code many times, with limits, and that can be listed and released. [`DockerRuntime`]
-//! is the back end on the local Docker engine; a Jupyter Enterprise Gateway or Kubernetes
-//! runtime would implement the same trait. [`image`] holds the engine calls of the sandbox
-//! image builder (`src/image.rs`).
+//! [`Runtime`] is what the supervisor needs from a back end: a sandbox per workspace holding
+//! one live interpreter (a kernel) that runs the message's cells one after another in one
+//! namespace, with limits, and that can be listed and released. [`DockerRuntime`] is the back
+//! end on the local Docker engine; a Jupyter Enterprise Gateway or Kubernetes runtime would
+//! implement the same trait, reusing [`kernel`] over its own attach stream. [`image`] holds the
+//! engine calls of the sandbox image builder (`src/image.rs`).
 
 mod cgroup;
+mod channel;
 mod docker;
 pub mod image;
+mod kernel;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -37,15 +41,24 @@ pub struct SandboxSpec {
     pub labels: Vec<(String, String)>,
 }
 
-/// One execution of code.
+/// One execution of code: a cell of the message's interpreter.
 #[derive(Debug, Clone)]
 pub struct ExecRequest {
-    /// The program. It reaches the interpreter on standard input, never through the workspace.
+    /// The program. It reaches the interpreter through its channel, never through the
+    /// workspace.
     pub code: String,
-    /// Wall-clock limit; past it every process of the run is killed.
+    /// Code run first when the interpreter is fresh (no cell has run in it yet).
+    pub init_code: Option<String>,
+    /// Wall-clock limit; past it the cell is interrupted, and an interpreter that does not
+    /// stop is killed.
     pub timeout: Duration,
-    /// Bytes kept of stdout, and separately of stderr; the rest is counted and dropped.
+    /// Bytes kept of stdout, and separately of stderr, and of each text of a rich output;
+    /// the rest is counted and dropped.
     pub max_output_bytes: usize,
+    /// Rich outputs kept; the rest are dropped and reported.
+    pub max_outputs: usize,
+    /// The largest figure kept, in bytes of PNG.
+    pub max_image_bytes: usize,
 }
 
 /// A piece of output as it happens, for callers that stream it.
@@ -55,6 +68,66 @@ pub enum OutputChunk {
     Stdout(Bytes),
     /// Standard error.
     Stderr(Bytes),
+    /// A rich output.
+    Output(RichOutput),
+}
+
+/// A rich output of a cell, as a notebook shows it. Everything in it came from the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RichOutput {
+    /// The value of the cell's last expression, or something it displayed, by MIME type.
+    Result {
+        /// `text/plain`, and `text/html` or `text/markdown` where the value has them.
+        data: BTreeMap<String, String>,
+    },
+    /// A figure, as PNG bytes (checked to start as a PNG, nothing more).
+    Image {
+        /// The bytes.
+        png: Bytes,
+    },
+    /// An exception the cell raised.
+    Error {
+        /// Its type's name.
+        ename: String,
+        /// Its message.
+        evalue: String,
+        /// The traceback's lines.
+        traceback: Vec<String>,
+    },
+}
+
+/// Why an interpreter ended before its message was done with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelEnd {
+    /// A cell ignored the interrupt at its deadline and was killed.
+    Timeout,
+    /// The interpreter exited or broke its channel.
+    Crashed,
+    /// The memory limit killed it.
+    Memory,
+    /// The caller asked for a fresh one.
+    Requested,
+}
+
+impl KernelEnd {
+    /// The word the API shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::Crashed => "crashed",
+            Self::Memory => "memory",
+            Self::Requested => "requested",
+        }
+    }
+}
+
+/// The interpreter [`Runtime::ensure`] found or started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct KernelStart {
+    /// Whether it was started by this call: nothing of earlier cells is in it.
+    pub fresh: bool,
+    /// Why the previous interpreter of this sandbox ended, when this runtime saw it end.
+    pub previous_end: Option<KernelEnd>,
 }
 
 /// How an execution ended.
@@ -76,6 +149,15 @@ pub struct ExecOutcome {
     pub killed_reason: Option<String>,
     /// Wall-clock time from start to end.
     pub duration: Duration,
+    /// Rich outputs, in order.
+    pub outputs: Vec<RichOutput>,
+    /// Whether rich outputs past the cap were dropped.
+    pub outputs_truncated: bool,
+    /// The cell's number in its interpreter (1 for the first).
+    pub execution_count: u64,
+    /// Set when the interpreter did not survive the cell, saying why; the next `ensure`
+    /// starts a fresh one.
+    pub kernel_lost: Option<KernelEnd>,
 }
 
 /// A sandbox this runtime manages.
@@ -113,22 +195,25 @@ pub enum RuntimeError {
     },
 }
 
-/// A back end that runs code in sandboxes, one per workspace.
+/// A back end that runs code in sandboxes, one per workspace, each with one live interpreter.
 ///
 /// Every method is safe to call concurrently for different workspaces; the supervisor never
-/// calls `ensure`/`exec`/`release` concurrently for the same workspace.
+/// calls `ensure`/`exec`/`restart`/`release` concurrently for the same workspace.
 #[async_trait]
 pub trait Runtime: Send + Sync + 'static {
-    /// Makes sure the sandbox of `spec.workspace_id` exists and is running: creates it on
-    /// first use (hardened, labelled as codebox's), starts it if it stopped, and reuses it
-    /// otherwise. Calling it again changes nothing.
-    async fn ensure(&self, spec: &SandboxSpec) -> Result<(), RuntimeError>;
+    /// Makes sure the sandbox of `spec.workspace_id` exists and its interpreter is live and
+    /// ready for a cell: creates the sandbox on first use (hardened, labelled as codebox's),
+    /// starts a fresh interpreter when the last one ended, and reuses a live one. Calling it
+    /// again changes nothing. Says whether the interpreter is fresh, and why the last ended.
+    async fn ensure(&self, spec: &SandboxSpec) -> Result<KernelStart, RuntimeError>;
 
-    /// Runs `request.code` in the sandbox of `workspace_id`, which `ensure` prepared. Output
-    /// is forwarded to `live` as it comes (if given) and kept up to the cap. When this returns,
-    /// no process started by the run is left in the sandbox: on timeout, and after the
-    /// interpreter exits, whatever it left behind is killed from outside the sandbox (nothing
-    /// the code can disable), or the sandbox is killed when that is not possible.
+    /// Runs `request.code` as the next cell of the interpreter of `workspace_id`, which
+    /// `ensure` prepared. Output is forwarded to `live` as it comes (if given) and kept up to
+    /// the caps. Past the deadline the cell is interrupted; an interpreter that does not stop
+    /// within a grace is killed (`kernel_lost`). When this returns, no process started by the
+    /// cell is left in the sandbox but the interpreter itself: whatever it left behind is
+    /// killed from outside the sandbox (nothing the code can disable), or the sandbox is
+    /// killed when that is not possible.
     async fn exec(
         &self,
         workspace_id: &str,
@@ -141,6 +226,10 @@ pub trait Runtime: Send + Sync + 'static {
     /// cannot be killed one by one, is killed, and the next `ensure` starts it again). A
     /// sandbox that is gone is success.
     async fn kill_processes(&self, workspace_id: &str) -> Result<(), RuntimeError>;
+
+    /// Ends the interpreter of `workspace_id` now, so that the next `ensure` starts a fresh
+    /// one (reporting [`KernelEnd::Requested`]). A sandbox that is gone is success.
+    async fn restart(&self, workspace_id: &str) -> Result<(), RuntimeError>;
 
     /// Removes the sandbox of `workspace_id`. Idempotent: a sandbox that is already gone
     /// (Docker's 404) is success. The workspace folder is not touched.

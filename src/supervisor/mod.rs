@@ -24,24 +24,29 @@ use tokio::sync::mpsc;
 
 use crate::blobs::{BlobError, Blobs};
 use crate::catalog::{
-    self, AttachmentRecord, Catalog, FileRecord, FileSource, MessageRecord, Owner, RunRecord,
-    RunStatus, Truncation,
+    self, AttachmentRecord, Catalog, FileRecord, FileSource, KernelState, MessageRecord, Owner,
+    RunOutput, RunRecord, RunStatus, Truncation,
 };
 use crate::config::Config;
 use crate::disk::DiskPolicy;
 use crate::error::{Error, IoContext, IoError, Result};
 use crate::ids;
 use crate::runtime::{
-    DockerRuntime, ExecOutcome, ExecRequest, OutputChunk, Runtime, SANDBOX_DATA, SandboxSpec,
+    DockerRuntime, ExecOutcome, ExecRequest, KernelEnd, KernelStart, OutputChunk, RichOutput,
+    Runtime, SANDBOX_DATA, SandboxSpec,
 };
 use crate::snapshot::{self, EntryKind, Omission, Snapshot, SnapshotLimits};
 use crate::translate::{self, PathMap};
 use crate::workspace::{self, Workspace, Workspaces};
 
 mod attach;
+mod figures;
 mod files;
+mod pool;
 mod register;
 mod sandboxes;
+
+pub use pool::WarmPool;
 
 /// The languages codebox runs.
 pub const LANGUAGES: [&str; 1] = ["python"];
@@ -108,6 +113,10 @@ pub struct RunRequest {
     /// Wall-clock limit; `None` is the configured default. Above the configured maximum is
     /// refused.
     pub timeout: Option<Duration>,
+    /// Whether to start the run in a fresh interpreter.
+    pub restart: bool,
+    /// Code to run first when the interpreter is fresh, after the configured `init_code`.
+    pub init_code: Option<String>,
 }
 
 /// A run that passed its checks and bound its message; see [`Supervisor::accept`].
@@ -138,6 +147,9 @@ pub enum RunEvent {
     Stderr(String),
     /// A file was registered.
     File(Box<FileRecord>),
+    /// A rich output: results and errors as they happen, figures once registered (with
+    /// their file).
+    Output(Box<RunOutput>, Option<Box<FileRecord>>),
 }
 
 /// A workspace as operators see it.
@@ -184,6 +196,8 @@ pub struct Supervisor {
     blobs: Blobs,
     workspaces: Workspaces,
     runtime: Arc<dyn Runtime>,
+    /// Sandboxes started ahead of need, for new messages.
+    pool: WarmPool,
 }
 
 impl Supervisor {
@@ -212,6 +226,7 @@ impl Supervisor {
             blobs,
             workspaces,
             runtime,
+            pool: WarmPool::default(),
         })
     }
 
@@ -308,7 +323,9 @@ impl Supervisor {
         let workspace = self.workspaces.prepare(&message.workspace_id)?;
         self.cap_workspace(&workspace).await?;
         let inputs = self.attach(&message, &workspace, &attachments).await?;
-        self.prepare_sandbox(&message, &workspace).await?;
+        let kernel = self
+            .prepare_sandbox(&message, &workspace, request.restart)
+            .await?;
         let before = self.snapshot(&workspace).await?;
         let mut run = self.record_start(owner, &message, &request).await?;
         // From here on the run is in the catalog: whatever fails marks it failed there too.
@@ -317,7 +334,7 @@ impl Supervisor {
                 .execute(&workspace, &request, timeout, events.as_ref())
                 .await?;
             let after = self.snapshot(&workspace).await?;
-            let (files, truncated) = self
+            let (mut files, mut truncated) = self
                 .register(
                     owner,
                     &message,
@@ -329,7 +346,29 @@ impl Supervisor {
                     events.as_ref(),
                 )
                 .await?;
-            self.answer(&mut run, outcome, truncated, &workspace, &inputs, timeout)
+            let (outputs, figures) = self
+                .register_outputs(owner, &message, &run, &workspace, &outcome, events.as_ref())
+                .await?;
+            files.extend(figures);
+            if outcome.outputs_truncated {
+                truncated.push(Truncation {
+                    path: "outputs".to_owned(),
+                    reason: format!(
+                        "more than {} results, figures and errors: the rest were dropped",
+                        self.config.limits.max_outputs
+                    ),
+                });
+            }
+            let kernel = self
+                .kernel_state(&message, &request, kernel, &outcome)
+                .await?;
+            let answer = Answer {
+                outcome,
+                truncated,
+                outputs,
+                kernel,
+            };
+            self.answer(&mut run, answer, &workspace, &inputs, timeout)
                 .await?;
             Ok(files)
         }
@@ -359,6 +398,14 @@ impl Supervisor {
             )));
         }
         let timeout = request.timeout.unwrap_or(limits.default_timeout);
+        if let Some(init_code) = &request.init_code
+            && init_code.len() as u64 > limits.max_code_bytes.as_u64()
+        {
+            return Err(Error::TooLarge(format!(
+                "init_code is larger than {}",
+                limits.max_code_bytes.display().iec()
+            )));
+        }
         if timeout.is_zero() || timeout > limits.max_timeout {
             return Err(Error::invalid(
                 "timeout_secs",
@@ -384,19 +431,25 @@ impl Supervisor {
     }
 
     /// Step 1: binds the message to (tenant, user, chat) on first use. A message bound to
-    /// another user or chat is reported as not found, so message ids cannot be probed.
+    /// another user or chat is reported as not found, so message ids cannot be probed. A new
+    /// message gets a warm sandbox from the pool, when there is one: its workspace becomes
+    /// the message's.
     async fn claim(&self, owner: &Owner, chat_id: &str, message_id: &str) -> Result<MessageRecord> {
-        let message = self
+        let slot = self.pool.take();
+        let workspace_id = slot.clone().unwrap_or_else(|| ids::mint("ws"));
+        let claimed = self
             .catalog
             .messages()
-            .claim(
-                owner,
-                chat_id,
-                message_id,
-                &ids::mint("ws"),
-                &catalog::now(),
-            )
-            .await?;
+            .claim(owner, chat_id, message_id, &workspace_id, &catalog::now())
+            .await;
+        if let Some(slot) = slot {
+            match &claimed {
+                Ok(message) if message.workspace_id == slot => self.slot_assigned(&slot),
+                // The message existed already: the slot waits for the next new one.
+                _ => self.pool.give_back(slot),
+            }
+        }
+        let message = claimed?;
         if message.is_bound_to(owner, chat_id) {
             Ok(message)
         } else {
@@ -423,8 +476,14 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Step 2b: makes sure the message's sandbox runs, with the workspace mounted.
-    async fn prepare_sandbox(&self, message: &MessageRecord, workspace: &Workspace) -> Result<()> {
+    /// Step 2b: makes sure the message's sandbox runs, with the workspace mounted, and that
+    /// its interpreter is live (a fresh one when `restart` asks).
+    async fn prepare_sandbox(
+        &self,
+        message: &MessageRecord,
+        workspace: &Workspace,
+        restart: bool,
+    ) -> Result<KernelStart> {
         let spec = SandboxSpec {
             workspace_id: workspace.id.clone(),
             instance: self.instance.clone(),
@@ -435,8 +494,10 @@ impl Supervisor {
                 ("codebox.message".to_owned(), message.message_id.clone()),
             ],
         };
-        self.runtime.ensure(&spec).await?;
-        Ok(())
+        if restart {
+            self.runtime.restart(&workspace.id).await?;
+        }
+        Ok(self.runtime.ensure(&spec).await?)
     }
 
     /// Steps 3 and 5: what `data/` holds, by `lstat` alone.
@@ -486,6 +547,8 @@ impl Supervisor {
             duration_ms: 0,
             created_at: now,
             finished_at: None,
+            outputs: Vec::new(),
+            kernel: None,
         };
         self.catalog.runs().insert_running(&run).await?;
         self.catalog
@@ -509,10 +572,21 @@ impl Supervisor {
         } else {
             translate::to_host_paths(&request.code, &paths)
         };
+        let limits = &self.config.limits;
+        let init_code = [&self.config.sandbox.init_code, &request.init_code]
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join("\n");
         let exec = ExecRequest {
             code,
+            init_code: (!init_code.trim().is_empty()).then_some(init_code),
             timeout,
-            max_output_bytes: usize::try_from(self.config.limits.max_output_bytes.as_u64())
+            max_output_bytes: usize::try_from(limits.max_output_bytes.as_u64())
+                .unwrap_or(usize::MAX),
+            max_outputs: limits.max_outputs,
+            max_image_bytes: usize::try_from(limits.max_figure_bytes.as_u64())
                 .unwrap_or(usize::MAX),
         };
         let Some(events) = events else {
@@ -523,15 +597,19 @@ impl Supervisor {
         let events = events.clone();
         let relay = tokio::spawn(async move {
             while let Some(chunk) = received.recv().await {
-                let event =
-                    match chunk {
-                        OutputChunk::Stdout(bytes) => RunEvent::Stdout(
-                            translate::to_sandbox_paths(&String::from_utf8_lossy(&bytes), &paths),
-                        ),
-                        OutputChunk::Stderr(bytes) => RunEvent::Stderr(
-                            translate::to_sandbox_paths(&String::from_utf8_lossy(&bytes), &paths),
-                        ),
-                    };
+                let text = |bytes: &[u8]| {
+                    translate::to_sandbox_paths(&String::from_utf8_lossy(bytes), &paths)
+                };
+                let event = match chunk {
+                    OutputChunk::Stdout(bytes) => RunEvent::Stdout(text(&bytes)),
+                    OutputChunk::Stderr(bytes) => RunEvent::Stderr(text(&bytes)),
+                    // Figures go out once registered, with their file.
+                    OutputChunk::Output(RichOutput::Image { .. }) => continue,
+                    OutputChunk::Output(output) => match stored_output(output, &paths) {
+                        Some(output) => RunEvent::Output(Box::new(output), None),
+                        None => continue,
+                    },
+                };
                 let _ = events.send(event).await;
             }
         });
@@ -601,16 +679,52 @@ impl Supervisor {
         error
     }
 
+    /// The interpreter the run ran in, as the API reports it: restarted when it is fresh
+    /// but the message ran before, with the reason the old one ended.
+    async fn kernel_state(
+        &self,
+        message: &MessageRecord,
+        request: &RunRequest,
+        start: KernelStart,
+        outcome: &ExecOutcome,
+    ) -> Result<KernelState> {
+        // The run itself is recorded already: earlier runs make the count above one.
+        let restarted = start.fresh
+            && self
+                .catalog
+                .runs()
+                .count_of_message(&message.tenant, &message.message_id)
+                .await?
+                > 1;
+        let reason = if !restarted {
+            None
+        } else if request.restart {
+            Some(KernelEnd::Requested)
+        } else {
+            start.previous_end
+        };
+        Ok(KernelState {
+            execution_count: outcome.execution_count,
+            restarted,
+            reason: reason.map(|reason| reason.as_str().to_owned()),
+        })
+    }
+
     /// Steps 7 and 8: translates the output, turns the outcome into a status and records it.
     async fn answer(
         &self,
         run: &mut RunRecord,
-        outcome: ExecOutcome,
-        truncated: Vec<Truncation>,
+        answer: Answer,
         workspace: &Workspace,
         inputs: &Inputs,
         timeout: Duration,
     ) -> Result<()> {
+        let Answer {
+            outcome,
+            truncated,
+            outputs,
+            kernel,
+        } = answer;
         let paths = path_map(workspace);
         let stdout = translate::to_sandbox_paths(&String::from_utf8_lossy(&outcome.stdout), &paths);
         let mut stderr =
@@ -632,6 +746,14 @@ impl Supervisor {
             )
         } else if let Some(reason) = outcome.killed_reason {
             (RunStatus::Killed, Some(reason))
+        } else if outcome.kernel_lost.is_some() {
+            (
+                RunStatus::Failed,
+                Some(
+                    "the interpreter exited during the run; the next run starts a fresh one"
+                        .to_owned(),
+                ),
+            )
         } else if outcome.exit_code == Some(0) {
             (RunStatus::Succeeded, None)
         } else {
@@ -646,6 +768,8 @@ impl Supervisor {
         run.stderr_truncated = outcome.stderr_truncated;
         run.truncated = truncated;
         run.duration_ms = i64::try_from(outcome.duration.as_millis()).unwrap_or(i64::MAX);
+        run.outputs = outputs;
+        run.kernel = Some(kernel);
         run.finished_at = Some(catalog::now());
         self.catalog.runs().finish(run).await?;
         Ok(())
@@ -654,6 +778,38 @@ impl Supervisor {
 
 /// A message's attachments: file id by name in the workspace.
 type Inputs = HashMap<String, String>;
+
+/// What [`Supervisor::answer`] records besides the run itself.
+struct Answer {
+    outcome: ExecOutcome,
+    truncated: Vec<Truncation>,
+    outputs: Vec<RunOutput>,
+    kernel: KernelState,
+}
+
+/// A result or error as stored, its text with host paths translated; `None` for a figure,
+/// which is stored once registered.
+fn stored_output(output: RichOutput, paths: &PathMap) -> Option<RunOutput> {
+    let text = |text: String| translate::to_sandbox_paths(&text, paths);
+    match output {
+        RichOutput::Result { data } => Some(RunOutput::Result {
+            data: data
+                .into_iter()
+                .map(|(kind, value)| (kind, text(value)))
+                .collect(),
+        }),
+        RichOutput::Error {
+            ename,
+            evalue,
+            traceback,
+        } => Some(RunOutput::Error {
+            ename,
+            evalue: text(evalue),
+            traceback: traceback.into_iter().map(text).collect(),
+        }),
+        RichOutput::Image { .. } => None,
+    }
+}
 
 /// The `reason` of a run killed because `/mnt/data` reached its cap.
 pub const DISK_QUOTA: &str = "disk_quota";

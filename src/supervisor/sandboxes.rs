@@ -25,6 +25,9 @@ impl Supervisor {
     pub async fn reconcile(&self) -> Result<usize> {
         let mut removed = 0;
         for workspace_id in self.own_sandboxes().await? {
+            if self.pool.holds(&workspace_id) {
+                continue;
+            }
             let owned = self
                 .catalog
                 .messages()

@@ -49,6 +49,8 @@ impl TestEnv {
         };
         config.sandbox.image = test_image();
         config.sandbox.memory = bytesize::ByteSize::mib(256);
+        // Interpreters start without importing anything: tests that need a module import it.
+        config.sandbox.preload = Vec::new();
         adjust(&mut config);
         let supervisor = Supervisor::open(config.clone())
             .await
@@ -129,6 +131,8 @@ pub fn request(message_id: &str, code: &str, files: &[&FileRecord]) -> RunReques
         language: "python".to_owned(),
         file_ids: files.iter().map(|file| file.id.clone()).collect(),
         timeout: None,
+        restart: false,
+        init_code: None,
     }
 }
 
@@ -255,6 +259,8 @@ impl TestServer {
         };
         config.sandbox.image = test_image();
         config.sandbox.memory = bytesize::ByteSize::mib(256);
+        // Interpreters start without importing anything: tests that need a module import it.
+        config.sandbox.preload = Vec::new();
         config.server.listen = address;
         config.server.public_url = Some(base_url.clone());
         config.server.tokens = vec![

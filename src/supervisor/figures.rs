@@ -1,0 +1,89 @@
+//! Step 6b of the pipeline: the interpreter's rich outputs. Results and errors are kept as
+//! they came (host paths translated); every figure is stored as a PNG file of the run
+//! (`source: figure`), downloadable like any output, and the output names that file.
+//!
+//! A figure's bytes come from the sandbox and are stored as they are, checked only to be a
+//! PNG within the cap (by the runtime): the name and everything else about the file are the
+//! supervisor's. Figures are not in `/mnt/data`, so their `path` is empty.
+
+use super::*;
+
+impl Supervisor {
+    /// Stores the run's figures and returns its outputs in order, with the figures' files.
+    pub(super) async fn register_outputs(
+        &self,
+        owner: &Owner,
+        message: &MessageRecord,
+        run: &RunRecord,
+        workspace: &Workspace,
+        outcome: &ExecOutcome,
+        events: Option<&mpsc::Sender<RunEvent>>,
+    ) -> Result<(Vec<RunOutput>, Vec<FileRecord>)> {
+        let paths = path_map(workspace);
+        let mut outputs = Vec::new();
+        let mut figures = Vec::new();
+        for output in &outcome.outputs {
+            let RichOutput::Image { png } = output else {
+                outputs.extend(stored_output(output.clone(), &paths));
+                continue;
+            };
+            let name = format!(
+                "figure-{}-{}.png",
+                outcome.execution_count,
+                figures.len() + 1
+            );
+            let record = self.store_figure(owner, message, run, name, png).await?;
+            let output = RunOutput::Image {
+                file_id: record.id.clone(),
+            };
+            if let Some(events) = events {
+                let event =
+                    RunEvent::Output(Box::new(output.clone()), Some(Box::new(record.clone())));
+                let _ = tokio::time::timeout(EVENT_WAIT, events.send(event)).await;
+            }
+            outputs.push(output);
+            figures.push(record);
+        }
+        Ok((outputs, figures))
+    }
+
+    /// Stores one figure and records it as a file of the run.
+    async fn store_figure(
+        &self,
+        owner: &Owner,
+        message: &MessageRecord,
+        run: &RunRecord,
+        name: String,
+        png: &bytes::Bytes,
+    ) -> Result<FileRecord> {
+        let id = ids::mint("file");
+        let key = Blobs::file_key(&id);
+        let stored = self
+            .blobs
+            .put_stream(&key, std::io::Cursor::new(png.clone()), png.len() as u64)
+            .await?;
+        let record = FileRecord {
+            id,
+            tenant: owner.tenant.clone(),
+            user_id: owner.user.clone(),
+            chat_id: Some(message.chat_id.clone()),
+            message_id: Some(message.message_id.clone()),
+            run_id: Some(run.id.clone()),
+            content_type: content_type_of(&name),
+            name,
+            path: String::new(),
+            size: i64::try_from(stored.size).unwrap_or(i64::MAX),
+            sha256: stored.sha256,
+            source: FileSource::Figure,
+            derived_from: None,
+            blob_key: stored.key,
+            created_at: catalog::now(),
+            deleted_at: None,
+        };
+        if let Err(error) = self.catalog.files().insert(&record).await {
+            self.delete_orphan_blob(&record.blob_key).await;
+            return Err(error.into());
+        }
+        Ok(record)
+    }
+}

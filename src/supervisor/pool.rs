@@ -1,0 +1,169 @@
+//! The warm pool: sandboxes started ahead of need, their interpreters already past the slow
+//! imports, so that a new message's first run takes one instead of waiting for a container.
+//!
+//! A slot is a complete workspace under a fresh workspace id (folders made, `data/` mounted
+//! where the disk policy mounts it) with its sandbox started and its interpreter ready. A new
+//! message claims its workspace id from the pool ([`Supervisor::claim`] offers the next slot
+//! as the id to bind), so nothing is renamed or moved: the container's bind mounts already
+//! are the message's folders. A marker file `<workspaces>/.pool/<id>` says a workspace is a
+//! slot; start-up removes the slots a previous process left (no message owns them), and the
+//! reaper leaves live slots alone.
+//!
+//! The pool is refilled in the background one slot at a time ([`Supervisor::keep_pool_warm`],
+//! run by `codebox serve`), so that warming never takes more than one core from the runs in
+//! progress. An empty pool costs speed, never a run: the message then gets a new sandbox.
+
+use std::sync::Mutex;
+
+use tokio::sync::Notify;
+
+use super::*;
+
+/// How long the refill waits after a slot failed to start, before it tries again.
+const RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// The ready slots, by workspace id.
+#[derive(Debug, Default)]
+pub struct WarmPool {
+    ready: Mutex<Vec<String>>,
+    /// Wakes the refill when a slot was taken.
+    taken: Notify,
+}
+
+impl WarmPool {
+    /// Takes a ready slot, if there is one.
+    pub(super) fn take(&self) -> Option<String> {
+        let slot = self.ready.lock().ok()?.pop();
+        if slot.is_some() {
+            self.taken.notify_one();
+        }
+        slot
+    }
+
+    /// Returns a slot that was taken but not used.
+    pub(super) fn give_back(&self, slot: String) {
+        if let Ok(mut ready) = self.ready.lock() {
+            ready.push(slot);
+        }
+    }
+
+    /// How many slots are ready.
+    pub fn len(&self) -> usize {
+        self.ready.lock().map(|ready| ready.len()).unwrap_or(0)
+    }
+
+    /// Whether no slot is ready.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether `workspace_id` is a ready slot.
+    pub fn holds(&self, workspace_id: &str) -> bool {
+        self.ready
+            .lock()
+            .map(|ready| ready.iter().any(|slot| slot == workspace_id))
+            .unwrap_or(false)
+    }
+
+    fn drain(&self) -> Vec<String> {
+        self.ready
+            .lock()
+            .map(|mut ready| std::mem::take(&mut *ready))
+            .unwrap_or_default()
+    }
+}
+
+impl Supervisor {
+    /// The warm pool.
+    pub fn pool(&self) -> &WarmPool {
+        &self.pool
+    }
+
+    /// Keeps `sandbox.warm_pool` slots ready, for as long as it runs: started by `codebox
+    /// serve` beside the server, and ended with it.
+    pub async fn keep_pool_warm(self: Arc<Self>) {
+        let size = self.config.sandbox.warm_pool;
+        if size == 0 {
+            return;
+        }
+        loop {
+            while self.pool.len() < size {
+                match self.warm_slot().await {
+                    Ok(slot) => self.pool.give_back(slot),
+                    Err(error) => {
+                        tracing::warn!(%error, "could not warm a sandbox; retrying");
+                        tokio::time::sleep(RETRY_AFTER).await;
+                    }
+                }
+            }
+            self.pool.taken.notified().await;
+        }
+    }
+
+    /// Makes one slot: a workspace, mounted, with its sandbox ready.
+    async fn warm_slot(&self) -> Result<String> {
+        let id = ids::mint("ws");
+        self.workspaces.mark_pool_slot(&id)?;
+        let warmed = async {
+            let workspace = self.workspaces.prepare(&id)?;
+            self.cap_workspace(&workspace).await?;
+            let spec = SandboxSpec {
+                workspace_id: id.clone(),
+                instance: self.instance.clone(),
+                host_data: workspace.data.clone(),
+                host_inputs: workspace.inputs.clone(),
+                labels: vec![("codebox.pool".to_owned(), "true".to_owned())],
+            };
+            self.runtime.ensure(&spec).await?;
+            Ok::<_, Error>(())
+        }
+        .await;
+        if let Err(error) = warmed {
+            self.remove_slot(&id).await;
+            return Err(error);
+        }
+        Ok(id)
+    }
+
+    /// Records that a slot became a message's workspace.
+    pub(super) fn slot_assigned(&self, slot: &str) {
+        if let Err(error) = self.workspaces.unmark_pool_slot(slot) {
+            tracing::warn!(%slot, %error, "could not unmark a workspace taken from the pool");
+        }
+    }
+
+    /// Removes every slot: the ready ones of this process, and those a previous process
+    /// left behind (marked, and owned by no message). Called at start-up and at shutdown.
+    pub async fn clear_pool(&self) -> Result<usize> {
+        let mut slots = self.pool.drain();
+        slots.extend(self.workspaces.pool_slots()?);
+        slots.sort();
+        slots.dedup();
+        let mut removed = 0;
+        for slot in slots {
+            if self.catalog.messages().by_workspace(&slot).await?.is_some() {
+                // Claimed just before a crash: the message's now.
+                self.slot_assigned(&slot);
+                continue;
+            }
+            self.remove_slot(&slot).await;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// Removes a slot's sandbox and workspace; failures are logged, and the next start-up
+    /// tries again.
+    async fn remove_slot(&self, slot: &str) {
+        let removed = async {
+            self.runtime.release(slot).await?;
+            self.workspaces.remove(slot)?;
+            self.workspaces.unmark_pool_slot(slot)?;
+            Ok::<_, Error>(())
+        }
+        .await;
+        if let Err(error) = removed {
+            tracing::warn!(%slot, %error, "could not remove a warm sandbox");
+        }
+    }
+}

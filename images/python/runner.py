@@ -201,10 +201,11 @@ class Runner:
             # A private write end stays open for sync markers, and to point fd 1
             # and 2 back at the pipes should code move them.
             self.write_ends[name] = write_end
+        # restore() puts /dev/null and the pipes on fds 0 to 2, makes the streams
+        # over them and installs the SIGINT handler: the state every cell starts in.
         self.stdin = self.stdout = self.stderr = None
-        self.restore()  # Puts /dev/null and the pipes on fds 0 to 2, and streams over them.
+        self.restore()
         sys.__stdin__, sys.__stdout__, sys.__stderr__ = self.stdin, self.stdout, self.stderr
-        signal.signal(signal.SIGINT, self.on_sigint)
         # The reader thread blocks SIGINT: delivered to it, the signal would not
         # wake the main thread from a blocking call such as time.sleep().
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
@@ -432,8 +433,8 @@ class Runner:
     def call_user(self, function, *args):
         """Runs user code with SIGINT armed; returns (value, the exception or None).
 
-        An interrupt landing after the code returns, before disarming, is still
-        caught here, so none ever reaches the runner's own loop.
+        An interrupt that lands as the code returns, before disarming, is still
+        caught here rather than in the runner's own code.
         """
         try:
             self.deferred = False
@@ -517,7 +518,21 @@ class Runner:
         if "matplotlib.pyplot" in sys.modules:
             self.patch_pyplot(sys.modules["matplotlib.pyplot"])
 
+    def reap(self):
+        # The supervisor kills every process a cell leaves behind, from outside; the dead
+        # children of this process stay zombies until reaped, and each would hold a slot of
+        # the sandbox's process limit for good. A Popen object of an earlier cell then finds
+        # its child gone, which subprocess reports as an exit status of 0.
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+
     def execute(self, request):
+        self.reap()
         self.exec_id = request["id"]
         self.cell += 1
         status, exit_code = "ok", 0

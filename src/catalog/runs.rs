@@ -224,13 +224,15 @@ impl<'a> Runs<'a> {
         Self { pool }
     }
 
-    /// Records a run as it starts: `running`, with no output yet. [`Runs::finish`] writes
-    /// its outcome.
-    pub async fn insert_running(&self, run: &RunRecord) -> Result<(), CatalogError> {
+    /// Records a run as it starts, executed by `instance`: `running`, with no output yet.
+    /// [`Runs::finish`] writes its outcome. One statement, so that no run is ever recorded
+    /// without the instance that must mark it failed if it stops.
+    pub async fn insert_running(&self, run: &RunRecord, instance: &str) -> Result<(), CatalogError> {
         sqlx::query(
             "INSERT INTO runs (id, tenant, user_id, chat_id, message_id, language, status, \
              stdout, stderr, stdout_truncated, stderr_truncated, truncated, duration_ms, \
-             created_at) VALUES ($1, $2, $3, $4, $5, $6, 'running', '', '', 0, 0, '[]', 0, $7)",
+             created_at, instance) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'running', '', '', 0, 0, '[]', 0, $7, $8)",
         )
         .bind(&run.id)
         .bind(&run.tenant)
@@ -239,18 +241,9 @@ impl<'a> Runs<'a> {
         .bind(&run.message_id)
         .bind(&run.language)
         .bind(&run.created_at)
+        .bind(instance)
         .execute(self.pool)
         .await?;
-        Ok(())
-    }
-
-    /// Records which instance executes the run.
-    pub async fn set_instance(&self, id: &str, instance: &str) -> Result<(), CatalogError> {
-        sqlx::query("UPDATE runs SET instance = $2 WHERE id = $1")
-            .bind(id)
-            .bind(instance)
-            .execute(self.pool)
-            .await?;
         Ok(())
     }
 

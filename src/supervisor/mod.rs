@@ -550,10 +550,9 @@ impl Supervisor {
             outputs: Vec::new(),
             kernel: None,
         };
-        self.catalog.runs().insert_running(&run).await?;
         self.catalog
             .runs()
-            .set_instance(&run.id, &self.instance)
+            .insert_running(&run, &self.instance)
             .await?;
         Ok(run)
     }

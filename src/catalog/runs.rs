@@ -227,7 +227,11 @@ impl<'a> Runs<'a> {
     /// Records a run as it starts, executed by `instance`: `running`, with no output yet.
     /// [`Runs::finish`] writes its outcome. One statement, so that no run is ever recorded
     /// without the instance that must mark it failed if it stops.
-    pub async fn insert_running(&self, run: &RunRecord, instance: &str) -> Result<(), CatalogError> {
+    pub async fn insert_running(
+        &self,
+        run: &RunRecord,
+        instance: &str,
+    ) -> Result<(), CatalogError> {
         sqlx::query(
             "INSERT INTO runs (id, tenant, user_id, chat_id, message_id, language, status, \
              stdout, stderr, stdout_truncated, stderr_truncated, truncated, duration_ms, \

@@ -75,7 +75,8 @@ pub enum RunnerFrame {
     Result {
         /// The execution.
         id: u64,
-        /// Renderings by MIME type.
+        /// Renderings by MIME type, of the kinds codebox shows ([`RESULT_TYPES`]).
+        #[serde(deserialize_with = "known_renderings")]
         data: BTreeMap<String, String>,
     },
     /// A figure.
@@ -93,7 +94,8 @@ pub enum RunnerFrame {
         ename: String,
         /// The exception's message.
         evalue: String,
-        /// The traceback's lines.
+        /// The traceback's lines, at most [`MAX_TRACEBACK_LINES`].
+        #[serde(deserialize_with = "capped_lines")]
         traceback: Vec<String>,
     },
     /// The execution finished; the interpreter waits for the next.
@@ -103,6 +105,73 @@ pub enum RunnerFrame {
         /// The status the code would have exited with as a script.
         exit_code: i64,
     },
+}
+
+/// The MIME types of a result codebox keeps; other renderings are skipped as they are read.
+pub const RESULT_TYPES: [&str; 3] = ["text/plain", "text/html", "text/markdown"];
+
+/// Traceback lines kept of an error; the rest are skipped as they are read.
+pub const MAX_TRACEBACK_LINES: usize = 1000;
+
+/// Reads a map of renderings keeping only [`RESULT_TYPES`]: a hostile frame of millions of
+/// tiny entries must not become millions of allocations.
+fn known_renderings<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    struct Renderings;
+    impl<'de> serde::de::Visitor<'de> for Renderings {
+        type Value = BTreeMap<String, String>;
+
+        fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+            formatter.write_str("a map of MIME types to text")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut kept = BTreeMap::new();
+            while let Some(kind) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if RESULT_TYPES.contains(&kind.as_ref()) {
+                    kept.insert(kind.into_owned(), map.next_value::<String>()?);
+                } else {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+            Ok(kept)
+        }
+    }
+    deserializer.deserialize_map(Renderings)
+}
+
+/// Reads a list of lines keeping the first [`MAX_TRACEBACK_LINES`].
+fn capped_lines<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<String>, D::Error> {
+    struct Lines;
+    impl<'de> serde::de::Visitor<'de> for Lines {
+        type Value = Vec<String>;
+
+        fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+            formatter.write_str("a list of lines")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut kept = Vec::new();
+            while kept.len() < MAX_TRACEBACK_LINES {
+                match seq.next_element::<String>()? {
+                    Some(line) => kept.push(line),
+                    None => return Ok(kept),
+                }
+            }
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            Ok(kept)
+        }
+    }
+    deserializer.deserialize_seq(Lines)
 }
 
 /// Why the channel cannot be read any further.
@@ -213,6 +282,26 @@ mod tests {
         ] {
             assert_eq!(parse(body.as_bytes()), None, "{body}");
         }
+    }
+
+    #[test]
+    fn hostile_results_and_tracebacks_are_cut_as_they_are_read() {
+        let mut data = String::from(r#"{"t":"result","id":1,"data":{"text/plain":"42""#);
+        for key in 0..10_000 {
+            data.push_str(&format!(r#","x-{key}":"""#));
+        }
+        data.push_str("}}");
+        let Some(RunnerFrame::Result { data, .. }) = parse(data.as_bytes()) else {
+            panic!("a result");
+        };
+        assert_eq!(data.len(), 1);
+        let lines = vec!["\"\""; 50_000].join(",");
+        let error =
+            format!(r#"{{"t":"error","id":1,"ename":"E","evalue":"v","traceback":[{lines}]}}"#);
+        let Some(RunnerFrame::Error { traceback, .. }) = parse(error.as_bytes()) else {
+            panic!("an error");
+        };
+        assert_eq!(traceback.len(), MAX_TRACEBACK_LINES);
     }
 
     #[test]

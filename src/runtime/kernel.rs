@@ -17,7 +17,7 @@ use futures::{Stream, StreamExt};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use super::channel::{self, FrameDecoder, RunnerFrame, RunnerRequest, StreamName};
+use super::channel::{self, FrameDecoder, RESULT_TYPES, RunnerFrame, RunnerRequest, StreamName};
 use super::{ExecRequest, KernelEnd, OutputChunk, RichOutput};
 
 /// How long an interrupted cell may take to stop before its interpreter is killed.
@@ -25,9 +25,6 @@ pub const INTERRUPT_GRACE: Duration = Duration::from_secs(2);
 
 /// Frames waiting between the reader and the run; the runner blocks when the run lags.
 const FRAME_QUEUE: usize = 64;
-
-/// The MIME types of a result kept from what the runner sends; anything else is dropped.
-const RESULT_TYPES: [&str; 3] = ["text/plain", "text/html", "text/markdown"];
 
 /// A piece of what the runner's process wrote.
 #[derive(Debug)]

@@ -221,10 +221,10 @@ pub trait Runtime: Send + Sync + 'static {
         live: Option<&mpsc::Sender<OutputChunk>>,
     ) -> Result<ExecOutcome, RuntimeError>;
 
-    /// Kills every process the runs of `workspace_id` started, now, from outside the sandbox;
-    /// a run in progress then ends as killed. The sandbox itself stays (or, where processes
-    /// cannot be killed one by one, is killed, and the next `ensure` starts it again). A
-    /// sandbox that is gone is success.
+    /// Kills every process of the code of `workspace_id` now, from outside the sandbox, the
+    /// interpreter included (the code runs in it): a cell in progress ends as killed, its
+    /// `kernel_lost` set, and the next `ensure` starts a fresh interpreter. The workspace is
+    /// untouched. A sandbox that is gone is success.
     async fn kill_processes(&self, workspace_id: &str) -> Result<(), RuntimeError>;
 
     /// Ends the interpreter of `workspace_id` now, so that the next `ensure` starts a fresh

@@ -10,6 +10,9 @@ use super::*;
 
 impl Supervisor {
     /// Stores the run's figures and returns its outputs in order, with the figures' files.
+    /// Figures count towards the files a run may register: `room` is what the files of
+    /// `/mnt/data` left, and a figure past it is reported as a truncation.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn register_outputs(
         &self,
         owner: &Owner,
@@ -17,21 +20,31 @@ impl Supervisor {
         run: &RunRecord,
         workspace: &Workspace,
         outcome: &ExecOutcome,
+        room: usize,
         events: Option<&mpsc::Sender<RunEvent>>,
-    ) -> Result<(Vec<RunOutput>, Vec<FileRecord>)> {
+    ) -> Result<(Vec<RunOutput>, Vec<FileRecord>, Vec<Truncation>)> {
         let paths = path_map(workspace);
         let mut outputs = Vec::new();
         let mut figures = Vec::new();
+        let mut truncated = Vec::new();
+        let mut drawn = 0;
         for output in &outcome.outputs {
             let RichOutput::Image { png } = output else {
                 outputs.extend(stored_output(output.clone(), &paths));
                 continue;
             };
-            let name = format!(
-                "figure-{}-{}.png",
-                outcome.execution_count,
-                figures.len() + 1
-            );
+            drawn += 1;
+            let name = format!("figure-{}-{drawn}.png", outcome.execution_count);
+            if figures.len() >= room {
+                truncated.push(Truncation {
+                    path: name,
+                    reason: format!(
+                        "over the limit of {} files per run",
+                        self.config.limits.max_files_per_run
+                    ),
+                });
+                continue;
+            }
             let record = self.store_figure(owner, message, run, name, png).await?;
             let output = RunOutput::Image {
                 file_id: record.id.clone(),
@@ -44,7 +57,7 @@ impl Supervisor {
             outputs.push(output);
             figures.push(record);
         }
-        Ok((outputs, figures))
+        Ok((outputs, figures, truncated))
     }
 
     /// Stores one figure and records it as a file of the run.

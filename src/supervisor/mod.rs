@@ -346,10 +346,24 @@ impl Supervisor {
                     events.as_ref(),
                 )
                 .await?;
-            let (outputs, figures) = self
-                .register_outputs(owner, &message, &run, &workspace, &outcome, events.as_ref())
+            let room = self
+                .config
+                .limits
+                .max_files_per_run
+                .saturating_sub(files.len());
+            let (outputs, figures, left_out) = self
+                .register_outputs(
+                    owner,
+                    &message,
+                    &run,
+                    &workspace,
+                    &outcome,
+                    room,
+                    events.as_ref(),
+                )
                 .await?;
             files.extend(figures);
+            truncated.extend(left_out);
             if outcome.outputs_truncated {
                 truncated.push(Truncation {
                     path: "outputs".to_owned(),

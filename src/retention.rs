@@ -108,7 +108,7 @@ async fn reap_containers(
     for sandbox in supervisor.runtime().list().await? {
         // A warm-pool slot belongs to no message yet, and is not idle: it waits for one.
         if sandbox.instance.as_deref() != Some(supervisor.instance())
-            || supervisor.pool().holds(&sandbox.workspace_id)
+            || supervisor.workspaces().is_pool_slot(&sandbox.workspace_id)
         {
             continue;
         }

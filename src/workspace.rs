@@ -160,6 +160,12 @@ impl Workspaces {
         }
     }
 
+    /// Whether the workspace `id` is marked as a warm-pool slot (of this process or of
+    /// another on the same folder).
+    pub fn is_pool_slot(&self, id: &str) -> bool {
+        self.pool_mark(id).is_ok_and(|mark| mark.exists())
+    }
+
     /// Every workspace marked as a warm-pool slot.
     pub fn pool_slots(&self) -> Result<Vec<String>, IoError> {
         let marks = self.root.join(POOL);

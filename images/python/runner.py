@@ -226,7 +226,14 @@ class Runner:
             try:
                 if name == "matplotlib.pyplot":
                     importlib.import_module("matplotlib").use("Agg")
-                importlib.import_module(name)
+                module = importlib.import_module(name)
+                if name == "matplotlib.pyplot":
+                    # The first figure rendered loads fonts and builds caches (about 0.3 s):
+                    # done here, while the sandbox waits in the pool, not in a user's run.
+                    figure = module.figure()
+                    figure.gca().set_title("warm")
+                    figure.savefig(io.BytesIO(), format="png")
+                    module.close(figure)
             except Exception:
                 pass  # A module that is missing or broken only means a slower first import.
 

@@ -25,7 +25,9 @@ impl Supervisor {
     pub async fn reconcile(&self) -> Result<usize> {
         let mut removed = 0;
         for workspace_id in self.own_sandboxes().await? {
-            if self.pool.holds(&workspace_id) {
+            // A warm slot (of this process, or of a server on the same folder) has no
+            // message yet; stale slots are removed by `clear_pool`.
+            if self.workspaces.is_pool_slot(&workspace_id) {
                 continue;
             }
             let owned = self

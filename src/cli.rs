@@ -136,12 +136,7 @@ pub async fn run(
     overrides: &Overrides,
     args: RunArgs,
 ) -> anyhow::Result<ExitCode> {
-    let mut config = Config::load(config_file, overrides)?;
-    if args.message.is_none() {
-        // Preloading pays off in a sandbox that waits for runs; a one-shot run imports only
-        // what its script imports.
-        config.sandbox.preload.clear();
-    }
+    let config = Config::load(config_file, overrides)?;
     let code = if args.script == Path::new("-") {
         std::io::read_to_string(std::io::stdin()).context("read the script from stdin")?
     } else {

@@ -110,8 +110,9 @@ pub struct SandboxConfig {
     /// The most files and folders one workspace's `/mnt/data` may hold (with a
     /// loop-mounted file system, its inode count).
     pub disk_files: u64,
-    /// Modules every interpreter imports before it is ready, so that a cell using them does
-    /// not pay for the import; those the image lacks are skipped.
+    /// Modules a warm-pool sandbox's interpreter imports before it joins the pool, so that the
+    /// first cell of a new message does not pay for them; those the image lacks are skipped.
+    /// A sandbox started while a run waits imports nothing ahead.
     pub preload: Vec<String>,
     /// Python run first in every fresh interpreter (a chat backend's kernel set-up: plot
     /// styles, helper functions). A run may add its own (`init_code`), which runs after.

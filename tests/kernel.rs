@@ -410,7 +410,12 @@ async fn the_api_shows_outputs_and_kernel_and_streams_output_events() {
 
 #[tokio::test]
 async fn new_messages_take_warm_sandboxes_and_the_pool_refills() {
-    let server = TestServer::with_config(|config| config.sandbox.warm_pool = 2).await;
+    let server = TestServer::with_config(|config| {
+        config.sandbox.warm_pool = 2;
+        // The slots import matplotlib before they join the pool; a run's own sandbox would not.
+        config.sandbox.preload = vec!["matplotlib.pyplot".to_owned()];
+    })
+    .await;
     let supervisor = server.state.supervisor.clone();
     let warming = tokio::spawn(supervisor.clone().keep_pool_warm());
     let wait_for = |count: usize| {
@@ -428,10 +433,11 @@ async fn new_messages_take_warm_sandboxes_and_the_pool_refills() {
     wait_for(2).await;
     let body = serde_json::json!({
         "chat_id": "c1", "message_id": "warm-1",
-        "code": "open('/mnt/data/out.csv', 'w').write('a,b\\n1,2\\n')\nx = 3",
+        "code": "import sys\nprint('matplotlib.pyplot' in sys.modules)\nopen('/mnt/data/out.csv', 'w').write('a,b\\n1,2\\n')\nx = 3",
     });
     let run = json_of(server.run(ALICE, &body).await, 200).await;
     assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["stdout"], "True\n", "the slot's interpreter preloaded");
     assert_eq!(
         run["files"][0]["name"], "out.csv",
         "the slot's folder is the message's"
@@ -442,6 +448,19 @@ async fn new_messages_take_warm_sandboxes_and_the_pool_refills() {
     let body = serde_json::json!({"chat_id": "c1", "message_id": "warm-1", "code": "x"});
     let run = json_of(server.run(ALICE, &body).await, 200).await;
     assert_eq!(run["outputs"][0]["data"]["text/plain"], "3");
+    wait_for(2).await;
+
+    // A message whose sandbox is started while its run waits imports nothing ahead.
+    warming.abort();
+    let _ = warming.await;
+    supervisor.clear_pool().await.expect("empty the pool");
+    let body = serde_json::json!({
+        "chat_id": "c1", "message_id": "cold-1",
+        "code": "import sys\nprint('matplotlib.pyplot' in sys.modules)",
+    });
+    let run = json_of(server.run(ALICE, &body).await, 200).await;
+    assert_eq!(run["stdout"], "False\n", "{run}");
+    let warming = tokio::spawn(supervisor.clone().keep_pool_warm());
     wait_for(2).await;
 
     // Shutdown removes the slots; a later start removes what a crash left.

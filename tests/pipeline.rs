@@ -988,6 +988,7 @@ async fn reconcile_removes_only_this_instances_orphans() {
             host_data: orphan.data.clone(),
             host_inputs: orphan.inputs.clone(),
             labels: Vec::new(),
+            preload: Vec::new(),
         })
         .await
         .expect("orphan sandbox");

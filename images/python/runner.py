@@ -3,7 +3,7 @@
 The supervisor starts this program as the container's main process with
 `python3 -c <this source>` and keeps it alive across the cells of a chat, the way
 a Jupyter kernel lives across the cells of a notebook. It speaks the framed
-protocol of KERNEL_PROTOCOL.md (v1) over its own stdin and stdout: each frame is
+protocol of PROTOCOL.md, beside it, over its own stdin and stdout: each frame is
 a 4-byte big-endian length followed by one UTF-8 JSON object.
 
 Why it is built the way it is:
@@ -43,7 +43,6 @@ import threading
 import traceback
 import types
 
-DEFAULT_PRELOAD = "numpy,pandas,openpyxl,matplotlib.pyplot"
 MAX_REQUEST = 64 << 20  # The largest frame accepted from the supervisor.
 MAX_FRAME = 8 << 20  # The largest frame the supervisor accepts from the runner.
 MAX_TEXT = 256 << 10  # Bytes of each rendering of a result, and of an error's message.
@@ -217,12 +216,13 @@ class Runner:
         builtins.display = self.display
         os.environ.setdefault("MPLBACKEND", "Agg")
         sys.meta_path.insert(0, PyplotWatch(self.patch_pyplot))
-        self.preload()
         self.send({"t": "ready", "pid": self.pid, "python": platform.python_version()})
 
-    def preload(self):
-        names = os.environ.get("CODEBOX_PRELOAD", DEFAULT_PRELOAD)
-        for name in filter(None, (part.strip() for part in names.split(","))):
+    def preload(self, names):
+        # Asked for by the supervisor for a sandbox that will wait in its warm pool, so that
+        # the first cell of a new message does not pay for these imports. A sandbox started
+        # for a waiting run is not asked: its code imports what it uses.
+        for name in names:
             try:
                 if name == "matplotlib.pyplot":
                     importlib.import_module("matplotlib").use("Agg")
@@ -311,6 +311,14 @@ class Runner:
                 and isinstance(request.get("init_code"), (str, type(None)))
             ):
                 self.execute(request)
+            elif (
+                isinstance(request, dict)
+                and request.get("op") == "preload"
+                and isinstance(request.get("modules"), list)
+                and all(isinstance(name, str) for name in request["modules"])
+            ):
+                self.preload(request["modules"])
+                self.send({"t": "preloaded"})
             else:
                 self.log(f"ignored a request it does not know: {body[:200]!r}")
 

@@ -2,7 +2,7 @@
 
 Each test starts the runner the way the supervisor does, `python3 -c <source>`
 with its stdin and stdout as the channel, and speaks the framed protocol of
-KERNEL_PROTOCOL.md to it. The runner is started with the interpreter running
+PROTOCOL.md to it. The runner is started with the interpreter running
 these tests (sys.executable), so the figure tests run where that interpreter has
 matplotlib and are skipped elsewhere.
 
@@ -59,13 +59,9 @@ class Run:
 class Kernel:
     """A runner process and the frames it sends."""
 
-    def __init__(self, preload=""):
+    def __init__(self, preload=None):
         self.dir = tempfile.TemporaryDirectory()
         env = dict(os.environ)
-        if preload is None:
-            env.pop("CODEBOX_PRELOAD", None)
-        else:
-            env["CODEBOX_PRELOAD"] = preload
         self.diag = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
             [sys.executable, "-c", SOURCE],
@@ -79,6 +75,9 @@ class Kernel:
         threading.Thread(target=self._read, daemon=True).start()
         self.next_id = 1
         self.ready = self.next_frame(timeout=120)
+        if preload is not None:
+            self.send({"op": "preload", "modules": preload})
+            self.preloaded = self.next_frame(timeout=120)
 
     def _read(self):
         out = self.proc.stdout
@@ -152,7 +151,7 @@ class Kernel:
 
 
 class RunnerTestCase(unittest.TestCase):
-    preload = ""
+    preload = None  # No preload request: the runner imports nothing ahead.
 
     def setUp(self):
         self.kernel = Kernel(self.preload)
@@ -429,7 +428,12 @@ class FigureTests(RunnerTestCase):
 
 @needs_matplotlib
 class DefaultPreloadTests(RunnerTestCase):
-    preload = None  # The runner's own default list.
+    preload = ["numpy", "pandas", "openpyxl", "matplotlib.pyplot", "no_such_module"]
+
+    def test_preload_answers_once_done_and_skips_what_is_missing(self):
+        self.assertEqual(self.kernel.preloaded, {"t": "preloaded"})
+        run = self.run_ok("import sys\nprint('matplotlib.pyplot' in sys.modules)")
+        self.assertEqual(run.stdout, "True\n")
 
     def test_preloaded_pyplot_show_sends_figures(self):
         code = (

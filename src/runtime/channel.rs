@@ -33,6 +33,11 @@ pub enum RunnerRequest<'a> {
         /// Code to run before the cell, in a fresh interpreter.
         init_code: Option<&'a str>,
     },
+    /// Import these modules now, ahead of any cell (a sandbox about to wait in the pool).
+    Preload {
+        /// Module names; missing ones are skipped.
+        modules: &'a [String],
+    },
 }
 
 impl RunnerRequest<'_> {
@@ -60,8 +65,10 @@ pub enum StreamName {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
 pub enum RunnerFrame {
-    /// The interpreter has started and imported what it preloads.
+    /// The interpreter has started.
     Ready {},
+    /// The interpreter has imported what it was asked to preload.
+    Preloaded {},
     /// Output text.
     Stream {
         /// The execution it belongs to; `None` for output between executions.

@@ -148,15 +148,13 @@ impl DockerRuntime {
                 self.config.tmpfs_size.as_u64()
             ),
         )]);
-        let mut env: Vec<String> = RUN_ENV.iter().map(|v| (*v).to_owned()).collect();
-        env.push(format!("CODEBOX_PRELOAD={}", self.config.preload.join(",")));
         ContainerCreateBody {
             image: Some(self.config.image.clone()),
             user: Some(self.user.clone()),
             working_dir: Some(SANDBOX_DATA.to_owned()),
             entrypoint: Some(vec!["python3".to_owned()]),
             cmd: Some(vec!["-c".to_owned(), RUNNER_SOURCE.to_owned()]),
-            env: Some(env),
+            env: Some(RUN_ENV.iter().map(|v| (*v).to_owned()).collect()),
             labels: Some(labels),
             network_disabled: Some(true),
             // Standard input stays open across attachments: it is the runner's channel.
@@ -275,8 +273,13 @@ impl DockerRuntime {
         }
     }
 
-    /// Attaches to a stopped container's stdio, starts it and waits for its runner.
-    async fn start_interpreter(&self, name: &str) -> Result<Live, RuntimeError> {
+    /// Attaches to a stopped container's stdio, starts it and waits for its runner, and for
+    /// it to import `preload`.
+    async fn start_interpreter(
+        &self,
+        name: &str,
+        preload: &[String],
+    ) -> Result<Live, RuntimeError> {
         let options = AttachContainerOptionsBuilder::default()
             .stdin(true)
             .stdout(true)
@@ -300,7 +303,15 @@ impl DockerRuntime {
                 return Err(error.into());
             }
         }
-        if let Err(why) = kernel.ready(START_TIMEOUT).await {
+        let started = async {
+            kernel.ready(START_TIMEOUT).await?;
+            if preload.is_empty() {
+                return Ok(());
+            }
+            kernel.preload(preload, START_TIMEOUT).await
+        }
+        .await;
+        if let Err(why) = started {
             kill_container(self.docker.clone(), name.to_owned(), "SIGKILL").await;
             let diagnostics = kernel.diagnostics();
             return Err(RuntimeError::Sandbox {
@@ -495,7 +506,7 @@ impl Runtime for DockerRuntime {
             }
         }
         self.stopped_container(spec, &name).await?;
-        let live = self.start_interpreter(&name).await?;
+        let live = self.start_interpreter(&name, &spec.preload).await?;
         let previous_end = self.take_ended(&name);
         if let Ok(mut all) = self.live.lock() {
             all.insert(name, Arc::new(live));

@@ -150,6 +150,28 @@ impl Kernel {
         }
     }
 
+    /// Asks the interpreter to import `modules` ahead of any cell and waits until it has,
+    /// for at most `timeout`.
+    pub async fn preload(&mut self, modules: &[String], timeout: Duration) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.send(&RunnerRequest::Preload { modules }.encode(), deadline)
+            .await?;
+        loop {
+            match tokio::time::timeout_at(deadline, self.frames.recv()).await {
+                Ok(Some(Incoming::Frame(RunnerFrame::Preloaded {}))) => return Ok(()),
+                Ok(Some(Incoming::Frame(_))) => {}
+                Ok(Some(Incoming::Closed(why))) => return Err(why),
+                Ok(None) => return Err("the channel closed".to_owned()),
+                Err(_) => {
+                    return Err(format!(
+                        "the interpreter did not preload within {}",
+                        humantime::format_duration(timeout)
+                    ));
+                }
+            }
+        }
+    }
+
     /// Runs one cell: sends it, forwards output to `live` as it comes, keeps it up to the
     /// caps, and enforces the deadline: past it the cell is interrupted, and past
     /// [`INTERRUPT_GRACE`] more the interpreter is killed.

@@ -39,6 +39,10 @@ pub struct SandboxSpec {
     pub host_inputs: PathBuf,
     /// Extra labels for operators (tenant, message); never used for decisions.
     pub labels: Vec<(String, String)>,
+    /// Modules a fresh interpreter imports before `ensure` returns: for a sandbox that will
+    /// wait in the warm pool. Empty when a run waits for the sandbox: its code imports what
+    /// it uses, and nobody waits for the rest.
+    pub preload: Vec<String>,
 }
 
 /// One execution of code: a cell of the message's interpreter.

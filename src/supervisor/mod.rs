@@ -507,6 +507,7 @@ impl Supervisor {
                 ("codebox.tenant".to_owned(), message.tenant.clone()),
                 ("codebox.message".to_owned(), message.message_id.clone()),
             ],
+            preload: Vec::new(),
         };
         if restart {
             self.runtime.restart(&workspace.id).await?;

@@ -113,6 +113,7 @@ impl Supervisor {
                 host_data: workspace.data.clone(),
                 host_inputs: workspace.inputs.clone(),
                 labels: vec![("codebox.pool".to_owned(), "true".to_owned())],
+                preload: self.config.sandbox.preload.clone(),
             };
             self.runtime.ensure(&spec).await?;
             Ok::<_, Error>(())

@@ -49,8 +49,6 @@ impl TestEnv {
         };
         config.sandbox.image = test_image();
         config.sandbox.memory = bytesize::ByteSize::mib(256);
-        // Interpreters start without importing anything: tests that need a module import it.
-        config.sandbox.preload = Vec::new();
         adjust(&mut config);
         let supervisor = Supervisor::open(config.clone())
             .await
@@ -259,8 +257,6 @@ impl TestServer {
         };
         config.sandbox.image = test_image();
         config.sandbox.memory = bytesize::ByteSize::mib(256);
-        // Interpreters start without importing anything: tests that need a module import it.
-        config.sandbox.preload = Vec::new();
         config.server.listen = address;
         config.server.public_url = Some(base_url.clone());
         config.server.tokens = vec![

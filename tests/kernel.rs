@@ -480,3 +480,41 @@ async fn new_messages_take_warm_sandboxes_and_the_pool_refills() {
         "a message's workspace stays"
     );
 }
+
+#[tokio::test]
+async fn an_interpreter_codebox_let_go_is_replaced_and_the_run_says_so() {
+    let env = TestEnv::new().await;
+    env.run("m1", "x = 1", &[]).await;
+    // The reaper releases an idle message's sandbox: the next run starts afresh.
+    let workspace = env
+        .supervisor
+        .catalog()
+        .messages()
+        .get(&env.owner.tenant, "m1")
+        .await
+        .expect("catalog")
+        .expect("message")
+        .workspace_id;
+    env.supervisor
+        .runtime()
+        .release(&workspace)
+        .await
+        .expect("release");
+    let report = env.run("m1", "print('x' in globals())", &[]).await;
+    assert_eq!(report.run.stdout, "False\n");
+    assert_eq!(kernel(&report), (1, true, None));
+
+    // A restarted codebox has no channel to the interpreter it left running: it replaces it.
+    env.run("m1", "y = 2", &[]).await;
+    let reopened = env.reopen().await;
+    let report = reopened
+        .run(
+            &env.owner,
+            request("m1", "print('y' in globals())", &[]),
+            None,
+        )
+        .await
+        .expect("run after a restart of codebox");
+    assert_eq!(report.run.stdout, "False\n");
+    assert_eq!(kernel(&report), (1, true, None));
+}

@@ -166,6 +166,13 @@ fn record_metrics(report: &RunReport) {
     metrics::counter!("codebox_runs_total", "status" => run.status.as_str()).increment(1);
     metrics::histogram!("codebox_run_duration_seconds").record(run.duration_ms as f64 / 1000.0);
     metrics::counter!("codebox_files_registered_total").increment(report.files.len() as u64);
+    if let Some(kernel) = run.kernel.as_ref().filter(|kernel| kernel.restarted) {
+        let reason = kernel
+            .reason
+            .clone()
+            .unwrap_or_else(|| "released".to_owned());
+        metrics::counter!("codebox_kernel_restarts_total", "reason" => reason).increment(1);
+    }
     let bytes: i64 = report.files.iter().map(|file| file.size).sum();
     metrics::counter!("codebox_files_registered_bytes_total")
         .increment(u64::try_from(bytes).unwrap_or(0));

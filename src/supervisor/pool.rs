@@ -33,17 +33,29 @@ pub struct WarmPool {
 impl WarmPool {
     /// Takes a ready slot, if there is one.
     pub(super) fn take(&self) -> Option<String> {
-        let slot = self.ready.lock().ok()?.pop();
-        if slot.is_some() {
-            self.taken.notify_one();
+        let slot = {
+            let mut ready = self.ready.lock().ok()?;
+            let slot = ready.pop();
+            metrics::gauge!("codebox_warm_pool_ready").set(ready.len() as f64);
+            slot
+        };
+        match slot {
+            Some(slot) => {
+                self.taken.notify_one();
+                Some(slot)
+            }
+            None => {
+                metrics::counter!("codebox_warm_pool_misses_total").increment(1);
+                None
+            }
         }
-        slot
     }
 
-    /// Returns a slot that was taken but not used.
+    /// Returns a slot that was taken but not used, or adds a new one.
     pub(super) fn give_back(&self, slot: String) {
         if let Ok(mut ready) = self.ready.lock() {
             ready.push(slot);
+            metrics::gauge!("codebox_warm_pool_ready").set(ready.len() as f64);
         }
     }
 
@@ -66,6 +78,7 @@ impl WarmPool {
     }
 
     fn drain(&self) -> Vec<String> {
+        metrics::gauge!("codebox_warm_pool_ready").set(0.0);
         self.ready
             .lock()
             .map(|mut ready| std::mem::take(&mut *ready))

@@ -518,3 +518,48 @@ async fn an_interpreter_codebox_let_go_is_replaced_and_the_run_says_so() {
     assert_eq!(report.run.stdout, "False\n");
     assert_eq!(kernel(&report), (1, true, None));
 }
+
+#[tokio::test]
+async fn code_that_forges_frames_only_hurts_its_own_run() {
+    let env = TestEnv::new().await;
+    env.run("m1", "x = 1", &[]).await;
+    // Frames for another cell, an image that is no PNG, a result of unknown kinds: ignored.
+    let forge = r#"
+import json, os, struct
+def frame(obj):
+    body = json.dumps(obj).encode()
+    return struct.pack('>I', len(body)) + body
+forged = frame({'t': 'done', 'id': 999, 'exit_code': 0}) \
+    + frame({'t': 'image', 'id': 999, 'png': 'AAAA'}) \
+    + frame({'t': 'result', 'id': 999, 'data': {'application/x-evil': 'x'}})
+for fd in range(3, 64):
+    try:
+        os.write(fd, forged)
+    except OSError:
+        pass
+print('still here')
+"#;
+    let report = env.run("m1", forge, &[]).await;
+    assert_eq!(report.run.status, RunStatus::Succeeded, "{:?}", report.run);
+    // What went to the code's own output pipes is output; what went to the channel is not.
+    assert!(
+        report.run.stdout.ends_with("still here\n"),
+        "{}",
+        report.run.stdout
+    );
+    assert!(report.run.outputs.is_empty(), "{:?}", report.run.outputs);
+    let next = env.run("m1", "print(x)", &[]).await;
+    assert_eq!(next.run.stdout, "1\n");
+
+    // A length past the cap breaks the channel: the interpreter is lost, nothing else.
+    let breaker = "import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, b'\\xff\\xff\\xff\\xff')\n    except OSError:\n        pass\nimport time\ntime.sleep(5)";
+    let report = env.run("m1", breaker, &[]).await;
+    assert_eq!(report.run.status, RunStatus::Failed, "{:?}", report.run);
+    assert!(report.run.duration_ms < 4000, "{}", report.run.duration_ms);
+    let after = env.run("m1", "print('x' in globals())", &[]).await;
+    assert_eq!(after.run.stdout, "False\n");
+    assert_eq!(kernel(&after), (1, true, Some("crashed".to_owned())));
+    // Other messages never noticed.
+    let other = env.run("m2", "print('fine')", &[]).await;
+    assert_eq!(other.run.stdout, "fine\n");
+}

@@ -11,7 +11,8 @@
 //!
 //! The pool is refilled in the background one slot at a time ([`Supervisor::keep_pool_warm`],
 //! run by `codebox serve`), so that warming never takes more than one core from the runs in
-//! progress. An empty pool costs speed, never a run: the message then gets a new sandbox.
+//! progress, and not at all while new messages keep finding it empty. An empty pool costs
+//! speed, never a run: the message then gets a new sandbox, which imports nothing ahead.
 
 use std::sync::Mutex;
 
@@ -22,12 +23,20 @@ use super::*;
 /// How long the refill waits after a slot failed to start, before it tries again.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 
+/// How long after a new message found the pool empty the refill holds off. Under a sustained
+/// stream of new messages each gets a sandbox of its own (no preload, so the engine's pace);
+/// warming slots then would only take the CPU those runs need. The pool refills once the
+/// stream pauses, ready for the next burst.
+const HOLD_OFF_AFTER_MISS: Duration = Duration::from_secs(2);
+
 /// The ready slots, by workspace id.
 #[derive(Debug, Default)]
 pub struct WarmPool {
     ready: Mutex<Vec<String>>,
     /// Wakes the refill when a slot was taken.
     taken: Notify,
+    /// When a new message last found no slot.
+    last_miss: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl WarmPool {
@@ -46,6 +55,9 @@ impl WarmPool {
             }
             None => {
                 metrics::counter!("codebox_warm_pool_misses_total").increment(1);
+                if let Ok(mut last_miss) = self.last_miss.lock() {
+                    *last_miss = Some(tokio::time::Instant::now());
+                }
                 None
             }
         }
@@ -77,6 +89,13 @@ impl WarmPool {
             .unwrap_or(false)
     }
 
+    /// When the refill may warm the next slot: now, or a while after the last miss.
+    fn refill_at(&self) -> Option<tokio::time::Instant> {
+        let last_miss = (*self.last_miss.lock().ok()?)?;
+        let at = last_miss + HOLD_OFF_AFTER_MISS;
+        (at > tokio::time::Instant::now()).then_some(at)
+    }
+
     fn drain(&self) -> Vec<String> {
         metrics::gauge!("codebox_warm_pool_ready").set(0.0);
         self.ready
@@ -101,6 +120,10 @@ impl Supervisor {
         }
         loop {
             while self.pool.len() < size {
+                if let Some(at) = self.pool.refill_at() {
+                    tokio::time::sleep_until(at).await;
+                    continue;
+                }
                 match self.warm_slot().await {
                     Ok(slot) => self.pool.give_back(slot),
                     Err(error) => {

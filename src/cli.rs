@@ -190,6 +190,7 @@ pub async fn run(
                 timeout: args.timeout.map(Duration::from_secs),
                 restart: false,
                 init_code: None,
+                tracebacks_on_stderr: true,
             },
             None,
         )

@@ -163,6 +163,8 @@ class Runner:
 
     def __init__(self):
         self.pid = os.getpid()
+        # Set per cell: a notebook client shows the error frame, not the traceback twice.
+        self.quiet_tracebacks = False
         self.main_thread = threading.get_ident()
         self.frame_lock = threading.Lock()
         self.exec_id = None  # Labels stream frames; the reader thread reads it.
@@ -504,7 +506,9 @@ class Runner:
                 pass
             return "error", 1
         lines = traceback.format_exception(type(error), error, user_traceback(error.__traceback__))
-        self.stderr.write("".join(lines))
+        if not self.quiet_tracebacks:
+            # As `python3 -` would print it; a notebook client shows the error frame alone.
+            self.stderr.write("".join(lines))
         try:
             evalue = str(error)
         except Exception:
@@ -548,6 +552,7 @@ class Runner:
 
     def execute(self, request):
         self.reap()
+        self.quiet_tracebacks = request.get("quiet_tracebacks") is True
         self.exec_id = request["id"]
         self.cell += 1
         status, exit_code = "ok", 0

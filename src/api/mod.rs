@@ -8,6 +8,7 @@
 //! | `messages.rs` | per-message and per-chat listings, link rendering, workspace deletion |
 //! | `admin.rs` | operators: workspaces, garbage collection, retention policy |
 //! | `service.rs` | `/healthz`, `/readyz`, `/metrics`, `/openapi.json` |
+//! | `jupyter/` | `/jupyter/api/...`: the Jupyter Server kernels API and its WebSocket |
 //!
 //! Under the routes, `connections.rs` accepts connections and holds the timeouts and the
 //! connection cap that protect the server from hostile clients.
@@ -19,6 +20,7 @@ pub mod download;
 pub mod dto;
 pub mod error;
 mod files;
+pub mod jupyter;
 mod limiter;
 mod messages;
 mod runs;
@@ -61,6 +63,8 @@ pub struct AppState {
     pub public_url: Arc<str>,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
+    /// The Jupyter kernels open on this server.
+    pub jupyter: Arc<jupyter::Kernels>,
 }
 
 impl AppState {
@@ -78,6 +82,7 @@ impl AppState {
             tokens: Arc::new(tokens),
             signer,
             metrics: metrics_handle(),
+            jupyter: Arc::new(jupyter::Kernels::default()),
             supervisor,
         }
     }
@@ -207,14 +212,23 @@ pub fn router(state: AppState) -> Router {
     document_configured_limits(&mut openapi, &state);
     document_transport_errors(&mut openapi);
     let document: Arc<str> = openapi.to_json().unwrap_or_default().into();
-    api.route(
-        "/openapi.json",
-        axum::routing::get(move || service::openapi(document.clone())),
-    )
-    .fallback(service::not_found)
-    .layer(middleware::from_fn(rejections_as_api_errors))
-    .layer(middleware::from_fn(count_requests))
-    .with_state(state)
+    // The Jupyter routes follow Jupyter's contract, not this API's, and are not in its
+    // document; their JSON bodies are small.
+    let jupyter = jupyter::routes()
+        .layer(DefaultBodyLimit::max(body_limit(max_body)))
+        .layer(middleware::from_fn_with_state(
+            max_body,
+            refuse_declared_oversize,
+        ));
+    api.merge(jupyter)
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || service::openapi(document.clone())),
+        )
+        .fallback(service::not_found)
+        .layer(middleware::from_fn(rejections_as_api_errors))
+        .layer(middleware::from_fn(count_requests))
+        .with_state(state)
 }
 
 /// Writes the limits that come from the configuration into the OpenAPI document, so that it

@@ -63,6 +63,7 @@ pub async fn create_run(
         },
         restart: body.restart,
         init_code: body.init_code,
+        tracebacks_on_stderr: true,
     };
     let permit = state
         .limiter

@@ -32,6 +32,8 @@ pub enum RunnerRequest<'a> {
         code: &'a str,
         /// Code to run before the cell, in a fresh interpreter.
         init_code: Option<&'a str>,
+        /// Whether an exception's traceback stays out of stderr (the `error` output has it).
+        quiet_tracebacks: bool,
     },
     /// Import these modules now, ahead of any cell (a sandbox about to wait in the pool).
     Preload {
@@ -317,6 +319,7 @@ mod tests {
             id: 1,
             code: "print(1)",
             init_code: None,
+            quiet_tracebacks: false,
         }
         .encode();
         let length = u32::from_be_bytes([encoded[0], encoded[1], encoded[2], encoded[3]]) as usize;

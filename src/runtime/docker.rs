@@ -593,6 +593,15 @@ impl Runtime for DockerRuntime {
         Ok(())
     }
 
+    async fn interrupt(&self, workspace_id: &str) -> Result<(), RuntimeError> {
+        let container = Self::container_name(workspace_id);
+        if self.live_of(&container).is_some() {
+            // The runner ignores SIGINT between cells, so this cannot hit the wrong one.
+            kill_container(self.docker.clone(), container, "SIGINT").await;
+        }
+        Ok(())
+    }
+
     async fn restart(&self, workspace_id: &str) -> Result<(), RuntimeError> {
         let container = Self::container_name(workspace_id);
         if self.forget(&container).is_some() {

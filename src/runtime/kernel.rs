@@ -206,6 +206,7 @@ impl Kernel {
             id,
             code: &request.code,
             init_code,
+            quiet_tracebacks: !request.tracebacks_on_stderr,
         }
         .encode();
         self.execution_count += 1;

@@ -63,6 +63,9 @@ pub struct ExecRequest {
     pub max_outputs: usize,
     /// The largest figure kept, in bytes of PNG.
     pub max_image_bytes: usize,
+    /// Whether an exception's traceback is also written to stderr, as `python3 -` does; a
+    /// notebook client shows the `error` output alone.
+    pub tracebacks_on_stderr: bool,
 }
 
 /// A piece of output as it happens, for callers that stream it.
@@ -230,6 +233,11 @@ pub trait Runtime: Send + Sync + 'static {
     /// `kernel_lost` set, and the next `ensure` starts a fresh interpreter. The workspace is
     /// untouched. A sandbox that is gone is success.
     async fn kill_processes(&self, workspace_id: &str) -> Result<(), RuntimeError>;
+
+    /// Interrupts the cell the interpreter of `workspace_id` is running, as a notebook's
+    /// interrupt does (KeyboardInterrupt in the cell); between cells nothing happens. A
+    /// sandbox that is gone, or has no live interpreter, is success.
+    async fn interrupt(&self, workspace_id: &str) -> Result<(), RuntimeError>;
 
     /// Ends the interpreter of `workspace_id` now, so that the next `ensure` starts a fresh
     /// one (reporting [`KernelEnd::Requested`]). A sandbox that is gone is success.

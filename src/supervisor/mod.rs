@@ -8,10 +8,12 @@
 //! The supervisor is the library both the CLI and the HTTP server call; it knows nothing of
 //! HTTP. It owns the catalog, the blob store, the workspaces and a [`Runtime`].
 //!
-//! Two steps that take more than a screen have files of their own: `attach.rs` (step 2a,
-//! placing attachments) and `register.rs` (step 6, storing outputs). What happens outside a
-//! run lives beside them: `files.rs` (uploads, lookups, listings, rendering, deletion) and
-//! `sandboxes.rs` (start-up, shutdown, removing a workspace, the operators' overview).
+//! Steps that take more than a screen have files of their own: `attach.rs` (step 2a, placing
+//! attachments), `register.rs` (step 6, storing outputs) and `figures.rs` (step 6b, the
+//! interpreter's rich outputs). What happens outside a run lives beside them: `files.rs`
+//! (uploads, lookups, listings, rendering, deletion), `sandboxes.rs` (start-up, shutdown,
+//! removing a workspace, the operators' overview), `pool.rs` (the warm pool) and `kernels.rs`
+//! (a message's interpreter between runs, for notebook clients).
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -42,6 +44,7 @@ use crate::workspace::{self, Workspace, Workspaces};
 mod attach;
 mod figures;
 mod files;
+mod kernels;
 mod pool;
 mod register;
 mod sandboxes;
@@ -117,6 +120,9 @@ pub struct RunRequest {
     pub restart: bool,
     /// Code to run first when the interpreter is fresh, after the configured `init_code`.
     pub init_code: Option<String>,
+    /// Whether an exception's traceback also goes to stderr (as for a script); a notebook
+    /// client, which shows the `error` output, turns it off.
+    pub tracebacks_on_stderr: bool,
 }
 
 /// A run that passed its checks and bound its message; see [`Supervisor::accept`].
@@ -602,6 +608,7 @@ impl Supervisor {
             max_outputs: limits.max_outputs,
             max_image_bytes: usize::try_from(limits.max_figure_bytes.as_u64())
                 .unwrap_or(usize::MAX),
+            tracebacks_on_stderr: request.tracebacks_on_stderr,
         };
         let Some(events) = events else {
             return self.exec_within_disk_cap(workspace, &exec, None).await;

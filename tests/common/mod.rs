@@ -131,6 +131,7 @@ pub fn request(message_id: &str, code: &str, files: &[&FileRecord]) -> RunReques
         timeout: None,
         restart: false,
         init_code: None,
+        tracebacks_on_stderr: true,
     }
 }
 

@@ -1,0 +1,425 @@
+//! `/jupyter`: the Jupyter Server kernels API, for clients that already speak Jupyter (Open
+//! WebUI's code interpreter, jupyter_client's gateway client, notebook front ends).
+//!
+//! A Jupyter kernel here is a message's live interpreter: the same workspace, limits and
+//! registration as `POST /v1/runs`, reached through Jupyter's REST routes and the messaging
+//! protocol's JSON form over a WebSocket (`channels.rs`). The end user comes from
+//! `KERNEL_USERNAME` in the kernel's `env` (the Enterprise Gateway's convention), else
+//! `X-User-Id`, else `jupyter`; `KERNEL_CHAT_ID` and `KERNEL_MESSAGE_ID` name the chat and the
+//! message when the client knows them, and otherwise each kernel is a message of its own.
+//!
+//! Auth follows Jupyter's conventions: `Authorization: token <t>` (or `Bearer <t>`), or
+//! `?token=<t>`, checked against codebox's service tokens; anything else is 403, as Jupyter
+//! answers. The kernels themselves live in this process's memory ([`Kernels`]): a restarted
+//! codebox forgets them, as a restarted Jupyter server does, while their messages, workspaces
+//! and files stay.
+
+mod channels;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use axum::extract::{Path, Query, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::auth::Caller;
+use super::error::{ApiError, ApiResult};
+use crate::catalog::{self, Owner};
+use crate::config::Role;
+
+/// The only kernel spec: Python in a codebox sandbox.
+pub const KERNEL_NAME: &str = "python3";
+
+/// The user of kernels whose client names none.
+const DEFAULT_USER: &str = "jupyter";
+
+/// The Jupyter routes, to be merged into the API's router.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/jupyter/api", get(version))
+        .route("/jupyter/api/kernelspecs", get(kernelspecs))
+        .route("/jupyter/api/kernels", get(list).post(start))
+        .route(
+            "/jupyter/api/kernels/{kernel_id}",
+            get(show).delete(shut_down),
+        )
+        .route(
+            "/jupyter/api/kernels/{kernel_id}/interrupt",
+            post(interrupt),
+        )
+        .route("/jupyter/api/kernels/{kernel_id}/restart", post(restart))
+        .route("/jupyter/api/kernels/{kernel_id}/channels", get(channels))
+}
+
+/// One kernel: which message's interpreter it is, and what Jupyter shows of it.
+#[derive(Debug, Clone)]
+pub struct Kernel {
+    /// Jupyter's id for it (a UUID).
+    pub id: String,
+    /// Whose it is.
+    pub owner: Owner,
+    /// The chat of its message.
+    pub chat_id: String,
+    /// The message whose interpreter it is.
+    pub message_id: String,
+    /// When it was last used (RFC 3339).
+    pub last_activity: String,
+    /// `idle` or `busy`.
+    pub execution_state: &'static str,
+    /// WebSockets open on it.
+    pub connections: usize,
+    /// Whether the next execution starts in a fresh interpreter (after a restart request).
+    pub restart_next: bool,
+    /// The last execution's number in its interpreter.
+    pub execution_count: u64,
+}
+
+impl Kernel {
+    fn model(&self) -> Value {
+        json!({
+            "id": self.id,
+            "name": KERNEL_NAME,
+            "last_activity": self.last_activity,
+            "execution_state": self.execution_state,
+            "connections": self.connections,
+        })
+    }
+}
+
+/// The kernels this process serves, by id.
+#[derive(Debug, Default)]
+pub struct Kernels {
+    kernels: Mutex<HashMap<String, Kernel>>,
+}
+
+impl Kernels {
+    /// The kernel `id` if `tenant` may use it.
+    pub fn get(&self, tenant: &str, id: &str) -> Option<Kernel> {
+        let kernels = self.kernels.lock().ok()?;
+        kernels
+            .get(id)
+            .filter(|kernel| kernel.owner.tenant == tenant)
+            .cloned()
+    }
+
+    /// Changes the kernel `id`, if it still exists.
+    pub fn update(&self, id: &str, change: impl FnOnce(&mut Kernel)) {
+        if let Ok(mut kernels) = self.kernels.lock()
+            && let Some(kernel) = kernels.get_mut(id)
+        {
+            change(kernel);
+        }
+    }
+
+    fn insert(&self, kernel: Kernel) {
+        if let Ok(mut kernels) = self.kernels.lock() {
+            kernels.insert(kernel.id.clone(), kernel);
+        }
+    }
+
+    fn remove(&self, tenant: &str, id: &str) -> Option<Kernel> {
+        let mut kernels = self.kernels.lock().ok()?;
+        if kernels.get(id)?.owner.tenant != tenant {
+            return None;
+        }
+        kernels.remove(id)
+    }
+
+    fn of_tenant(&self, tenant: &str) -> Vec<Kernel> {
+        let Ok(kernels) = self.kernels.lock() else {
+            return Vec::new();
+        };
+        let mut found: Vec<Kernel> = kernels
+            .values()
+            .filter(|kernel| kernel.owner.tenant == tenant)
+            .cloned()
+            .collect();
+        found.sort_by(|a, b| a.id.cmp(&b.id));
+        found
+    }
+}
+
+/// `?token=` as Jupyter clients send it.
+#[derive(Debug, Default, Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+/// The caller, from Jupyter's token conventions; a service token only.
+fn caller(headers: &HeaderMap, query: &TokenQuery, state: &AppState) -> Option<Caller> {
+    let from_header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| {
+            value
+                .strip_prefix("token ")
+                .or_else(|| value.strip_prefix("Token "))
+                .or_else(|| value.strip_prefix("Bearer "))
+        })
+        .map(str::trim);
+    let presented = from_header.or(query.token.as_deref());
+    presented
+        .and_then(|token| state.tokens.check(token))
+        .filter(|caller| caller.role == Role::Service)
+}
+
+/// Jupyter's answer to a missing or wrong token.
+fn forbidden() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        Json(json!({"message": "Forbidden", "reason": "a codebox service token is required"})),
+    )
+        .into_response()
+}
+
+/// Jupyter's answer for a kernel that does not exist (or is another tenant's).
+fn no_such_kernel(id: &str) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"message": format!("Kernel does not exist: {id}"), "reason": null})),
+    )
+        .into_response()
+}
+
+async fn version() -> Json<Value> {
+    Json(json!({"version": env!("CARGO_PKG_VERSION"), "server": "codebox"}))
+}
+
+async fn kernelspecs(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
+) -> Response {
+    if caller(&headers, &query, &state).is_none() {
+        return forbidden();
+    }
+    Json(json!({
+        "default": KERNEL_NAME,
+        "kernelspecs": {
+            KERNEL_NAME: {
+                "name": KERNEL_NAME,
+                "spec": {
+                    "argv": [],
+                    "display_name": "Python 3 (codebox sandbox)",
+                    "language": "python",
+                    "interrupt_mode": "signal",
+                    "env": {},
+                    "metadata": {},
+                },
+                "resources": {},
+            }
+        }
+    }))
+    .into_response()
+}
+
+async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
+) -> Response {
+    match caller(&headers, &query, &state) {
+        Some(caller) => {
+            let kernels: Vec<Value> = state
+                .jupyter
+                .of_tenant(&caller.tenant)
+                .iter()
+                .map(Kernel::model)
+                .collect();
+            Json(kernels).into_response()
+        }
+        None => forbidden(),
+    }
+}
+
+/// `POST /jupyter/api/kernels`: `{"name", "env"}`.
+#[derive(Debug, Default, Deserialize)]
+struct StartKernel {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    env: HashMap<String, Value>,
+}
+
+async fn start(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    let Some(caller) = caller(&headers, &query, &state) else {
+        return Ok(forbidden());
+    };
+    let request: StartKernel = if body.is_empty() {
+        StartKernel::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|error| {
+            ApiError::invalid(format!("the body is not a kernel request: {error}"))
+        })?
+    };
+    if let Some(name) = request.name.as_deref()
+        && !name.is_empty()
+        && name != KERNEL_NAME
+    {
+        return Ok((
+            StatusCode::NOT_FOUND,
+            Json(json!({"message": format!("No such kernel spec: {name}"), "reason": null})),
+        )
+            .into_response());
+    }
+    let text = |key: &str| {
+        request
+            .env
+            .get(key)
+            .and_then(Value::as_str)
+            .filter(|value| !value.is_empty())
+            .map(str::to_owned)
+    };
+    let user = match text("KERNEL_USERNAME") {
+        Some(user) => user,
+        None => match headers.get("x-user-id") {
+            Some(_) => super::auth::user_of(&headers)?,
+            None => DEFAULT_USER.to_owned(),
+        },
+    };
+    let owner = Owner::new(&caller.tenant, &user);
+    let id = uuid::Uuid::new_v4().to_string();
+    let chat_id = text("KERNEL_CHAT_ID").unwrap_or_else(|| "jupyter".to_owned());
+    let message_id = text("KERNEL_MESSAGE_ID").unwrap_or_else(|| format!("jupyter-{id}"));
+    state
+        .supervisor
+        .open_message(&owner, &chat_id, &message_id)
+        .await?;
+    let kernel = Kernel {
+        id,
+        owner,
+        chat_id,
+        message_id,
+        last_activity: catalog::now(),
+        execution_state: "idle",
+        connections: 0,
+        restart_next: false,
+        execution_count: 0,
+    };
+    let model = kernel.model();
+    state.jupyter.insert(kernel);
+    metrics::counter!("codebox_jupyter_kernels_started_total").increment(1);
+    Ok((StatusCode::CREATED, Json(model)).into_response())
+}
+
+async fn show(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
+    Path(kernel_id): Path<String>,
+) -> Response {
+    let Some(caller) = caller(&headers, &query, &state) else {
+        return forbidden();
+    };
+    match state.jupyter.get(&caller.tenant, &kernel_id) {
+        Some(kernel) => Json(kernel.model()).into_response(),
+        None => no_such_kernel(&kernel_id),
+    }
+}
+
+/// `DELETE`: the message's sandbox goes now; its workspace and files follow retention.
+async fn shut_down(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
+    Path(kernel_id): Path<String>,
+) -> ApiResult<Response> {
+    let Some(caller) = caller(&headers, &query, &state) else {
+        return Ok(forbidden());
+    };
+    let Some(kernel) = state.jupyter.remove(&caller.tenant, &kernel_id) else {
+        return Ok(no_such_kernel(&kernel_id));
+    };
+    state
+        .supervisor
+        .release_sandbox(&kernel.owner, &kernel.message_id)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn interrupt(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
+    Path(kernel_id): Path<String>,
+) -> ApiResult<Response> {
+    let Some(caller) = caller(&headers, &query, &state) else {
+        return Ok(forbidden());
+    };
+    let Some(kernel) = state.jupyter.get(&caller.tenant, &kernel_id) else {
+        return Ok(no_such_kernel(&kernel_id));
+    };
+    state
+        .supervisor
+        .interrupt(&kernel.owner, &kernel.message_id)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `restart`: the cell in progress is interrupted, and the next execution starts in a fresh
+/// interpreter (`init_code` runs again).
+async fn restart(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
+    Path(kernel_id): Path<String>,
+) -> ApiResult<Response> {
+    let Some(caller) = caller(&headers, &query, &state) else {
+        return Ok(forbidden());
+    };
+    let Some(kernel) = state.jupyter.get(&caller.tenant, &kernel_id) else {
+        return Ok(no_such_kernel(&kernel_id));
+    };
+    state
+        .supervisor
+        .interrupt(&kernel.owner, &kernel.message_id)
+        .await?;
+    state.jupyter.update(&kernel_id, |kernel| {
+        kernel.restart_next = true;
+        kernel.last_activity = catalog::now();
+    });
+    let model = state
+        .jupyter
+        .get(&caller.tenant, &kernel_id)
+        .map(|kernel| kernel.model())
+        .unwrap_or_else(|| kernel.model());
+    Ok(Json(model).into_response())
+}
+
+/// The WebSocket of the messaging protocol.
+async fn channels(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
+    Path(kernel_id): Path<String>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let Some(caller) = caller(&headers, &query, &state) else {
+        return forbidden();
+    };
+    let Some(kernel) = state.jupyter.get(&caller.tenant, &kernel_id) else {
+        return no_such_kernel(&kernel_id);
+    };
+    // A message carries at most the code of one cell, plus its envelope.
+    let max_message = state
+        .supervisor
+        .config()
+        .limits
+        .max_code_bytes
+        .as_u64()
+        .saturating_add(64 * 1024);
+    upgrade
+        .max_message_size(usize::try_from(max_message).unwrap_or(usize::MAX))
+        .on_upgrade(move |socket| channels::serve(socket, state, kernel))
+}

@@ -54,11 +54,12 @@
 //!    after the other, the same count: half just before the codebox burst, and half after
 //!    it, once the burst's sandboxes are removed and the pool is full again, so that drift
 //!    hits both and no refill competes with either. Target: at least 0.8x. The output says
-//!    what bounds codebox here, with figures from the same run: every new message needs a
-//!    started container whose interpreter has imported the preloaded modules, whether the
-//!    pool makes it ahead of time or the message makes it itself, so the benchmark reports
-//!    the CPU time each slot's interpreter used to get ready (read from `/proc` when the
-//!    slot is found idle, below) and how long the pool took to replace one slot in case 1.
+//!    what bounds codebox here, with figures from the same run: once the pool is empty, each
+//!    new message starts a container of its own whose interpreter imports nothing ahead, and
+//!    the pool holds off refilling while messages keep missing it; the benchmark reports the
+//!    CPU time each slot's interpreter used to get ready (read from `/proc` when the slot is
+//!    found idle, below), which is what every message would pay without that, and how long
+//!    the pool took to replace one slot in case 1.
 //! 5. **Concurrency sweep.** For each count in `--clients` (default 1, 4, 16, 64), that many
 //!    clients each run `print(1)` in a message of their own for `--duration` seconds. Each
 //!    message's first run, which makes its sandbox, happens outside the clock, and the pool
@@ -2703,12 +2704,12 @@ fn report(args: &Args, docker_version: &str, results: &Results, elapsed: Duratio
     println!(
         "case 4: {} messages in {:.2} s: {:.2} msg/s overall, {} after the {} pooled slots \
          were used up; the engine created, started and removed {} hardened containers at \
-         {:.2}/s. What bounds codebox is making sandboxes, not the engine: every new message \
-         needs a started container whose interpreter has imported the preloaded modules. \
-         Measured here: a slot's interpreter used {:.2} CPU s to get ready (p50 of {} slots), \
-         and the pool took {} at p50 to replace one slot. On {cores} cores that caps new \
-         messages at about {:.1}/s, whether the pool makes the sandboxes ahead of time (one \
-         at a time) or the messages make their own once the pool is empty.",
+         {:.2}/s. Once the pool is empty each new message starts a sandbox of its own, \
+         which imports nothing ahead, so the engine's container start bounds the rate; the \
+         pool holds off refilling while messages keep finding it empty, because a warm slot \
+         costs its interpreter {:.2} CPU s of preloading (p50 of {} slots; the pool took {} \
+         at p50 to replace one), which would cap new messages at about {:.1}/s on {cores} \
+         cores if every message paid it.",
         sustained.latencies.len(),
         sustained.wall.as_secs_f64(),
         sustained.overall_per_s(),

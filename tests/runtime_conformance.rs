@@ -228,6 +228,41 @@ async fn a_released_sandbox_starts_fresh(kind: Kind) {
     finish(env).await;
 }
 
+async fn a_crash_costs_the_interpreter(kind: Kind) {
+    let env = env_of(kind).await;
+    env.run("m1", "x = 5", &[]).await;
+    let crashed = run_for(&env, "import os\nos._exit(7)", Duration::from_secs(20)).await;
+    assert_ne!(
+        crashed.run.status,
+        RunStatus::Succeeded,
+        "{:?}",
+        crashed.run
+    );
+    assert!(
+        crashed.run.duration_ms < 15_000,
+        "{}",
+        crashed.run.duration_ms
+    );
+    let next = env.run("m1", "print('x' in globals())", &[]).await;
+    assert_eq!(next.run.stdout, "False\n", "{:?}", next.run);
+    let kernel = next.run.kernel.clone().expect("a kernel");
+    assert_eq!(kernel.reason.as_deref(), Some("crashed"), "{kernel:?}");
+    finish(env).await;
+}
+
+async fn a_cell_that_ignores_the_interrupt_costs_the_interpreter(kind: Kind) {
+    let env = env_of(kind).await;
+    env.run("m1", "x = 5", &[]).await;
+    let code = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass";
+    let report = run_for(&env, code, Duration::from_secs(1)).await;
+    assert_eq!(report.run.status, RunStatus::TimedOut, "{:?}", report.run);
+    let next = env.run("m1", "print('x' in globals())", &[]).await;
+    assert_eq!(next.run.stdout, "False\n", "{:?}", next.run);
+    let kernel = next.run.kernel.clone().expect("a kernel");
+    assert_eq!(kernel.reason.as_deref(), Some("timeout"), "{kernel:?}");
+    finish(env).await;
+}
+
 /// Each case once per runtime.
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
@@ -258,4 +293,6 @@ conformance!(
     a_timed_out_cell_is_stopped_and_the_next_run_works,
     an_interrupt_stops_the_running_cell,
     a_released_sandbox_starts_fresh,
+    a_crash_costs_the_interpreter,
+    a_cell_that_ignores_the_interrupt_costs_the_interpreter,
 );

@@ -734,6 +734,19 @@ impl Runtime for EnterpriseGatewayRuntime {
                         Ok(None) => continue,
                         Err(why) => break CellEnd::Lost(why),
                     };
+                    if incoming.msg_type == "status"
+                        && matches!(
+                            incoming
+                                .content
+                                .get("execution_state")
+                                .and_then(Value::as_str),
+                            Some("restarting" | "dead")
+                        )
+                    {
+                        // The kernel's process died (the gateway may start another in its
+                        // place, without the namespace): the cell is lost with it.
+                        break CellEnd::Lost("the kernel died".to_owned());
+                    }
                     if incoming.parent_id.as_deref() != Some(id.as_str()) {
                         // Another request's messages (the setup's, a thread of an earlier
                         // cell still printing): not this run's.
@@ -748,14 +761,8 @@ impl Runtime for EnterpriseGatewayRuntime {
                             }
                         }
                         ("iopub", "status") => {
-                            if incoming
-                                .content
-                                .get("execution_state")
-                                .and_then(Value::as_str)
-                                == Some("idle")
-                            {
-                                idle = true;
-                            }
+                            let state = incoming.content.get("execution_state");
+                            idle |= state.and_then(Value::as_str) == Some("idle");
                         }
                         ("iopub", _) => {
                             for chunk in gathered.take(&incoming, request) {

@@ -263,6 +263,32 @@ async fn a_cell_that_ignores_the_interrupt_costs_the_interpreter(kind: Kind) {
     finish(env).await;
 }
 
+async fn init_code_runs_first_and_tracebacks_reach_stderr(kind: Kind) {
+    let env = env_of(kind).await;
+    let mut first = request("m1", "print(y)", &[]);
+    first.init_code = Some("y = 7".to_owned());
+    let report = env
+        .supervisor
+        .run(&env.owner, first, None)
+        .await
+        .expect("run");
+    assert_eq!(report.run.stdout, "7\n", "{:?}", report.run);
+    let failed = env.run("m1", "1 / 0", &[]).await;
+    assert_eq!(failed.run.status, RunStatus::Failed, "{:?}", failed.run);
+    assert_eq!(failed.run.exit_code, Some(1));
+    assert!(
+        failed.run.stderr.contains("ZeroDivisionError"),
+        "{:?}",
+        failed.run.stderr
+    );
+    assert!(
+        !failed.run.stderr.contains('\u{1b}'),
+        "{:?}",
+        failed.run.stderr
+    );
+    finish(env).await;
+}
+
 /// Each case once per runtime.
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
@@ -295,4 +321,5 @@ conformance!(
     a_released_sandbox_starts_fresh,
     a_crash_costs_the_interpreter,
     a_cell_that_ignores_the_interrupt_costs_the_interpreter,
+    init_code_runs_first_and_tracebacks_reach_stderr,
 );

@@ -29,6 +29,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::kernel::{self, CappedBuffer};
@@ -46,6 +47,10 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The user name kernels are started for (`KERNEL_USERNAME`).
 const KERNEL_USERNAME: &str = "codebox";
+
+/// The largest message codebox takes from a kernel; a larger one ends the channel (and the
+/// kernel).
+const MAX_MESSAGE_BYTES: usize = 16 << 20;
 
 /// The messaging protocol version codebox speaks.
 const PROTOCOL_VERSION: &str = "5.3";
@@ -290,11 +295,16 @@ impl EnterpriseGatewayRuntime {
             request.headers_mut().insert("Authorization", value);
         }
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
-        let (socket, _) =
-            tokio::time::timeout_at(deadline, tokio_tungstenite::connect_async(request))
-                .await
-                .map_err(|_| "the kernel's channels did not open in time".to_owned())?
-                .map_err(|error| format!("cannot open the kernel's channels: {error}"))?;
+        // Everything the kernel says is hostile: one message may not make codebox hold more
+        // than a figure at the cap, as base64, and its JSON around it.
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_MESSAGE_BYTES))
+            .max_frame_size(Some(MAX_MESSAGE_BYTES));
+        let connecting = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
+        let (socket, _) = tokio::time::timeout_at(deadline, connecting)
+            .await
+            .map_err(|_| "the kernel's channels did not open in time".to_owned())?
+            .map_err(|error| format!("cannot open the kernel's channels: {error}"))?;
         let live = Live {
             kernel_id: kernel_id.to_owned(),
             instance: spec.instance.clone(),

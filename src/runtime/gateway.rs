@@ -7,7 +7,8 @@
 //! default) that is a plain process on the gateway's host, as the gateway's user: fit for tests
 //! and trusted code only. In production the gateway's Kubernetes process proxy launches each
 //! kernel as a pod, and the pod's kernelspec carries the isolation (see
-//! `deploy/enterprise-gateway/`).
+//! `deploy/enterprise-gateway/`). Neither does it sweep what a cell leaves running: a local
+//! kernel's child processes outlive their cell until the kernel goes; a pod's go with the pod.
 //!
 //! Kernels see the workspace at its host path (a shared volume), not at `/mnt/data`:
 //! [`Runtime::mounts_workspace`] is `false`, so the supervisor rewrites `/mnt/data` in the

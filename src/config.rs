@@ -38,6 +38,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// How long containers, workspaces and files are kept.
     pub retention: RetentionConfig,
+    /// Which back end runs the code.
+    pub runtime: RuntimeConfig,
 }
 
 impl Default for Config {
@@ -51,7 +53,75 @@ impl Default for Config {
             outputs: OutputsConfig::default(),
             server: ServerConfig::default(),
             retention: RetentionConfig::default(),
+            runtime: RuntimeConfig::default(),
         }
+    }
+}
+
+/// Which back end runs the code, and how to reach it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// The back end.
+    pub kind: RuntimeKind,
+    /// The Jupyter Enterprise Gateway, when `kind` is `enterprise-gateway`.
+    pub gateway: GatewayConfig,
+}
+
+/// The back ends codebox can run code on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RuntimeKind {
+    /// One hardened container per workspace on the local Docker engine.
+    #[default]
+    Docker,
+    /// One kernel per workspace on a Jupyter Enterprise Gateway, which isolates only as far
+    /// as its process proxy does (not at all with local kernels).
+    #[serde(alias = "enterprise_gateway")]
+    EnterpriseGateway,
+}
+
+/// A Jupyter Enterprise Gateway.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Its base URL, `http://host:port`.
+    pub url: Option<String>,
+    /// Its auth token, sent as `Authorization: token <token>`.
+    pub token: Option<String>,
+    /// The kernelspec every kernel starts from.
+    pub kernel: String,
+    /// Where the kernels see `<data_dir>/workspaces`; by default the same path. It must hold
+    /// the same files (a shared volume).
+    pub workspaces_path: Option<PathBuf>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            token: None,
+            kernel: "python3".to_owned(),
+            workspaces_path: None,
+        }
+    }
+}
+
+/// Written by hand so that the token never reaches a log line or an error message.
+impl std::fmt::Debug for GatewayConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            url,
+            token,
+            kernel,
+            workspaces_path,
+        } = self;
+        f.debug_struct("GatewayConfig")
+            .field("url", url)
+            .field("token", &token.as_ref().map(|_| "<redacted>"))
+            .field("kernel", kernel)
+            .field("workspaces_path", workspaces_path)
+            .finish()
     }
 }
 
@@ -567,6 +637,20 @@ impl Config {
                 return bad(&problem);
             }
         }
+        if self.runtime.kind == RuntimeKind::EnterpriseGateway {
+            match self.runtime.gateway.url.as_deref() {
+                None | Some("") => {
+                    return bad("runtime.kind enterprise-gateway needs runtime.gateway.url");
+                }
+                Some(url) if !url.starts_with("http://") && !url.starts_with("https://") => {
+                    return bad("runtime.gateway.url must start with http:// or https://");
+                }
+                Some(_) => {}
+            }
+            if self.runtime.gateway.kernel.is_empty() {
+                return bad("runtime.gateway.kernel must name a kernelspec");
+            }
+        }
         parse_user(&self.sandbox.user)
             .map_err(|reason| ConfigError::Inconsistent(format!("sandbox.user: {reason}")))?;
         if let Some(module) = self.sandbox.preload.iter().find(|m| !is_module_name(m)) {
@@ -665,6 +749,22 @@ mod tests {
             assert_eq!(config.limits.default_timeout, Duration::from_secs(5));
             assert_eq!(config.limits.max_files_per_run, 3);
             assert_eq!(config.limits.max_depth, Limits::default().max_depth);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_gateway_runtime_comes_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("CODEBOX_RUNTIME__KIND", "enterprise-gateway");
+            jail.set_env("CODEBOX_RUNTIME__GATEWAY__URL", "http://127.0.0.1:8888");
+            jail.set_env("CODEBOX_RUNTIME__GATEWAY__TOKEN", "secret-gateway-token");
+            let config = Config::load(None, serde_json::json!({})).map_err(|e| e.to_string())?;
+            assert_eq!(config.runtime.kind, RuntimeKind::EnterpriseGateway);
+            assert_eq!(config.runtime.gateway.kernel, "python3");
+            assert!(!format!("{config:?}").contains("secret-gateway-token"));
+            jail.set_env("CODEBOX_RUNTIME__GATEWAY__URL", "");
+            assert!(Config::load(None, serde_json::json!({})).is_err());
             Ok(())
         });
     }

@@ -408,7 +408,7 @@ fn keep_output(run: &mut Executed, output: RichOutput, cap: usize) -> Option<Ric
 }
 
 /// A result with only the renderings codebox knows, each cut to the cap.
-fn result_output(
+pub(super) fn result_output(
     data: std::collections::BTreeMap<String, String>,
     cap: usize,
 ) -> Option<RichOutput> {
@@ -421,7 +421,7 @@ fn result_output(
 }
 
 /// A figure, if the runner sent a real PNG within the cap.
-fn image_output(png: &str, cap: usize) -> Option<RichOutput> {
+pub(super) fn image_output(png: &str, cap: usize) -> Option<RichOutput> {
     // Base64 takes 4 characters for 3 bytes: a longer text cannot decode within the cap.
     if png.len() / 4 * 3 > cap + 3 {
         return None;
@@ -433,7 +433,7 @@ fn image_output(png: &str, cap: usize) -> Option<RichOutput> {
 }
 
 /// `text` cut to at most `cap` bytes, at a character boundary.
-fn cut(mut text: String, cap: usize) -> String {
+pub(super) fn cut(mut text: String, cap: usize) -> String {
     if text.len() > cap {
         let mut end = cap;
         while !text.is_char_boundary(end) {
@@ -445,7 +445,7 @@ fn cut(mut text: String, cap: usize) -> String {
 }
 
 /// Lines kept until their total reaches `cap`.
-fn cut_lines(lines: Vec<String>, cap: usize) -> Vec<String> {
+pub(super) fn cut_lines(lines: Vec<String>, cap: usize) -> Vec<String> {
     let mut room = cap;
     let mut kept = Vec::new();
     for line in lines {

@@ -3,13 +3,14 @@
 //! [`Runtime`] is what the supervisor needs from a back end: a sandbox per workspace holding
 //! one live interpreter (a kernel) that runs the message's cells one after another in one
 //! namespace, with limits, and that can be listed and released. [`DockerRuntime`] is the back
-//! end on the local Docker engine; a Jupyter Enterprise Gateway or Kubernetes runtime would
-//! implement the same trait, reusing [`kernel`] over its own attach stream. [`image`] holds the
+//! end on the local Docker engine; [`EnterpriseGatewayRuntime`] runs each workspace's kernel on
+//! a Jupyter Enterprise Gateway, which isolates only as far as its process proxy does. [`image`] holds the
 //! engine calls of the sandbox image builder (`src/image.rs`).
 
 mod cgroup;
 mod channel;
 mod docker;
+mod gateway;
 pub mod image;
 mod kernel;
 
@@ -22,6 +23,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 pub use docker::DockerRuntime;
+pub use gateway::EnterpriseGatewayRuntime;
 
 pub use crate::translate::{SANDBOX_DATA, SANDBOX_INPUTS};
 
@@ -192,6 +194,9 @@ pub enum RuntimeError {
     /// The engine refused or failed a request.
     #[error("docker: {0}")]
     Docker(#[from] bollard::errors::Error),
+    /// The Jupyter Enterprise Gateway refused or failed a request.
+    #[error("gateway: {0}")]
+    Gateway(String),
     /// The sandbox misbehaved in a way the runtime could not handle.
     #[error("sandbox {workspace_id}: {reason}")]
     Sandbox {

@@ -29,13 +29,13 @@ use crate::catalog::{
     self, AttachmentRecord, Catalog, FileRecord, FileSource, KernelState, MessageRecord, Owner,
     RunOutput, RunRecord, RunStatus, Truncation,
 };
-use crate::config::Config;
+use crate::config::{Config, RuntimeKind};
 use crate::disk::DiskPolicy;
 use crate::error::{Error, IoContext, IoError, Result};
 use crate::ids;
 use crate::runtime::{
-    DockerRuntime, ExecOutcome, ExecRequest, KernelEnd, KernelStart, OutputChunk, RichOutput,
-    Runtime, SANDBOX_DATA, SandboxSpec,
+    DockerRuntime, EnterpriseGatewayRuntime, ExecOutcome, ExecRequest, KernelEnd, KernelStart,
+    OutputChunk, RichOutput, Runtime, SANDBOX_DATA, SandboxSpec,
 };
 use crate::snapshot::{self, EntryKind, Omission, Snapshot, SnapshotLimits};
 use crate::translate::{self, PathMap};
@@ -208,11 +208,23 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// Opens everything the configuration names: the catalog (migrated), the blob store, the
-    /// workspaces folder and the local Docker engine.
+    /// workspaces folder and the runtime (the local Docker engine, or a Jupyter Enterprise
+    /// Gateway).
     pub async fn open(config: Config) -> Result<Self> {
-        let (user, _) = sandbox_user(&config)?;
-        let runtime = DockerRuntime::connect(&config.sandbox, user).await?;
-        Self::with_runtime(config, Arc::new(runtime)).await
+        let runtime: Arc<dyn Runtime> = match config.runtime.kind {
+            RuntimeKind::Docker => {
+                let (user, _) = sandbox_user(&config)?;
+                Arc::new(DockerRuntime::connect(&config.sandbox, user).await?)
+            }
+            RuntimeKind::EnterpriseGateway => Arc::new(
+                EnterpriseGatewayRuntime::connect(
+                    &config.runtime.gateway,
+                    &config.workspaces_dir(),
+                )
+                .await?,
+            ),
+        };
+        Self::with_runtime(config, runtime).await
     }
 
     /// Like [`Supervisor::open`] with a runtime of the caller's choosing.

@@ -13,7 +13,7 @@ use std::process::Command;
 
 use codebox::api::{self, AppState};
 use codebox::catalog::{FileRecord, Owner};
-use codebox::config::{Role, TokenConfig};
+use codebox::config::{Role, RuntimeKind, TokenConfig};
 use codebox::{Config, RunReport, RunRequest, Supervisor};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -50,6 +50,13 @@ impl TestEnv {
         config.sandbox.image = test_image();
         config.sandbox.memory = bytesize::ByteSize::mib(256);
         adjust(&mut config);
+        if config.runtime.kind == RuntimeKind::EnterpriseGateway {
+            // Gateway kernels are processes of another user on this host: they reach the
+            // workspaces through the test's folder, which the temporary folder keeps private.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+                .expect("open the test folder to the gateway's kernels");
+        }
         let supervisor = Supervisor::open(config.clone())
             .await
             .expect("open the supervisor (is the test image built? see .ci/run)");
@@ -59,6 +66,17 @@ impl TestEnv {
             config,
             dir,
         }
+    }
+
+    /// An environment on the Jupyter Enterprise Gateway of [`test_gateway`].
+    pub async fn gateway() -> Self {
+        let (url, token) = test_gateway();
+        Self::with_config(|config| {
+            config.runtime.kind = RuntimeKind::EnterpriseGateway;
+            config.runtime.gateway.url = Some(url);
+            config.runtime.gateway.token = token;
+        })
+        .await
     }
 
     /// Opens a second supervisor on the same data folder, as a restarted process would.
@@ -118,6 +136,43 @@ impl TestEnv {
             .expect("workspace")
             .data
     }
+}
+
+/// The Jupyter Enterprise Gateway the tests use, as its URL and token:
+/// `CODEBOX_TEST_GATEWAY_URL` (and `CODEBOX_TEST_GATEWAY_TOKEN`) when set, else one started on
+/// loopback by `scripts/enterprise-gateway up`. A gateway that cannot be had fails the test:
+/// the suite never skips a runtime silently.
+pub fn test_gateway() -> (String, Option<String>) {
+    static GATEWAY: std::sync::OnceLock<(String, Option<String>)> = std::sync::OnceLock::new();
+    GATEWAY
+        .get_or_init(|| {
+            if let Ok(url) = std::env::var("CODEBOX_TEST_GATEWAY_URL") {
+                return (url, std::env::var("CODEBOX_TEST_GATEWAY_TOKEN").ok());
+            }
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/enterprise-gateway");
+            let up = Command::new(&script)
+                .arg("up")
+                .status()
+                .expect("run scripts/enterprise-gateway up");
+            assert!(up.success(), "scripts/enterprise-gateway up failed");
+            let env = Command::new(&script)
+                .arg("env")
+                .output()
+                .expect("run scripts/enterprise-gateway env");
+            assert!(
+                env.status.success(),
+                "scripts/enterprise-gateway env failed"
+            );
+            let text = String::from_utf8_lossy(&env.stdout).into_owned();
+            let value = |key: &str| {
+                text.lines()
+                    .find_map(|line| line.strip_prefix(key))
+                    .map(str::to_owned)
+            };
+            let url = value("CODEBOX_TEST_GATEWAY_URL=").expect("the gateway's URL");
+            (url, value("CODEBOX_TEST_GATEWAY_TOKEN="))
+        })
+        .clone()
 }
 
 /// A run request in chat `chat-1`.

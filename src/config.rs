@@ -577,7 +577,14 @@ impl Config {
             None => figment.merge(Toml::file("codebox.toml")),
         };
         let config: Config = figment
-            .merge(Env::prefixed(ENV_PREFIX).ignore(&["CONFIG"]).split("__"))
+            .merge(
+                Env::prefixed(ENV_PREFIX)
+                    .ignore(&["CONFIG"])
+                    // `CODEBOX_TEST_*` belong to the test suite (the image, the gateway it
+                    // tests against), never to the configuration.
+                    .filter(|key| !key.as_str().to_ascii_lowercase().starts_with("test_"))
+                    .split("__"),
+            )
             .merge(Serialized::defaults(overrides))
             .extract()
             .map_err(Box::new)?;
@@ -738,6 +745,9 @@ mod tests {
             )?;
             jail.set_env("CODEBOX_SANDBOX__IMAGE", "from-env");
             jail.set_env("CODEBOX_LIMITS__DEFAULT_TIMEOUT", "5s");
+            // The test suite's own variables are not configuration.
+            jail.set_env("CODEBOX_TEST_GATEWAY_URL", "http://127.0.0.1:1");
+            jail.set_env("CODEBOX_TEST_IMAGE", "codebox-python:test");
             let config = Config::load(
                 Some(Path::new("custom.toml")),
                 serde_json::json!({ "limits": { "max_files_per_run": 3 } }),

@@ -328,7 +328,8 @@ async fn show(
     }
 }
 
-/// `DELETE`: the message's sandbox goes now; its workspace and files follow retention.
+/// `DELETE`: the kernel is gone at once and the message's sandbox right after; its
+/// workspace and files follow retention.
 async fn shut_down(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -341,10 +342,18 @@ async fn shut_down(
     let Some(kernel) = state.jupyter.remove(&caller.tenant, &kernel_id) else {
         return Ok(no_such_kernel(&kernel_id));
     };
-    state
-        .supervisor
-        .release_sandbox(&kernel.owner, &kernel.message_id)
-        .await?;
+    // The kernel is gone for the client at once; removing its container (a hundred
+    // milliseconds of the engine's time) goes on in the background, under the workspace's
+    // lock, so that a later run of the message waits for it rather than racing it.
+    let supervisor = state.supervisor.clone();
+    tokio::spawn(async move {
+        if let Err(error) = supervisor
+            .release_sandbox(&kernel.owner, &kernel.message_id)
+            .await
+        {
+            tracing::warn!(kernel = %kernel.id, %error, "could not release a Jupyter kernel's sandbox");
+        }
+    });
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -730,27 +730,6 @@ async fn changing_the_package_list_changes_the_inputs_digest() {
     assert_ne!(digest(options(copy.path(), Test)).await, original);
 }
 
-#[test]
-fn only_the_runtime_module_talks_to_the_engine() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let runtime = src.join("runtime");
-    let mut offenders = Vec::new();
-    for entry in walkdir::WalkDir::new(&src)
-        .into_iter()
-        .filter_map(Result::ok)
-    {
-        let path = entry.path();
-        if path.starts_with(&runtime) || path.extension().is_none_or(|e| e != "rs") {
-            continue;
-        }
-        let text = std::fs::read_to_string(path).expect("read source");
-        if text.contains("bollard") {
-            offenders.push(path.display().to_string());
-        }
-    }
-    assert_eq!(offenders, Vec::<String>::new());
-}
-
 /// The whole debootstrap build of the test image under a throwaway tag, with its label
 /// checked: `cargo test --test image_build -- --ignored` (one to three minutes).
 #[test]

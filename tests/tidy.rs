@@ -11,12 +11,11 @@ const MAX_LINES: usize = 600;
 
 /// Files over [`MAX_LINES`] today, each with the size it may not grow past. Splitting one
 /// below the limit means removing it here (the test says so): the list only shrinks.
-const OVERSIZED: [(&str, usize); 6] = [
+const OVERSIZED: [(&str, usize); 5] = [
     ("src/config.rs", 704),
     ("src/image.rs", 1303),
     ("src/runtime/docker.rs", 716),
     ("src/runtime/gateway.rs", 910),
-    ("src/supervisor/mod.rs", 963),
     ("src/workspace.rs", 663),
 ];
 

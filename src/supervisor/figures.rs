@@ -30,7 +30,7 @@ impl Supervisor {
         let mut drawn = 0;
         for output in &outcome.outputs {
             let RichOutput::Image { png } = output else {
-                outputs.extend(stored_output(output.clone(), &paths));
+                outputs.extend(super::run::stored_output(output.clone(), &paths));
                 continue;
             };
             drawn += 1;

@@ -8,6 +8,8 @@
 
 #![allow(dead_code)] // Each test binary uses its own part of this module.
 
+pub mod web;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -12,7 +12,6 @@ pub mod config;
 pub mod disk;
 pub mod error;
 pub mod ids;
-pub mod image;
 pub mod paths;
 pub mod retention;
 pub mod runtime;
@@ -25,4 +24,7 @@ pub mod workspace;
 
 pub use config::Config;
 pub use error::{Error, Result};
+/// The sandbox image builder (`codebox image build`), which lives under `runtime/` with the
+/// engine calls it makes.
+pub use runtime::image_build as image;
 pub use supervisor::{RunEvent, RunReport, RunRequest, Supervisor};

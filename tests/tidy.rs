@@ -13,7 +13,7 @@ const MAX_LINES: usize = 600;
 /// below the limit means removing it here (the test says so): the list only shrinks.
 const OVERSIZED: [(&str, usize); 5] = [
     ("src/config.rs", 704),
-    ("src/image.rs", 1303),
+    ("src/runtime/image_build.rs", 1303),
     ("src/runtime/docker.rs", 716),
     ("src/runtime/gateway.rs", 910),
     ("src/workspace.rs", 663),

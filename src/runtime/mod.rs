@@ -4,14 +4,16 @@
 //! one live interpreter (a kernel) that runs the message's cells one after another in one
 //! namespace, with limits, and that can be listed and released. [`DockerRuntime`] is the back
 //! end on the local Docker engine; [`EnterpriseGatewayRuntime`] runs each workspace's kernel on
-//! a Jupyter Enterprise Gateway, which isolates only as far as its process proxy does. [`image`] holds the
-//! engine calls of the sandbox image builder (`src/image.rs`).
+//! a Jupyter Enterprise Gateway, which isolates only as far as its process proxy does.
+//! [`image_build`] builds the sandbox image (`codebox image build`), and [`image`] holds the
+//! engine calls it makes.
 
 mod cgroup;
 mod channel;
 mod docker;
 mod gateway;
 pub mod image;
+pub mod image_build;
 mod kernel;
 
 use std::collections::BTreeMap;

@@ -187,6 +187,35 @@ fn no_such_kernel(id: &str) -> Response {
         .into_response()
 }
 
+/// Why a request about one kernel is refused, in Jupyter's words.
+enum Refusal {
+    Forbidden,
+    NoSuchKernel(String),
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Forbidden => forbidden(),
+            Self::NoSuchKernel(id) => no_such_kernel(&id),
+        }
+    }
+}
+
+/// The kernel `kernel_id` if the caller's token may use it.
+fn kernel_of(
+    headers: &HeaderMap,
+    query: &TokenQuery,
+    state: &AppState,
+    kernel_id: &str,
+) -> Result<Kernel, Refusal> {
+    let caller = caller(headers, query, state).ok_or(Refusal::Forbidden)?;
+    state
+        .jupyter
+        .get(&caller.tenant, kernel_id)
+        .ok_or_else(|| Refusal::NoSuchKernel(kernel_id.to_owned()))
+}
+
 async fn version() -> Json<Value> {
     Json(json!({"version": env!("CARGO_PKG_VERSION"), "server": "codebox"}))
 }
@@ -319,12 +348,9 @@ async fn show(
     Query(query): Query<TokenQuery>,
     Path(kernel_id): Path<String>,
 ) -> Response {
-    let Some(caller) = caller(&headers, &query, &state) else {
-        return forbidden();
-    };
-    match state.jupyter.get(&caller.tenant, &kernel_id) {
-        Some(kernel) => Json(kernel.model()).into_response(),
-        None => no_such_kernel(&kernel_id),
+    match kernel_of(&headers, &query, &state, &kernel_id) {
+        Ok(kernel) => Json(kernel.model()).into_response(),
+        Err(refusal) => refusal.into_response(),
     }
 }
 
@@ -363,11 +389,9 @@ async fn interrupt(
     Query(query): Query<TokenQuery>,
     Path(kernel_id): Path<String>,
 ) -> ApiResult<Response> {
-    let Some(caller) = caller(&headers, &query, &state) else {
-        return Ok(forbidden());
-    };
-    let Some(kernel) = state.jupyter.get(&caller.tenant, &kernel_id) else {
-        return Ok(no_such_kernel(&kernel_id));
+    let kernel = match kernel_of(&headers, &query, &state, &kernel_id) {
+        Ok(kernel) => kernel,
+        Err(refusal) => return Ok(refusal.into_response()),
     };
     state
         .supervisor
@@ -384,11 +408,9 @@ async fn restart(
     Query(query): Query<TokenQuery>,
     Path(kernel_id): Path<String>,
 ) -> ApiResult<Response> {
-    let Some(caller) = caller(&headers, &query, &state) else {
-        return Ok(forbidden());
-    };
-    let Some(kernel) = state.jupyter.get(&caller.tenant, &kernel_id) else {
-        return Ok(no_such_kernel(&kernel_id));
+    let kernel = match kernel_of(&headers, &query, &state, &kernel_id) {
+        Ok(kernel) => kernel,
+        Err(refusal) => return Ok(refusal.into_response()),
     };
     state
         .supervisor
@@ -400,9 +422,9 @@ async fn restart(
     });
     let model = state
         .jupyter
-        .get(&caller.tenant, &kernel_id)
-        .map(|kernel| kernel.model())
-        .unwrap_or_else(|| kernel.model());
+        .get(&kernel.owner.tenant, &kernel_id)
+        .unwrap_or(kernel)
+        .model();
     Ok(Json(model).into_response())
 }
 
@@ -414,11 +436,9 @@ async fn channels(
     Path(kernel_id): Path<String>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let Some(caller) = caller(&headers, &query, &state) else {
-        return forbidden();
-    };
-    let Some(kernel) = state.jupyter.get(&caller.tenant, &kernel_id) else {
-        return no_such_kernel(&kernel_id);
+    let kernel = match kernel_of(&headers, &query, &state, &kernel_id) {
+        Ok(kernel) => kernel,
+        Err(refusal) => return refusal.into_response(),
     };
     // A message carries at most the code of one cell, plus its envelope.
     let max_message = state

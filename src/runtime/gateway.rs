@@ -188,28 +188,18 @@ impl EnterpriseGatewayRuntime {
 
     /// Deletes a kernel on the gateway; one that is gone already is success.
     async fn delete_kernel(&self, kernel_id: &str) -> Result<(), RuntimeError> {
-        self.kernel_call(reqwest::Method::DELETE, kernel_id, "", "deleting")
-            .await
-    }
-
-    /// One call about a kernel (`/api/kernels/<id><action>`); a kernel that is gone already
-    /// is success, as for every `Runtime` method.
-    async fn kernel_call(
-        &self,
-        method: reqwest::Method,
-        kernel_id: &str,
-        action: &str,
-        doing: &str,
-    ) -> Result<(), RuntimeError> {
         let response = self
-            .request(method, &format!("/api/kernels/{kernel_id}{action}"))
+            .request(
+                reqwest::Method::DELETE,
+                &format!("/api/kernels/{kernel_id}"),
+            )
             .send()
             .await
             .map_err(|error| self.unreachable(&error))?;
         match response.status().as_u16() {
             200..=299 | 404 => Ok(()),
             status => Err(RuntimeError::Gateway(format!(
-                "{doing} kernel {kernel_id} answered {status}"
+                "deleting kernel {kernel_id} answered {status}"
             ))),
         }
     }
@@ -411,13 +401,20 @@ impl EnterpriseGatewayRuntime {
 
     /// Asks the gateway to interrupt a kernel.
     async fn interrupt_kernel(&self, kernel_id: &str) -> Result<(), RuntimeError> {
-        self.kernel_call(
-            reqwest::Method::POST,
-            kernel_id,
-            "/interrupt",
-            "interrupting",
-        )
-        .await
+        let response = self
+            .request(
+                reqwest::Method::POST,
+                &format!("/api/kernels/{kernel_id}/interrupt"),
+            )
+            .send()
+            .await
+            .map_err(|error| self.unreachable(&error))?;
+        match response.status().as_u16() {
+            200..=299 | 404 => Ok(()),
+            status => Err(RuntimeError::Gateway(format!(
+                "interrupting kernel {kernel_id} answered {status}"
+            ))),
+        }
     }
 }
 

@@ -235,8 +235,7 @@ async fn copy_out(supervisor: &Supervisor, file: &FileRecord, out: &Path) -> any
         .await
         .with_context(|| format!("create {}", target.display()))?;
     supervisor
-        .blobs()
-        .copy_to(&file.blob_key, &mut sink)
+        .copy_file_to(file, &mut sink)
         .await
         .with_context(|| format!("write {}", target.display()))?;
     Ok(())

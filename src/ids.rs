@@ -5,7 +5,24 @@
 //! `[A-Za-z0-9._:-]`, and neither `.` nor `..`: those two are path segments that every client
 //! and proxy resolves away, so a resource named by one could never be reached by its URL.
 
-use crate::error::Error;
+/// A caller-chosen id that cannot be used, with the field it came in and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field}: {reason}")]
+pub struct InvalidId {
+    /// The request field the id came in.
+    pub field: &'static str,
+    /// Why it was refused, in words a caller can act on.
+    pub reason: String,
+}
+
+impl InvalidId {
+    fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
 
 /// A new opaque id such as `file_0192f1c2...`.
 pub fn mint(prefix: &str) -> String {
@@ -13,12 +30,12 @@ pub fn mint(prefix: &str) -> String {
 }
 
 /// Checks an id that the chat backend chose; `field` names it in the error.
-pub fn check_external(field: &'static str, value: &str) -> Result<(), Error> {
+pub fn check_external(field: &'static str, value: &str) -> Result<(), InvalidId> {
     if value.is_empty() || value.len() > 128 {
-        return Err(Error::invalid(field, "must be 1 to 128 characters long"));
+        return Err(InvalidId::new(field, "must be 1 to 128 characters long"));
     }
     if matches!(value, "." | "..") {
-        return Err(Error::invalid(
+        return Err(InvalidId::new(
             field,
             "may not be \".\" or \"..\", which cannot travel in a URL path",
         ));
@@ -27,7 +44,7 @@ pub fn check_external(field: &'static str, value: &str) -> Result<(), Error> {
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
     {
-        return Err(Error::invalid(
+        return Err(InvalidId::new(
             field,
             format!("may only hold A-Z, a-z, 0-9, '.', '_', ':' and '-', not {bad:?}"),
         ));

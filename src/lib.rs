@@ -13,7 +13,6 @@ pub mod disk;
 pub mod error;
 pub mod ids;
 pub mod paths;
-pub mod retention;
 pub mod runtime;
 pub mod server;
 pub mod snapshot;
@@ -23,8 +22,7 @@ pub mod walk;
 pub mod workspace;
 
 pub use config::Config;
-pub use error::{Error, Result};
 /// The sandbox image builder (`codebox image build`), which lives under `runtime/` with the
 /// engine calls it makes.
 pub use runtime::image_build as image;
-pub use supervisor::{RunEvent, RunReport, RunRequest, Supervisor};
+pub use supervisor::{Error, Result, RunEvent, RunReport, RunRequest, Supervisor};

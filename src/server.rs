@@ -14,7 +14,6 @@ use tokio::net::TcpListener;
 
 use crate::api::{self, AppState, Signer, Tokens};
 use crate::config::{Config, Role, TokenConfig};
-use crate::retention;
 use crate::supervisor::Supervisor;
 
 /// The file `serve` creates with development tokens when none are configured.
@@ -31,10 +30,7 @@ struct TokensFile {
 /// Opens the supervisor and builds the API state the way `codebox serve` does.
 pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
     let supervisor = Arc::new(Supervisor::open(config).await?);
-    supervisor
-        .runtime()
-        .check_host_folder(supervisor.workspaces().root())
-        .await?;
+    supervisor.check_host_folder().await?;
     let interrupted = supervisor.fail_interrupted_runs().await?;
     if interrupted > 0 {
         tracing::warn!(
@@ -118,7 +114,7 @@ async fn reap_forever(supervisor: Arc<Supervisor>) {
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        match retention::reap(&supervisor, false).await {
+        match supervisor.reap(false).await {
             Ok(report) => {
                 if !(report.containers.is_empty()
                     && report.workspaces.is_empty()

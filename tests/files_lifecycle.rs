@@ -10,7 +10,6 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
-use codebox::retention::reap;
 use common::{TestEnv, request};
 
 /// Bytes an entry takes on disk (links not followed).
@@ -188,7 +187,7 @@ async fn an_expired_attachment_is_gone_from_its_workspaces() {
     let mut config = env.config.clone();
     config.retention.file_ttl = Some(Duration::ZERO);
     let strict = codebox::Supervisor::open(config).await.expect("open");
-    let report = reap(&strict, false).await.expect("reap");
+    let report = strict.reap(false).await.expect("reap");
     assert_eq!(report.files_expired, vec![file.id.clone()]);
     assert!(!exists(&workspace.inputs.join("old.csv")));
     assert!(!exists(&workspace.data.join("old.csv")));
@@ -244,7 +243,7 @@ async fn workspace_bytes_count_only_what_removing_it_frees() {
     let mut config = env.config.clone();
     config.retention.workspace_idle = Duration::ZERO;
     let eager = codebox::Supervisor::open(config).await.expect("open");
-    let report = reap(&eager, false).await.expect("reap");
+    let report = eager.reap(false).await.expect("reap");
     assert_eq!(report.workspaces, vec![workspace.id.clone()]);
     assert_eq!(report.bytes_freed, expected);
     assert!(blob_path(&env, &big).exists());
@@ -270,7 +269,9 @@ async fn a_blob_that_cannot_be_purged_is_neither_counted_nor_forgotten() {
     std::fs::write(blob.join("keep"), b"x").expect("fill it");
     tokio::time::sleep(Duration::from_millis(5)).await;
 
-    let failed = reap(&env.supervisor, false)
+    let failed = env
+        .supervisor
+        .reap(false)
         .await
         .expect("a failed purge does not fail the pass");
     assert_eq!(failed.files_purged, Vec::<String>::new());
@@ -278,7 +279,7 @@ async fn a_blob_that_cannot_be_purged_is_neither_counted_nor_forgotten() {
 
     std::fs::remove_dir_all(&blob).expect("remove the folder");
     std::fs::rename(&aside, &blob).expect("put the blob back");
-    let retried = reap(&env.supervisor, false).await.expect("reap");
+    let retried = env.supervisor.reap(false).await.expect("reap");
     assert_eq!(retried.files_purged, vec![file.id.clone()]);
     assert_eq!(retried.bytes_freed, blob_bytes);
     assert!(!blob.exists());

@@ -7,6 +7,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
+use codebox::api::signing::LinkSubject;
 use common::web::*;
 use common::{
     ADMIN_TOKEN, ALICE, ALICE_OF_B, BOB, Caller, TENANT_A_TOKEN, TestServer, assert_error, json_of,
@@ -393,13 +394,31 @@ async fn signed_links_work_without_a_token_and_only_unaltered_and_in_time() {
     let later = (expires_at + 1).to_string();
     let (other_expires, other_signature) = link_parts(&other_link);
     let expired = now - 10;
-    let expired_signature = server.state.signer.sign(&id, "tenant-a", "alice", expired);
+    let expired_signature = server.state.signer.sign(
+        LinkSubject {
+            file_id: &id,
+            tenant: "tenant-a",
+            user: "alice",
+        },
+        expired,
+    );
     let expired_text = expired.to_string();
-    let bobs_signature = server.state.signer.sign(&id, "tenant-a", "bob", expires_at);
-    let other_tenants = server
-        .state
-        .signer
-        .sign(&id, "tenant-b", "alice", expires_at);
+    let bobs_signature = server.state.signer.sign(
+        LinkSubject {
+            file_id: &id,
+            tenant: "tenant-a",
+            user: "bob",
+        },
+        expires_at,
+    );
+    let other_tenants = server.state.signer.sign(
+        LinkSubject {
+            file_id: &id,
+            tenant: "tenant-b",
+            user: "alice",
+        },
+        expires_at,
+    );
     let refused: Vec<(&str, String)> = vec![
         (
             "altered signature",

@@ -6,7 +6,6 @@ mod common;
 
 use std::time::Duration;
 
-use codebox::retention::reap;
 use common::TestEnv;
 
 async fn container_exists(workspace_id: &str) -> bool {
@@ -60,7 +59,7 @@ async fn idle_containers_and_workspaces_go_files_stay() {
     };
     let freed = allocated(data.join("out.csv")) + allocated(data.join("in.csv"));
 
-    let dry = reap(&env.supervisor, true).await.expect("dry run");
+    let dry = env.supervisor.reap(true).await.expect("dry run");
     assert!(dry.dry_run);
     assert_eq!(dry.containers, vec![workspace.clone()]);
     assert_eq!(dry.workspaces, vec![workspace.clone()]);
@@ -71,7 +70,7 @@ async fn idle_containers_and_workspaces_go_files_stay() {
     );
     assert!(data.exists());
 
-    let done = reap(&env.supervisor, false).await.expect("reap");
+    let done = env.supervisor.reap(false).await.expect("reap");
     assert_eq!(done.containers, dry.containers);
     assert_eq!(done.workspaces, dry.workspaces);
     assert_eq!(done.bytes_freed, freed);
@@ -107,7 +106,7 @@ async fn files_expire_then_their_bytes_are_purged() {
     let blob_bytes =
         std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&blob).expect("blob")) * 512;
 
-    let first = reap(&env.supervisor, false).await.expect("reap");
+    let first = env.supervisor.reap(false).await.expect("reap");
     assert_eq!(first.files_expired, vec![file.id.clone()]);
     assert!(
         first.files_purged.is_empty(),
@@ -122,13 +121,14 @@ async fn files_expire_then_their_bytes_are_purged() {
     config.retention.deleted_file_grace = Duration::ZERO;
     let impatient = codebox::Supervisor::open(config).await.expect("open");
     tokio::time::sleep(Duration::from_millis(5)).await;
-    let second = reap(&impatient, false).await.expect("reap");
+    let second = impatient.reap(false).await.expect("reap");
     assert_eq!(second.files_purged, vec![file.id.clone()]);
     // What the disk gets back: the blocks of the blob, the last name of its bytes.
     assert_eq!(second.bytes_freed, blob_bytes);
     assert!(!blob.exists());
     assert!(
-        reap(&impatient, false)
+        impatient
+            .reap(false)
             .await
             .expect("reap")
             .files_purged
@@ -152,7 +152,7 @@ async fn quota_evicts_least_recently_used_and_skips_busy_workspaces() {
     let new = workspace_id(&env, "m-new").await;
 
     // Without contention the least recently used workspace goes, and that is enough.
-    let report = reap(&env.supervisor, false).await.expect("reap");
+    let report = env.supervisor.reap(false).await.expect("reap");
     assert_eq!(report.workspaces, vec![old.clone()], "{report:?}");
     assert!(!env.supervisor.workspaces().get(&old).expect("ws").exists());
     assert!(env.supervisor.workspaces().get(&new).expect("ws").exists());
@@ -163,7 +163,7 @@ async fn quota_evicts_least_recently_used_and_skips_busy_workspaces() {
     let third = workspace_id(&env, "m-third").await;
     let held = env.supervisor.workspaces().get(&new).expect("workspace");
     let lock = held.lock().expect("lock");
-    let report = reap(&env.supervisor, false).await.expect("reap");
+    let report = env.supervisor.reap(false).await.expect("reap");
     drop(lock);
     assert!(!report.workspaces.contains(&new), "{report:?}");
     assert!(held.exists());

@@ -11,7 +11,6 @@ use super::auth::AdminCaller;
 use super::dto::{GcReport, GcRequest, RetentionPolicy, WorkspaceInfo, WorkspaceList};
 use super::error::{ApiResult, ErrorBody};
 use super::runs::json_rejection;
-use crate::retention;
 
 /// Every workspace of the caller's tenant (of every tenant for a global operator), least
 /// recently used first.
@@ -71,8 +70,10 @@ pub async fn gc(
     body: Result<Json<GcRequest>, JsonRejection>,
 ) -> ApiResult<Json<GcReport>> {
     let Json(request) = body.map_err(json_rejection)?;
-    let report =
-        retention::reap_within(&state.supervisor, request.dry_run, admin.tenant_scope()).await?;
+    let report = state
+        .supervisor
+        .reap_within(request.dry_run, admin.tenant_scope())
+        .await?;
     Ok(Json(GcReport {
         dry_run: report.dry_run,
         containers: report.containers,

@@ -12,8 +12,8 @@ use subtle::ConstantTimeEq;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::catalog::Owner;
 use crate::config::{ALL_TENANTS, Role, TokenConfig};
+use crate::supervisor::Owner;
 
 /// The header that names the end user of a service call.
 pub const USER_HEADER: &str = "x-user-id";

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::catalog::{FileRecord, KernelState, RunOutput, RunRecord};
 use crate::supervisor::RunReport;
+use crate::supervisor::{FileRecord, KernelState, RunOutput, RunRecord};
 
 /// A stored file, as the API shows it.
 #[derive(Debug, Clone, Serialize, ToSchema)]

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::error::Error;
+use crate::supervisor::Error;
 
 /// The error body of every failed request.
 #[derive(Debug, Serialize, ToSchema)]
@@ -213,7 +213,7 @@ impl From<Error> for ApiError {
             Error::Invalid { .. } => Self::invalid(error.to_string()),
             Error::TooLarge(_) => Self::too_large(error.to_string()),
             Error::Busy(_) => Self::busy(error.to_string(), 1),
-            Error::Runtime(crate::runtime::RuntimeError::Unreachable(_)) => {
+            _ if error.is_outage() => {
                 // The engine being down is an outage, not a bug: 503, and the log says why.
                 Self::unavailable(
                     "the sandbox engine is unavailable; try again later".to_owned(),

@@ -21,7 +21,7 @@ use super::dto::File;
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::signing::LinkError;
 use super::{AppState, unix_now};
-use crate::catalog::FileRecord;
+use crate::supervisor::FileRecord;
 use crate::supervisor::{StoredUpload, UploadMeta};
 
 /// The multipart form of an upload (for the OpenAPI document).
@@ -134,7 +134,7 @@ async fn receive_form(state: &AppState, mut form: Multipart) -> ApiResult<(Uploa
 /// (the client went away mid-form and hyper dropped the handler), it deletes them in the
 /// background, so that no unrecorded blob remains.
 struct Staged {
-    supervisor: std::sync::Arc<crate::Supervisor>,
+    supervisor: std::sync::Arc<crate::supervisor::Supervisor>,
     stored: Option<StoredUpload>,
 }
 
@@ -167,16 +167,11 @@ impl Drop for Staged {
 
 /// The form's own failure behind an error of storing its file: the client's broken, too large
 /// or too slow body, which is the client's error and not the store's.
-fn form_failure(error: &crate::Error) -> Option<&(dyn std::error::Error + 'static)> {
-    match error {
-        crate::Error::Blobs(crate::blobs::BlobError::Read(io)) => {
-            let inner = io.get_ref()?;
-            inner
-                .is::<axum::extract::multipart::MultipartError>()
-                .then_some(inner as &(dyn std::error::Error + 'static))
-        }
-        _ => None,
-    }
+fn form_failure(error: &crate::supervisor::Error) -> Option<&(dyn std::error::Error + 'static)> {
+    let inner = error.source_read_failure()?.get_ref()?;
+    inner
+        .is::<axum::extract::multipart::MultipartError>()
+        .then_some(inner as &(dyn std::error::Error + 'static))
 }
 
 /// The longest text field an upload form may carry (ids are at most 128 characters).
@@ -296,23 +291,12 @@ pub async fn download(
             let expires: u64 = expires
                 .parse()
                 .map_err(|_| ApiError::forbidden("the download link is not valid"))?;
-            let file = state
-                .supervisor
-                .catalog()
-                .files()
-                .get_live(&file_id)
-                .await
-                .map_err(crate::Error::from)?;
+            let file = state.supervisor.file_for_link(&file_id).await?;
             // An unknown file and a bad signature answer alike, so links cannot probe ids.
             let verified = file.as_ref().map(|file| {
-                state.signer.verify(
-                    &file.id,
-                    &file.tenant,
-                    &file.user_id,
-                    expires,
-                    &signature,
-                    unix_now(),
-                )
+                state
+                    .signer
+                    .verify(file.into(), expires, &signature, unix_now())
             });
             match (file, verified) {
                 (Some(file), Some(Ok(()))) => file,
@@ -410,12 +394,7 @@ async fn serve_file(
         header::CONTENT_DISPOSITION,
         &download::content_disposition(&file.name),
     );
-    let stream = state
-        .supervisor
-        .blobs()
-        .read_stream(&file.blob_key, span)
-        .await
-        .map_err(crate::Error::from)?;
+    let stream = state.supervisor.file_bytes(file, span).await?;
     metrics::counter!("codebox_downloaded_bytes_total").increment(length);
     let body = Body::from_stream(stream);
     Ok((status, response_headers, body).into_response())

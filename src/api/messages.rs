@@ -103,7 +103,7 @@ pub async fn message_attachments(
         attachments: attachments
             .into_iter()
             .map(|(attachment, file)| Attachment {
-                path: format!("{}/{}", crate::runtime::SANDBOX_DATA, attachment.name),
+                path: crate::supervisor::attachment_path(&attachment.name),
                 state: if file.is_some() {
                     "attached"
                 } else {

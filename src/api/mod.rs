@@ -42,7 +42,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::catalog::FileRecord;
+use crate::supervisor::FileRecord;
 use crate::supervisor::Supervisor;
 pub use auth::Tokens;
 pub use limiter::RunLimiter;
@@ -96,9 +96,7 @@ impl AppState {
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO)
             .as_secs();
-        let signature = self
-            .signer
-            .sign(&file.id, &file.tenant, &file.user_id, expires);
+        let signature = self.signer.sign(file.into(), expires);
         format!(
             "{}/v1/files/{}/content?expires={expires}&signature={signature}",
             self.public_url, file.id

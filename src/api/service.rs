@@ -33,18 +33,8 @@ pub async fn healthz() -> Json<Health> {
 #[utoipa::path(get, path = "/readyz", tag = "service",
     responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let supervisor = &state.supervisor;
-    let (catalog, blobs, runtime) = tokio::join!(
-        supervisor.catalog().ping(),
-        supervisor.blobs().ping(),
-        supervisor.runtime().ping()
-    );
     let mut failing = Vec::new();
-    for (part, error) in [
-        ("catalog", catalog.err().map(|e| e.to_string())),
-        ("blob store", blobs.err().map(|e| e.to_string())),
-        ("container engine", runtime.err().map(|e| e.to_string())),
-    ] {
+    for (part, error) in state.supervisor.check_parts().await {
         if let Some(error) = error {
             tracing::warn!(part, %error, "not ready");
             failing.push(part);

@@ -5,6 +5,30 @@
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use crate::supervisor::FileRecord;
+
+/// Whom a link is for: one file, for one user of one tenant. A link signed for one subject
+/// never verifies for another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkSubject<'a> {
+    /// The file's id.
+    pub file_id: &'a str,
+    /// The tenant that owns it.
+    pub tenant: &'a str,
+    /// The user it belongs to.
+    pub user: &'a str,
+}
+
+impl<'a> From<&'a FileRecord> for LinkSubject<'a> {
+    fn from(file: &'a FileRecord) -> Self {
+        Self {
+            file_id: &file.id,
+            tenant: &file.tenant,
+            user: &file.user_id,
+        }
+    }
+}
+
 /// Signs and checks download links.
 #[derive(Clone)]
 pub struct Signer {
@@ -39,10 +63,10 @@ impl Signer {
         })
     }
 
-    fn mac(&self, file_id: &str, tenant: &str, user: &str, expires: u64) -> Hmac<Sha256> {
+    fn mac(&self, subject: LinkSubject<'_>, expires: u64) -> Hmac<Sha256> {
         let mut mac = self.keyed.clone();
         // Lengths first, so that no two different tuples serialize alike.
-        for part in [file_id, tenant, user] {
+        for part in [subject.file_id, subject.tenant, subject.user] {
             mac.update(&(part.len() as u64).to_be_bytes());
             mac.update(part.as_bytes());
         }
@@ -52,20 +76,14 @@ impl Signer {
 
     /// The hex signature of a link to `file_id` for (`tenant`, `user`) valid until `expires`
     /// (Unix seconds).
-    pub fn sign(&self, file_id: &str, tenant: &str, user: &str, expires: u64) -> String {
-        hex::encode(
-            self.mac(file_id, tenant, user, expires)
-                .finalize()
-                .into_bytes(),
-        )
+    pub fn sign(&self, subject: LinkSubject<'_>, expires: u64) -> String {
+        hex::encode(self.mac(subject, expires).finalize().into_bytes())
     }
 
     /// Checks a link's signature (in constant time) and expiry against `now` (Unix seconds).
     pub fn verify(
         &self,
-        file_id: &str,
-        tenant: &str,
-        user: &str,
+        subject: LinkSubject<'_>,
         expires: u64,
         signature: &str,
         now: u64,
@@ -73,7 +91,7 @@ impl Signer {
         let Ok(signature) = hex::decode(signature) else {
             return Err(LinkError::BadSignature);
         };
-        self.mac(file_id, tenant, user, expires)
+        self.mac(subject, expires)
             .verify_slice(&signature)
             .map_err(|_| LinkError::BadSignature)?;
         if now > expires {
@@ -87,16 +105,24 @@ impl Signer {
 mod tests {
     use super::*;
 
+    fn subject<'a>(file_id: &'a str, tenant: &'a str, user: &'a str) -> LinkSubject<'a> {
+        LinkSubject {
+            file_id,
+            tenant,
+            user,
+        }
+    }
+
     #[test]
     fn links_verify_only_unaltered_and_in_time() {
         let signer = Signer::new(b"secret").expect("key");
-        let signature = signer.sign("file_1", "t", "alice", 100);
+        let signature = signer.sign(subject("file_1", "t", "alice"), 100);
         assert_eq!(
-            signer.verify("file_1", "t", "alice", 100, &signature, 50),
+            signer.verify(subject("file_1", "t", "alice"), 100, &signature, 50),
             Ok(())
         );
         assert_eq!(
-            signer.verify("file_1", "t", "alice", 100, &signature, 101),
+            signer.verify(subject("file_1", "t", "alice"), 100, &signature, 101),
             Err(LinkError::Expired)
         );
         for (file, tenant, user, expires) in [
@@ -106,24 +132,27 @@ mod tests {
             ("file_1", "t", "alice", 1000),
         ] {
             assert_eq!(
-                signer.verify(file, tenant, user, expires, &signature, 50),
+                signer.verify(subject(file, tenant, user), expires, &signature, 50),
                 Err(LinkError::BadSignature)
             );
         }
         assert_eq!(
-            Signer::new(b"other")
-                .expect("key")
-                .verify("file_1", "t", "alice", 100, &signature, 50),
+            Signer::new(b"other").expect("key").verify(
+                subject("file_1", "t", "alice"),
+                100,
+                &signature,
+                50
+            ),
             Err(LinkError::BadSignature)
         );
         assert_eq!(
-            signer.verify("file_1", "t", "alice", 100, "zz", 50),
+            signer.verify(subject("file_1", "t", "alice"), 100, "zz", 50),
             Err(LinkError::BadSignature)
         );
         // Boundaries between the parts are part of the signature.
         assert_ne!(
-            signer.sign("ab", "c", "d", 1),
-            signer.sign("a", "bc", "d", 1)
+            signer.sign(subject("ab", "c", "d"), 1),
+            signer.sign(subject("a", "bc", "d"), 1)
         );
         assert!(Signer::new(b"").is_err());
     }

@@ -6,23 +6,26 @@
 //! PNG within the cap (by the runtime): the name and everything else about the file are the
 //! supervisor's. Figures are not in `/mnt/data`, so their `path` is empty.
 
+use super::register::Registering;
 use super::*;
 
 impl Supervisor {
     /// Stores the run's figures and returns its outputs in order, with the figures' files.
     /// Figures count towards the files a run may register: `room` is what the files of
     /// `/mnt/data` left, and a figure past it is reported as a truncation.
-    #[allow(clippy::too_many_arguments)]
     pub(super) async fn register_outputs(
         &self,
-        owner: &Owner,
-        message: &MessageRecord,
-        run: &RunRecord,
-        workspace: &Workspace,
+        registering: &Registering<'_>,
         outcome: &ExecOutcome,
         room: usize,
-        events: Option<&mpsc::Sender<RunEvent>>,
     ) -> Result<(Vec<RunOutput>, Vec<FileRecord>, Vec<Truncation>)> {
+        let Registering {
+            owner,
+            message,
+            run,
+            workspace,
+            events,
+        } = *registering;
         let paths = path_map(workspace);
         let mut outputs = Vec::new();
         let mut figures = Vec::new();

@@ -22,13 +22,10 @@ use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
 
 use crate::blobs::{BlobError, Blobs};
-use crate::catalog::{
-    self, AttachmentRecord, Catalog, FileRecord, FileSource, KernelState, MessageRecord, Owner,
-    RunOutput, RunRecord, RunStatus, Truncation,
-};
+use crate::catalog::{self, AttachmentRecord, Catalog, Truncation};
 use crate::config::{Config, RuntimeKind};
 use crate::disk::DiskPolicy;
-use crate::error::{Error, IoContext, IoError, Result};
+use crate::error::{IoContext, IoError};
 use crate::ids;
 use crate::runtime::{
     DockerRuntime, EnterpriseGatewayRuntime, ExecOutcome, ExecRequest, KernelEnd, KernelStart,
@@ -39,15 +36,26 @@ use crate::translate::{self, PathMap};
 use crate::workspace::{self, Workspace, Workspaces};
 
 mod attach;
+mod downloads;
+mod error;
 mod figures;
 mod files;
 mod kernels;
 mod pool;
+mod reap;
 mod register;
 mod run;
 mod sandboxes;
 
+/// The records the supervisor's operations take and give: its vocabulary, which callers use
+/// without reaching into the catalog that stores them.
+pub use crate::catalog::{
+    FileRecord, FileSource, KernelState, MessageRecord, Owner, RunOutput, RunRecord, RunStatus, now,
+};
+pub use downloads::ByteStream;
+pub use error::{Error, Result};
 pub use pool::WarmPool;
+pub use reap::ReapReport;
 
 /// The languages codebox runs.
 pub const LANGUAGES: [&str; 1] = ["python"];
@@ -351,7 +359,7 @@ async fn lock(workspace: &Workspace) -> Result<std::fs::File> {
 }
 
 /// Where the code sees an attachment named `name`.
-fn attachment_path(name: &str) -> String {
+pub fn attachment_path(name: &str) -> String {
     format!("{SANDBOX_DATA}/{name}")
 }
 

@@ -4,22 +4,39 @@
 
 use super::*;
 
+/// The run whose files are being registered, and where: what every file registered in one
+/// run shares (its owner, message, run record, workspace, and the stream its events go to).
+pub(super) struct Registering<'a> {
+    /// Who the files belong to.
+    pub owner: &'a Owner,
+    /// The message the run belongs to.
+    pub message: &'a MessageRecord,
+    /// The run that wrote them.
+    pub run: &'a RunRecord,
+    /// The workspace they are read from.
+    pub workspace: &'a Workspace,
+    /// Where a `file` event goes for each one registered, when the caller streams.
+    pub events: Option<&'a mpsc::Sender<RunEvent>>,
+}
+
 impl Supervisor {
     /// Step 6: stores every created or modified file with a tracked extension, within the
     /// caps, and records it. Everything a cap or a check left out is returned as a
     /// truncation, never dropped silently.
-    #[allow(clippy::too_many_arguments)]
     pub(super) async fn register(
         &self,
-        owner: &Owner,
-        message: &MessageRecord,
-        run: &RunRecord,
-        workspace: &Workspace,
+        registering: &Registering<'_>,
         inputs: &Inputs,
         before: &Snapshot,
         after: &Snapshot,
-        events: Option<&mpsc::Sender<RunEvent>>,
     ) -> Result<(Vec<FileRecord>, Vec<Truncation>)> {
+        let Registering {
+            owner,
+            message,
+            run,
+            workspace,
+            events,
+        } = *registering;
         let limits = &self.config.limits;
         let changes = snapshot::diff(before, after);
         let mut truncated = omissions(before, after, &self.config, limits.max_depth);

@@ -9,6 +9,7 @@
 //! attachments), `register.rs` (storing outputs) and `figures.rs` (the interpreter's rich
 //! outputs).
 
+use super::register::Registering;
 use super::*;
 
 impl Supervisor {
@@ -74,34 +75,23 @@ impl Supervisor {
                 .execute(&workspace, &request, timeout, events.as_ref())
                 .await?;
             let after = self.snapshot(&workspace).await?;
+            let registering = Registering {
+                owner,
+                message: &message,
+                run: &run,
+                workspace: &workspace,
+                events: events.as_ref(),
+            };
             let (mut files, mut truncated) = self
-                .register(
-                    owner,
-                    &message,
-                    &run,
-                    &workspace,
-                    &inputs,
-                    &before,
-                    &after,
-                    events.as_ref(),
-                )
+                .register(&registering, &inputs, &before, &after)
                 .await?;
             let room = self
                 .config
                 .limits
                 .max_files_per_run
                 .saturating_sub(files.len());
-            let (outputs, figures, left_out) = self
-                .register_outputs(
-                    owner,
-                    &message,
-                    &run,
-                    &workspace,
-                    &outcome,
-                    room,
-                    events.as_ref(),
-                )
-                .await?;
+            let (outputs, figures, left_out) =
+                self.register_outputs(&registering, &outcome, room).await?;
             files.extend(figures);
             truncated.extend(left_out);
             if outcome.outputs_truncated {

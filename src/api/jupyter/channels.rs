@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 use super::{KERNEL_NAME, Kernel};
 use crate::api::AppState;
-use crate::catalog::{self, FileRecord, FileSource, RunOutput, RunStatus};
+use crate::supervisor::{self, FileRecord, FileSource, RunOutput, RunStatus};
 use crate::supervisor::{RunEvent, RunRequest};
 
 /// The messaging protocol version spoken.
@@ -64,7 +64,7 @@ impl Replies<'_> {
                 "msg_type": msg_type,
                 "session": self.parent.session,
                 "username": "codebox",
-                "date": catalog::now(),
+                "date": supervisor::now(),
                 "version": PROTOCOL_VERSION,
             },
             "msg_id": uuid::Uuid::new_v4().to_string(),
@@ -225,7 +225,7 @@ async fn execute(state: &AppState, kernel: &Kernel, content: &Value, replies: &R
     let code = content["code"].as_str().unwrap_or_default().to_owned();
     state.jupyter.update(&kernel.id, |kernel| {
         kernel.execution_state = "busy";
-        kernel.last_activity = catalog::now();
+        kernel.last_activity = supervisor::now();
     });
     replies.status("busy").await;
     let restart = kernel.restart_next;
@@ -269,7 +269,7 @@ async fn execute(state: &AppState, kernel: &Kernel, content: &Value, replies: &R
         if restart {
             kernel.restart_next = false;
         }
-        kernel.last_activity = catalog::now();
+        kernel.last_activity = supervisor::now();
     });
 }
 
@@ -398,12 +398,7 @@ fn error_reply(error: Value, count: u64) -> Value {
 /// Sends a figure as Jupyter kernels do: base64 PNG in a `display_data`.
 async fn figure(state: &AppState, file: &FileRecord, replies: &Replies<'_>) {
     let mut png = Vec::new();
-    if let Err(error) = state
-        .supervisor
-        .blobs()
-        .copy_to(&file.blob_key, &mut png)
-        .await
-    {
+    if let Err(error) = state.supervisor.copy_file_to(file, &mut png).await {
         tracing::warn!(file = %file.id, %error, "could not read a figure to send it");
         return;
     }

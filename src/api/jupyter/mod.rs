@@ -30,8 +30,8 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
-use crate::catalog::{self, Owner};
 use crate::config::Role;
+use crate::supervisor::{self, Owner};
 
 /// The only kernel spec: Python in a codebox sandbox.
 pub const KERNEL_NAME: &str = "python3";
@@ -330,7 +330,7 @@ async fn start(
         owner,
         chat_id,
         message_id,
-        last_activity: catalog::now(),
+        last_activity: supervisor::now(),
         execution_state: "idle",
         connections: 0,
         restart_next: false,
@@ -418,7 +418,7 @@ async fn restart(
         .await?;
     state.jupyter.update(&kernel_id, |kernel| {
         kernel.restart_next = true;
-        kernel.last_activity = catalog::now();
+        kernel.last_activity = supervisor::now();
     });
     let model = state
         .jupyter

@@ -18,9 +18,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::{Result, Supervisor};
 use crate::catalog::{self, MessageRecord};
-use crate::error::Result;
-use crate::supervisor::Supervisor;
 
 /// What one pass removed (or, dry, would remove).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -50,17 +49,24 @@ fn ago(age: Duration) -> String {
     catalog::format_time(at)
 }
 
-/// Runs one pass of the reaper over every tenant: what the server's periodic reaper does.
-pub async fn reap(supervisor: &Supervisor, dry_run: bool) -> Result<ReapReport> {
-    reap_within(supervisor, dry_run, None).await
+impl Supervisor {
+    /// Runs one pass of the reaper over every tenant: what the server's periodic reaper does.
+    pub async fn reap(&self, dry_run: bool) -> Result<ReapReport> {
+        self.reap_within(dry_run, None).await
+    }
+
+    /// Runs one pass of the reaper over one tenant's workspaces, containers and files, or
+    /// over every tenant's (`None`). A pass over one tenant applies the idle and file rules
+    /// to it alone; containers no message owns and the disk quota (`max_workspace_bytes`, a
+    /// rule over every tenant's workspaces together) are left to a pass over every tenant, so
+    /// that one tenant's operator never removes, nor learns of, what another tenant holds.
+    pub async fn reap_within(&self, dry_run: bool, tenant: Option<&str>) -> Result<ReapReport> {
+        reap_pass(self, dry_run, tenant).await
+    }
 }
 
-/// Runs one pass of the reaper over one tenant's workspaces, containers and files, or over
-/// every tenant's (`None`). A pass over one tenant applies the idle and file rules to it
-/// alone; containers no message owns and the disk quota (`max_workspace_bytes`, a rule
-/// over every tenant's workspaces together) are left to a pass over every tenant, so that
-/// one tenant's operator never removes, nor learns of, what another tenant holds.
-pub async fn reap_within(
+/// The pass behind [`Supervisor::reap_within`], in the order the module's doc gives.
+async fn reap_pass(
     supervisor: &Supervisor,
     dry_run: bool,
     tenant: Option<&str>,

@@ -1,0 +1,85 @@
+//! The domain error every public operation of the supervisor returns.
+//!
+//! Its variants are the outcomes a caller must tell apart (not found, invalid, too large,
+//! busy) plus the internal failures of each part the supervisor drives. Only `api/` turns
+//! them into statuses, in one place; here they carry enough context for a log line, and
+//! nothing a user should not see is put into the messages of the user-facing variants. It
+//! lives with the supervisor, above the parts it wraps, so that no part depends on another
+//! through it.
+
+use crate::blobs::BlobError;
+use crate::catalog::CatalogError;
+use crate::error::IoError;
+use crate::ids::InvalidId;
+use crate::runtime::RuntimeError;
+
+/// What went wrong, as far as a caller needs to know.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The thing does not exist or is not the caller's: both answer the same so ids cannot be probed.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The request is malformed; the message says which field and why.
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        /// The request field at fault.
+        field: &'static str,
+        /// Why it was refused, in words a caller can act on.
+        reason: String,
+    },
+    /// The request or one of its parts is over a configured cap.
+    #[error("too large: {0}")]
+    TooLarge(String),
+    /// The service is at capacity; try again later.
+    #[error("busy: {0}")]
+    Busy(String),
+    /// The catalog failed.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// The blob store failed.
+    #[error(transparent)]
+    Blobs(#[from] BlobError),
+    /// The container runtime failed.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// A file or folder on this machine could not be used.
+    #[error(transparent)]
+    Io(#[from] IoError),
+}
+
+impl Error {
+    /// Shorthand for [`Error::Invalid`].
+    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    /// Whether this is an outage of a part the service needs (the container engine does not
+    /// answer) rather than a fault: callers should retry later.
+    pub fn is_outage(&self) -> bool {
+        matches!(self, Self::Runtime(RuntimeError::Unreachable(_)))
+    }
+
+    /// The failure of reading the caller's own bytes, when that is what stopped a store: the
+    /// body broke, was too large or too slow, which is the caller's error and not the store's.
+    pub fn source_read_failure(&self) -> Option<&std::io::Error> {
+        match self {
+            Self::Blobs(BlobError::Read(io)) => Some(io),
+            _ => None,
+        }
+    }
+}
+
+impl From<InvalidId> for Error {
+    fn from(invalid: InvalidId) -> Self {
+        Self::Invalid {
+            field: invalid.field,
+            reason: invalid.reason,
+        }
+    }
+}
+
+/// The result type of the supervisor's operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

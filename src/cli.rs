@@ -277,11 +277,7 @@ fn print_report(report: &codebox::RunReport, out: Option<&Path>) {
         .map_or_else(|| "-".to_owned(), |code| code.to_string());
     println!(
         "run {}  message {}  status {}  exit {}  {} ms",
-        run.id,
-        run.message_id,
-        run.status.as_str(),
-        exit,
-        run.duration_ms
+        run.id, run.message_id, run.status, exit, run.duration_ms
     );
     if let Some(reason) = &run.reason {
         println!("reason: {reason}");

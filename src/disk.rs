@@ -52,23 +52,15 @@ pub struct DiskPolicy {
     pub files: u64,
 }
 
-/// The mechanism that holds a workspace to its size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The mechanism that holds a workspace to its size. Its name (`loop`) is the word the
+/// configuration and the logs use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum DiskMode {
     /// A loop-mounted file system per workspace: the kernel refuses writes past the size.
     Loop,
     /// A plain folder measured while code runs.
     Watchdog,
-}
-
-impl DiskMode {
-    /// The word the configuration and the logs use.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Loop => "loop",
-            Self::Watchdog => "watchdog",
-        }
-    }
 }
 
 /// Why the configured disk limit cannot be had.

@@ -19,6 +19,8 @@
 //! a textual rewrite, and the inbound rewrite does not try to tell string literals from
 //! comments.
 
+use percent_encoding::percent_decode_str;
+
 /// Where a workspace's two folders are on the host and inside the sandbox.
 ///
 /// Trailing slashes are ignored. An empty (or root-only) path disables the mapping it takes part
@@ -124,7 +126,13 @@ pub fn render_links(text: &str, mut resolve: impl FnMut(&str) -> Option<String>)
         // Whatever happens to this reference, its rel is not searched again: a link target
         // cannot contain a second link.
         search = rel_end;
-        let Some(rel) = percent_decode(&text[rel_start..rel_end]).filter(|r| is_safe_rel(r)) else {
+        // A `%` not followed by two hex digits stays as it is; a rel whose decoded bytes are
+        // not UTF-8 cannot name a file.
+        let Some(rel) = percent_decode_str(&text[rel_start..rel_end])
+            .decode_utf8()
+            .ok()
+            .filter(|r| is_safe_rel(r))
+        else {
             continue;
         };
         if let Some(url) = resolve(&rel) {
@@ -238,31 +246,6 @@ fn rel_extent(text: &str, start: usize, rel_start: usize) -> usize {
     }
     let rel = rest[..end].trim_end_matches([',', ';', '.', ':', '!', '?']);
     rel_start + rel.len()
-}
-
-/// Decodes `%XX` escapes; a `%` not followed by two hex digits is kept as it is. Returns
-/// `None` when the decoded bytes are not UTF-8, because no file name could match them.
-fn percent_decode(s: &str) -> Option<String> {
-    fn hex(b: Option<&u8>) -> Option<u8> {
-        (*b? as char)
-            .to_digit(16)
-            .and_then(|d| u8::try_from(d).ok())
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let (Some(hi), Some(lo)) = (hex(bytes.get(i + 1)), hex(bytes.get(i + 2)))
-        {
-            out.push(hi * 16 + lo);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// True when `rel` names something strictly inside the workspace: relative, with no empty,

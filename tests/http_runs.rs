@@ -583,7 +583,7 @@ async fn shutdown_lets_the_run_in_flight_finish() {
         .await
         .expect("catalog")
         .expect("the run is recorded");
-    assert_eq!(record.status.as_str(), "succeeded", "{record:?}");
+    assert_eq!(record.status.to_string(), "succeeded", "{record:?}");
     assert_eq!(record.exit_code, Some(0));
 
     // The server no longer takes requests.

@@ -44,7 +44,7 @@ pub async fn workspaces(
                 bytes: workspace.bytes,
                 exists: workspace.exists,
                 last_used_at: workspace.message.last_used_at,
-                container: workspace.container.as_str(),
+                container: workspace.container.into(),
             })
             .collect(),
     }))

@@ -1,5 +1,10 @@
-//! The pure parts of serving a download: `Range` parsing and a `Content-Disposition` that is
-//! safe for any file name.
+//! The pure parts of serving a download: what a `Range` header (as `headers` decoded it) asks
+//! of a file, and a `Content-Disposition` that is safe for any file name.
+
+use std::ops::Bound;
+
+use headers::Range;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 /// What a `Range` header asks of a file of `size` bytes.
 #[derive(Debug, PartialEq, Eq)]
@@ -13,48 +18,63 @@ pub enum RangeRequest {
     Unsatisfiable,
 }
 
-/// Parses a `Range` header for a file of `size` bytes.
-pub fn parse_range(header: Option<&str>, size: u64) -> RangeRequest {
-    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
+/// What `range` asks of a file of `size` bytes. `None` is a request without a `Range` header,
+/// or with one in another unit (`headers` refuses to decode those).
+pub fn parse_range(range: Option<&Range>, size: u64) -> RangeRequest {
+    let Some(range) = range else {
         return RangeRequest::Full;
     };
-    if spec.contains(',') {
-        return RangeRequest::Full;
-    }
-    let Some((first, last)) = spec.trim().split_once('-') else {
+    // Exactly one well-formed range, or the whole file. `satisfiable_ranges` only drops a
+    // well-formed range when it is a suffix longer than the length it is given, so against the
+    // largest length it lists every one.
+    let mut all = range.satisfiable_ranges(u64::MAX);
+    let (Some(_), None) = (all.next(), all.next()) else {
         return RangeRequest::Full;
     };
-    let (first, last) = (first.trim(), last.trim());
-    let parse = |text: &str| text.parse::<u64>().ok();
-    match (first.is_empty(), last.is_empty()) {
-        // bytes=-N: the last N bytes.
-        (true, false) => match parse(last) {
-            Some(0) => RangeRequest::Unsatisfiable,
-            Some(suffix) if size > 0 => RangeRequest::Partial {
-                start: size.saturating_sub(suffix),
-                end: size,
-            },
-            Some(_) => RangeRequest::Unsatisfiable,
-            None => RangeRequest::Full,
+    // Against the real size the crate turns a suffix (`bytes=-N`) into its start, and checks
+    // nothing else: whether the range lies inside the file is decided here.
+    match range.satisfiable_ranges(size).next() {
+        // A suffix longer than the file: the whole of it, as RFC 9110 says (if it has any).
+        None if size > 0 => RangeRequest::Partial {
+            start: 0,
+            end: size,
         },
-        // bytes=A-: from A to the end.
-        (false, true) => match parse(first) {
-            Some(start) if start < size => RangeRequest::Partial { start, end: size },
-            Some(_) => RangeRequest::Unsatisfiable,
-            None => RangeRequest::Full,
-        },
+        None => RangeRequest::Unsatisfiable,
+        // bytes=A- (or a suffix): from A to the end.
+        Some((Bound::Included(start), Bound::Unbounded)) if start < size => {
+            RangeRequest::Partial { start, end: size }
+        }
+        Some((Bound::Included(_), Bound::Unbounded)) => RangeRequest::Unsatisfiable,
         // bytes=A-B, inclusive.
-        (false, false) => match (parse(first), parse(last)) {
-            (Some(start), Some(last)) if start <= last && start < size => RangeRequest::Partial {
+        Some((Bound::Included(start), Bound::Included(last))) if start <= last && start < size => {
+            RangeRequest::Partial {
                 start,
                 end: last.saturating_add(1).min(size),
-            },
-            (Some(start), Some(last)) if start <= last => RangeRequest::Unsatisfiable,
-            _ => RangeRequest::Full,
-        },
-        (true, true) => RangeRequest::Full,
+            }
+        }
+        Some((Bound::Included(start), Bound::Included(last))) if start <= last => {
+            RangeRequest::Unsatisfiable
+        }
+        // bytes=B-A with B > A, or bytes=-.
+        _ => RangeRequest::Full,
     }
 }
+
+/// The bytes RFC 5987 lets through unencoded in `filename*` (its `attr-char`): letters,
+/// digits and ``!#$&+-.^_`|~``.
+const ATTR_CHAR: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'!')
+    .remove(b'#')
+    .remove(b'$')
+    .remove(b'&')
+    .remove(b'+')
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'^')
+    .remove(b'_')
+    .remove(b'`')
+    .remove(b'|')
+    .remove(b'~');
 
 /// The longest file name put into a header, in characters.
 const MAX_HEADER_NAME_CHARS: usize = 150;
@@ -97,14 +117,7 @@ pub fn content_disposition(name: &str) -> String {
         "" => "download".to_owned(),
         trimmed => trimmed.to_owned(),
     };
-    let mut encoded = String::new();
-    for byte in shortened.bytes() {
-        if byte.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&byte) {
-            encoded.push(byte as char);
-        } else {
-            encoded.push_str(&format!("%{byte:02X}"));
-        }
-    }
+    let encoded = utf8_percent_encode(&shortened, ATTR_CHAR);
     format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
 }
 
@@ -163,11 +176,25 @@ mod tests {
             (Some("items=0-1"), Full),
             (Some("bytes=abc"), Full),
             (Some("bytes=-"), Full),
+            // RFC 9110 lists may have empty elements: this is one range.
+            (Some("bytes=0-9,"), Partial { start: 0, end: 10 }),
         ];
         for (header, expected) in cases {
-            assert_eq!(parse_range(header, 100), expected, "{header:?}");
+            assert_eq!(range_of(header, 100), expected, "{header:?}");
         }
-        assert_eq!(parse_range(Some("bytes=0-"), 0), Unsatisfiable);
+        assert_eq!(range_of(Some("bytes=0-"), 0), Unsatisfiable);
+        assert_eq!(range_of(Some("bytes=-5"), 0), Unsatisfiable);
+    }
+
+    /// Decodes `header` as the download handler does, then asks [`parse_range`].
+    fn range_of(header: Option<&str>, size: u64) -> RangeRequest {
+        use headers::HeaderMapExt;
+        let mut headers = axum::http::HeaderMap::new();
+        if let Some(header) = header {
+            let value = axum::http::HeaderValue::from_str(header).expect("a header value");
+            headers.insert(axum::http::header::RANGE, value);
+        }
+        parse_range(headers.typed_get::<Range>().as_ref(), size)
     }
 
     #[test]

@@ -11,6 +11,7 @@ use axum::extract::{Multipart, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
+use headers::{AcceptRanges, ContentLength, ContentRange, ETag, HeaderMapExt, IfNoneMatch, Range};
 use serde::Deserialize;
 use tokio_util::io::StreamReader;
 use utoipa::{IntoParams, ToSchema};
@@ -321,7 +322,8 @@ async fn serve_file(
     file: &FileRecord,
     headers: &HeaderMap,
 ) -> ApiResult<Response> {
-    let etag = format!("\"{}\"", file.sha256);
+    // The sha256 is hex, so it always makes a valid entity tag.
+    let etag = format!("\"{}\"", file.sha256).parse::<ETag>().ok();
     let size = u64::try_from(file.size).unwrap_or(0);
     let mut response_headers = HeaderMap::new();
     let set = |headers: &mut HeaderMap, name, value: &str| {
@@ -329,7 +331,9 @@ async fn serve_file(
             headers.insert(name, value);
         }
     };
-    set(&mut response_headers, header::ETAG, &etag);
+    if let Some(etag) = &etag {
+        response_headers.typed_insert(etag.clone());
+    }
     set(
         &mut response_headers,
         header::CACHE_CONTROL,
@@ -340,55 +344,39 @@ async fn serve_file(
         header::X_CONTENT_TYPE_OPTIONS,
         "nosniff",
     );
-    set(&mut response_headers, header::ACCEPT_RANGES, "bytes");
+    response_headers.typed_insert(AcceptRanges::bytes());
 
-    let if_none_match = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|value| value.to_str().ok());
-    if if_none_match.is_some_and(|tags| {
-        tags.split(',').any(|tag| {
-            tag.trim() == etag || tag.trim() == "*" || tag.trim().trim_start_matches("W/") == etag
-        })
-    }) {
+    // `If-None-Match` compares weakly: `W/"<sha256>"` and `*` match as well.
+    let not_modified = etag
+        .as_ref()
+        .zip(headers.typed_get::<IfNoneMatch>())
+        .is_some_and(|(etag, condition)| !condition.precondition_passes(etag));
+    if not_modified {
         return Ok((StatusCode::NOT_MODIFIED, response_headers).into_response());
     }
 
-    let range = download::parse_range(
-        headers
-            .get(header::RANGE)
-            .and_then(|value| value.to_str().ok()),
-        size,
-    );
+    let range = download::parse_range(headers.typed_get::<Range>().as_ref(), size);
     let (status, span) = match range {
         RangeRequest::Full => (StatusCode::OK, None),
         RangeRequest::Partial { start, end } => (StatusCode::PARTIAL_CONTENT, Some(start..end)),
         RangeRequest::Unsatisfiable => {
-            set(
-                &mut response_headers,
-                header::CONTENT_RANGE,
-                &format!("bytes */{size}"),
-            );
+            response_headers.typed_insert(ContentRange::unsatisfied_bytes(size));
             return Ok((StatusCode::RANGE_NOT_SATISFIABLE, response_headers).into_response());
         }
     };
     let length = span.as_ref().map_or(size, |span| span.end - span.start);
-    if let Some(span) = &span {
-        set(
-            &mut response_headers,
-            header::CONTENT_RANGE,
-            &format!("bytes {}-{}/{size}", span.start, span.end - 1),
-        );
+    if let Some(content_range) = span
+        .clone()
+        .and_then(|span| ContentRange::bytes(span, size).ok())
+    {
+        response_headers.typed_insert(content_range);
     }
     set(
         &mut response_headers,
         header::CONTENT_TYPE,
         &file.content_type,
     );
-    set(
-        &mut response_headers,
-        header::CONTENT_LENGTH,
-        &length.to_string(),
-    );
+    response_headers.typed_insert(ContentLength(length));
     set(
         &mut response_headers,
         header::CONTENT_DISPOSITION,

@@ -15,8 +15,9 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 
 use super::AppState;
 use super::auth::UserCaller;
@@ -149,9 +150,7 @@ fn stream_run(
         };
         let _ = sse_tx.send(last).await;
     });
-    let stream = futures::stream::unfold(sse_rx, |mut rx| async move {
-        rx.recv().await.map(|event| (Ok(event), rx))
-    });
+    let stream = ReceiverStream::new(sse_rx).map(Ok);
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
 
@@ -164,7 +163,7 @@ fn json_event(name: &str, data: &impl serde::Serialize) -> Event {
 
 fn record_metrics(report: &RunReport) {
     let run = &report.run;
-    metrics::counter!("codebox_runs_total", "status" => run.status.as_str()).increment(1);
+    metrics::counter!("codebox_runs_total", "status" => <&str>::from(run.status)).increment(1);
     metrics::histogram!("codebox_run_duration_seconds").record(run.duration_ms as f64 / 1000.0);
     metrics::counter!("codebox_files_registered_total").increment(report.files.len() as u64);
     if let Some(kernel) = run.kernel.as_ref().filter(|kernel| kernel.restarted) {

@@ -7,9 +7,21 @@ use sqlx::AnyPool;
 
 use super::{CatalogError, Owner};
 
-/// Where a stored file came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Where a stored file came from. Its name (`code_execution`) is the text stored in the catalog
+/// and shown in the API.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::EnumString,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum FileSource {
     /// A user uploaded it.
     Upload,
@@ -19,27 +31,14 @@ pub enum FileSource {
     Figure,
 }
 
-impl FileSource {
-    /// The text stored in the catalog and shown in the API.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Upload => "upload",
-            Self::CodeExecution => "code_execution",
-            Self::Figure => "figure",
-        }
-    }
-}
-
+/// How the catalog's rows are read (`#[sqlx(try_from = "String")]`).
 impl TryFrom<String> for FileSource {
     type Error = String;
 
     fn try_from(value: String) -> Result<Self, Self::Error> {
-        match value.as_str() {
-            "upload" => Ok(Self::Upload),
-            "code_execution" => Ok(Self::CodeExecution),
-            "figure" => Ok(Self::Figure),
-            other => Err(format!("unknown file source {other:?}")),
-        }
+        value
+            .parse()
+            .map_err(|_| format!("unknown file source {value:?}"))
     }
 }
 
@@ -112,7 +111,7 @@ impl<'a> Files<'a> {
             .bind(file.size)
             .bind(&file.content_type)
             .bind(&file.sha256)
-            .bind(file.source.as_str())
+            .bind(<&str>::from(file.source))
             .bind(&file.derived_from)
             .bind(&file.blob_key)
             .bind(&file.created_at)
@@ -260,5 +259,22 @@ impl<'a> Files<'a> {
         .execute(self.pool)
         .await?;
         Ok(result.rows_affected() > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_is_stored_and_shown_by_the_same_name() {
+        use FileSource::*;
+        let names = ["upload", "code_execution", "figure"];
+        for (source, name) in [Upload, CodeExecution, Figure].into_iter().zip(names) {
+            assert_eq!(<&str>::from(source), name);
+            assert_eq!(FileSource::try_from(name.to_owned()), Ok(source));
+            assert_eq!(serde_json::to_value(source).expect("JSON"), name);
+        }
+        assert!(FileSource::try_from("Upload".to_owned()).is_err());
     }
 }

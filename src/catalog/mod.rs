@@ -10,10 +10,13 @@ mod files;
 mod messages;
 mod runs;
 
+use std::num::NonZeroU8;
 use std::str::FromStr;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
+use time::format_description::well_known::Iso8601;
+use time::format_description::well_known::iso8601::{Config, EncodedConfig, TimePrecision};
 
 pub use attachments::{AttachmentRecord, Attachments};
 pub use files::{FileRecord, FileSource, Files};
@@ -152,19 +155,19 @@ pub fn now() -> String {
     format_time(time::OffsetDateTime::now_utc())
 }
 
-/// Formats a time the way the catalog stores it.
+/// The catalog's time format: ISO 8601 in UTC with microseconds always written out.
+const CATALOG_TIME: EncodedConfig = Config::DEFAULT
+    .set_time_precision(TimePrecision::Second {
+        decimal_digits: NonZeroU8::new(6),
+    })
+    .encode();
+
+/// Formats a time the way the catalog stores it. A year outside 0..=9999 (only an age of
+/// millennia reaches one) gives empty text, which sorts before every stored time.
 pub fn format_time(at: time::OffsetDateTime) -> String {
-    let at = at.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-        at.year(),
-        u8::from(at.month()),
-        at.day(),
-        at.hour(),
-        at.minute(),
-        at.second(),
-        at.microsecond()
-    )
+    at.to_offset(time::UtcOffset::UTC)
+        .format(&Iso8601::<CATALOG_TIME>)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

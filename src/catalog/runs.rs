@@ -8,9 +8,22 @@ use sqlx::AnyPool;
 
 use super::{CatalogError, Owner};
 
-/// How a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How a run ended. Its name (`timed_out`) is the text stored in the catalog and shown in the
+/// API.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::EnumString,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum RunStatus {
     /// Still executing (or its supervisor died while it was).
     Running,
@@ -22,30 +35,6 @@ pub enum RunStatus {
     TimedOut,
     /// The runtime killed it: the memory limit, or a signal; `reason` says which.
     Killed,
-}
-
-impl RunStatus {
-    /// The text stored in the catalog and shown in the API.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Running => "running",
-            Self::Succeeded => "succeeded",
-            Self::Failed => "failed",
-            Self::TimedOut => "timed_out",
-            Self::Killed => "killed",
-        }
-    }
-
-    fn parse(text: &str) -> Option<Self> {
-        Some(match text {
-            "running" => Self::Running,
-            "succeeded" => Self::Succeeded,
-            "failed" => Self::Failed,
-            "timed_out" => Self::TimedOut,
-            "killed" => Self::Killed,
-            _ => return None,
-        })
-    }
 }
 
 /// Something a cap left out of a run's results, and why.
@@ -170,8 +159,10 @@ impl TryFrom<RunRow> for RunRecord {
             id: row.id.clone(),
             reason,
         };
-        let status = RunStatus::parse(&row.status)
-            .ok_or_else(|| corrupt(format!("unknown status {:?}", row.status)))?;
+        let status = row
+            .status
+            .parse::<RunStatus>()
+            .map_err(|_| corrupt(format!("unknown status {:?}", row.status)))?;
         let truncated = serde_json::from_str(&row.truncated)
             .map_err(|error| corrupt(format!("truncated: {error}")))?;
         let outputs = match &row.outputs {
@@ -279,7 +270,7 @@ impl<'a> Runs<'a> {
              finished_at = $11, outputs = $12, kernel = $13 WHERE id = $1",
         )
         .bind(&run.id)
-        .bind(run.status.as_str())
+        .bind(<&str>::from(run.status))
         .bind(run.exit_code)
         .bind(&run.reason)
         .bind(&run.stdout)
@@ -333,4 +324,25 @@ fn truncated_json(truncated: &[Truncation]) -> String {
 /// JSON text of plain data (strings, numbers, maps with string keys), which cannot fail.
 fn to_json(value: &impl Serialize) -> String {
     serde_json::to_string(value).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_is_stored_and_shown_by_the_same_name() {
+        use RunStatus::*;
+        let names = ["running", "succeeded", "failed", "timed_out", "killed"];
+        for (status, name) in [Running, Succeeded, Failed, TimedOut, Killed]
+            .into_iter()
+            .zip(names)
+        {
+            assert_eq!(<&str>::from(status), name);
+            assert_eq!(status.to_string(), name);
+            assert_eq!(name.parse::<RunStatus>().expect("a status"), status);
+            assert_eq!(serde_json::to_value(status).expect("JSON"), name);
+        }
+        assert!("Running".parse::<RunStatus>().is_err());
+    }
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::query_parameters::{BuildImageOptionsBuilder, CreateImageOptionsBuilder};
+use bytesize::ByteSize;
 use futures::{StreamExt, TryStreamExt};
 use tokio_util::io::ReaderStream;
 
@@ -180,7 +181,7 @@ impl ImageEngine {
         let total = request.size;
         progress(&format!(
             "==> importing the root file system ({}) as {reference}",
-            human_size(total)
+            ByteSize(total)
         ));
 
         // The engine reports no progress for an import from a request body, so the bytes are
@@ -234,8 +235,8 @@ impl ImageEngine {
                         progress(&format!(
                             "==> importing: {}% sent ({} of {}){waiting}",
                             tenths * 10,
-                            human_size(done),
-                            human_size(total)
+                            ByteSize(done),
+                            ByteSize(total)
                         ));
                     }
                 }
@@ -292,21 +293,6 @@ fn progress_tenths(done: u64, total: u64) -> u64 {
     (done.min(total) * 10) / total
 }
 
-/// Formats a byte count for progress messages, such as `1.4 GiB`.
-fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
-}
-
 /// Joins an error's message with those of its sources, skipping a source whose message the
 /// previous one already contains. Bollard's transport errors say only "client error (Connect)"
 /// at the top; the useful part ("Permission denied", "No such file or directory") is further
@@ -338,9 +324,9 @@ mod tests {
         assert_eq!(progress_tenths(5, 100), 0);
         assert_eq!(progress_tenths(55, 100), 5);
         assert_eq!(progress_tenths(150, 100), 10);
-        assert_eq!(human_size(512), "512 B");
-        assert_eq!(human_size(1536), "1.5 KiB");
-        assert_eq!(human_size(3 * 1024 * 1024 * 1024), "3.0 GiB");
+        assert_eq!(ByteSize(512).to_string(), "512 B");
+        assert_eq!(ByteSize(1536).to_string(), "1.5 KiB");
+        assert_eq!(ByteSize(3 * 1024 * 1024 * 1024).to_string(), "3.0 GiB");
     }
 
     #[test]

@@ -107,8 +107,10 @@ pub enum RichOutput {
     },
 }
 
-/// Why an interpreter ended before its message was done with it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why an interpreter ended before its message was done with it. Its name (`timeout`) is the
+/// word the API shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::Display)]
+#[strum(serialize_all = "snake_case")]
 pub enum KernelEnd {
     /// A cell ignored the interrupt at its deadline and was killed.
     Timeout,
@@ -118,18 +120,6 @@ pub enum KernelEnd {
     Memory,
     /// The caller asked for a fresh one.
     Requested,
-}
-
-impl KernelEnd {
-    /// The word the API shows.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Timeout => "timeout",
-            Self::Crashed => "crashed",
-            Self::Memory => "memory",
-            Self::Requested => "requested",
-        }
-    }
 }
 
 /// The interpreter [`Runtime::ensure`] found or started.

@@ -177,8 +177,9 @@ pub struct WorkspaceOverview {
     pub container: ContainerState,
 }
 
-/// The state of a workspace's container.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The state of a workspace's container. Its name (`running`) is the word the API shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum ContainerState {
     /// It exists and runs.
     Running,
@@ -186,17 +187,6 @@ pub enum ContainerState {
     Stopped,
     /// There is none.
     None,
-}
-
-impl ContainerState {
-    /// The word the API shows.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Running => "running",
-            Self::Stopped => "stopped",
-            Self::None => "none",
-        }
-    }
 }
 
 /// The run pipeline and the stores it works on.

@@ -456,7 +456,7 @@ impl Supervisor {
         Ok(KernelState {
             execution_count: outcome.execution_count,
             restarted,
-            reason: reason.map(|reason| reason.as_str().to_owned()),
+            reason: reason.map(|reason| reason.to_string()),
         })
     }
 

@@ -370,7 +370,7 @@ async fn run(
                 .run
                 .reason
                 .clone()
-                .unwrap_or_else(|| format!("the run {}", report.run.status.as_str()));
+                .unwrap_or_else(|| format!("the run {}", report.run.status));
             let error = last_error.unwrap_or_else(|| {
                 let ename = match report.run.status {
                     RunStatus::TimedOut => "TimeoutError",

@@ -69,8 +69,13 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listen on {listen}"))?;
     let address = listener.local_addr().context("read the bound address")?;
-    if config.server.public_url.is_none() {
-        config.server.public_url = Some(default_public_url(address));
+    // Signed links name the address actually bound (`--listen 127.0.0.1:0` gets its real
+    // port) unless `server.public_url` names another: see `ServerConfig::public_base_url`.
+    config.server.listen = address;
+    if config.server.public_url.is_none() && address.ip().is_unspecified() {
+        tracing::warn!(
+            "listening on {address}: signed links will name 127.0.0.1; set server.public_url to the name clients use"
+        );
     }
     let state = prepare(config).await?;
     eprintln!("codebox: listening on http://{address}");
@@ -93,19 +98,6 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     }
     served?;
     Ok(())
-}
-
-/// The base of signed links when `server.public_url` is unset: the address actually bound
-/// (so `--listen 127.0.0.1:0` gets its real port). A wildcard address is no place a browser
-/// can go, so it becomes loopback, with a hint to configure the real name.
-fn default_public_url(bound: std::net::SocketAddr) -> String {
-    if bound.ip().is_unspecified() {
-        tracing::warn!(
-            "listening on {bound}: signed links will name 127.0.0.1; set server.public_url to the name clients use"
-        );
-        return format!("http://127.0.0.1:{}", bound.port());
-    }
-    format!("http://{bound}")
 }
 
 /// One reaper pass every `reap_interval`, logging what it removed.

@@ -71,13 +71,9 @@ impl AppState {
     /// A state for `supervisor`, with the server settings of its configuration.
     pub fn new(supervisor: Arc<Supervisor>, tokens: Tokens, signer: Signer) -> Self {
         let server = &supervisor.config().server;
-        let public_url = server
-            .public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{}", server.listen));
         let limiter = RunLimiter::new(server.max_runs_in_flight, server.max_queued_runs);
         Self {
-            public_url: public_url.trim_end_matches('/').into(),
+            public_url: server.public_base_url().into(),
             limiter: Arc::new(limiter),
             tokens: Arc::new(tokens),
             signer,

@@ -107,8 +107,8 @@ pub struct ImageEngine {
 }
 
 impl ImageEngine {
-    /// Connects to the local engine through [`connect_engine`]; the image builder's requests
-    /// get a longer timeout than the runtime's.
+    /// Connects to the local engine the way the runtime does (`runtime/engine.rs`); the image
+    /// builder's requests get a longer timeout than the runtime's.
     ///
     /// Any failure becomes [`ImageEngineError::Unreachable`], whose message tells the user what
     /// to check.

@@ -16,9 +16,8 @@ use bytesize::ByteSize;
 use futures::{StreamExt, TryStreamExt};
 use tokio_util::io::ReaderStream;
 
-/// Engine endpoint used by [`Docker::connect_with_local_defaults`] when `DOCKER_HOST` does not
-/// name a Unix socket.
-const DEFAULT_DOCKER_SOCKET: &str = "unix:///var/run/docker.sock";
+pub use super::engine::EngineUnreachable;
+use super::engine::{connect_engine, error_chain};
 
 /// Bollard applies its client timeout (two minutes by default) to every request until the
 /// response headers arrive. An import or build can take longer than that on a slow disk before
@@ -33,15 +32,8 @@ const IMPORT_PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Debug, thiserror::Error)]
 pub enum ImageEngineError {
     /// The engine did not answer: socket missing, permission denied, daemon down or too old.
-    #[error(
-        "cannot reach the Docker engine at {endpoint}: {cause}; is the daemon running and is this user allowed to use it?"
-    )]
-    Unreachable {
-        /// The endpoint that was tried, such as `unix:///var/run/docker.sock`.
-        endpoint: String,
-        /// What went wrong, with its causes.
-        cause: String,
-    },
+    #[error(transparent)]
+    Unreachable(#[from] EngineUnreachable),
 
     /// The engine rejected or failed a request.
     #[error("failed to {action}: {cause}")]
@@ -116,26 +108,13 @@ pub struct ImageEngine {
 }
 
 impl ImageEngine {
-    /// Connects to the local engine (`DOCKER_HOST` if it names a Unix socket, else
-    /// `/var/run/docker.sock`), negotiates the API version and pings it.
+    /// Connects to the local engine the way the runtime does (`runtime/engine.rs`); the image
+    /// builder's requests get a longer timeout than the runtime's.
     ///
     /// Any failure becomes [`ImageEngineError::Unreachable`], whose message tells the user what
     /// to check.
     pub async fn connect() -> Result<Self, ImageEngineError> {
-        let endpoint = match std::env::var("DOCKER_HOST") {
-            Ok(host) if host.starts_with("unix://") => host,
-            _ => DEFAULT_DOCKER_SOCKET.to_owned(),
-        };
-        let unreachable = |cause: BollardError| ImageEngineError::Unreachable {
-            endpoint: endpoint.clone(),
-            cause: error_chain(&cause),
-        };
-        let docker = Docker::connect_with_local_defaults()
-            .map_err(unreachable)?
-            .negotiate_version()
-            .await
-            .map_err(unreachable)?;
-        docker.ping().await.map_err(unreachable)?;
+        let docker = connect_engine().await?;
         Ok(Self {
             docker: docker.with_timeout(LONG_REQUEST_TIMEOUT),
         })
@@ -293,6 +272,7 @@ fn progress_tenths(done: u64, total: u64) -> u64 {
     (done.min(total) * 10) / total
 }
 
+<<<<<<< HEAD
 /// Joins an error's message with those of its sources, skipping a source whose message the
 /// previous one already contains. Bollard's transport errors say only "client error (Connect)"
 /// at the top; the useful part ("Permission denied", "No such file or directory") is further
@@ -311,12 +291,26 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     message
+=======
+/// Formats a byte count for progress messages, such as `1.4 GiB`.
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+>>>>>>> rtsplit
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fmt;
 
     #[test]
     fn progress_and_sizes_are_formatted() {
@@ -327,41 +321,5 @@ mod tests {
         assert_eq!(ByteSize(512).to_string(), "512 B");
         assert_eq!(ByteSize(1536).to_string(), "1.5 KiB");
         assert_eq!(ByteSize(3 * 1024 * 1024 * 1024).to_string(), "3.0 GiB");
-    }
-
-    #[test]
-    fn error_chain_skips_repeated_messages() {
-        #[derive(Debug)]
-        struct Outer(std::io::Error);
-        impl fmt::Display for Outer {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "client error (Connect)")
-            }
-        }
-        impl std::error::Error for Outer {
-            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-                Some(&self.0)
-            }
-        }
-        let err = Outer(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
-        assert_eq!(
-            error_chain(&err),
-            "client error (Connect): permission denied"
-        );
-    }
-
-    #[test]
-    fn engine_unreachable_is_one_clear_line() {
-        let cause = BollardError::SocketNotFoundError("/var/run/docker.sock".to_owned());
-        let err = ImageEngineError::Unreachable {
-            endpoint: DEFAULT_DOCKER_SOCKET.to_owned(),
-            cause: error_chain(&cause),
-        };
-        let message = err.to_string();
-        assert!(!message.contains('\n'));
-        assert!(
-            message.starts_with("cannot reach the Docker engine at unix:///var/run/docker.sock: ")
-        );
-        assert!(message.ends_with("is the daemon running and is this user allowed to use it?"));
     }
 }

@@ -11,10 +11,12 @@
 mod cgroup;
 mod channel;
 mod docker;
+mod engine;
 mod gateway;
 pub mod image;
 pub mod image_build;
 mod kernel;
+mod live;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -28,6 +30,32 @@ pub use docker::DockerRuntime;
 pub use gateway::EnterpriseGatewayRuntime;
 
 pub use crate::translate::{SANDBOX_DATA, SANDBOX_INPUTS};
+
+/// The label every codebox sandbox carries (`true`): [`Runtime::list`] finds its sandboxes by
+/// it, and nothing else on the engine is touched.
+pub const MANAGED_LABEL: &str = "codebox.managed";
+/// The label that names the workspace a sandbox serves.
+pub const WORKSPACE_LABEL: &str = "codebox.workspace";
+/// The label that names the codebox instance a sandbox belongs to.
+pub const INSTANCE_LABEL: &str = "codebox.instance";
+/// The label that names the tenant of the message a sandbox serves, for operators only.
+const TENANT_LABEL: &str = "codebox.tenant";
+/// The label that names the message a sandbox serves, for operators only.
+const MESSAGE_LABEL: &str = "codebox.message";
+
+/// The sandbox's home folder at run time. The root file system is mounted read-only, so the
+/// image's own home (`/home/sandbox`) cannot be written there; `/tmp` is a tmpfs every user
+/// may write (mode 1777), and tools that keep state in `$HOME` (matplotlib, pip, IPython)
+/// need it writable.
+pub const SANDBOX_HOME: &str = "/tmp";
+
+/// The [`SandboxSpec::labels`] of a sandbox that serves message `message_id` of `tenant`.
+pub fn message_labels(tenant: &str, message_id: &str) -> Vec<(String, String)> {
+    vec![
+        (TENANT_LABEL.to_owned(), tenant.to_owned()),
+        (MESSAGE_LABEL.to_owned(), message_id.to_owned()),
+    ]
+}
 
 /// What a sandbox is made for: one workspace.
 #[derive(Debug, Clone)]

@@ -238,10 +238,7 @@ impl Supervisor {
             instance: self.instance.clone(),
             host_data: workspace.data.clone(),
             host_inputs: workspace.inputs.clone(),
-            labels: vec![
-                ("codebox.tenant".to_owned(), message.tenant.clone()),
-                ("codebox.message".to_owned(), message.message_id.clone()),
-            ],
+            labels: crate::runtime::message_labels(&message.tenant, &message.message_id),
             preload: Vec::new(),
         };
         if restart {

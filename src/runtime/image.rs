@@ -272,42 +272,6 @@ fn progress_tenths(done: u64, total: u64) -> u64 {
     (done.min(total) * 10) / total
 }
 
-<<<<<<< HEAD
-/// Joins an error's message with those of its sources, skipping a source whose message the
-/// previous one already contains. Bollard's transport errors say only "client error (Connect)"
-/// at the top; the useful part ("Permission denied", "No such file or directory") is further
-/// down.
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = err.to_string();
-    let mut last = message.clone();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !last.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        last = text;
-        source = cause.source();
-    }
-    message
-=======
-/// Formats a byte count for progress messages, such as `1.4 GiB`.
-fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
->>>>>>> rtsplit
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,9 +11,8 @@ const MAX_LINES: usize = 600;
 
 /// Files over [`MAX_LINES`] today, each with the size it may not grow past. Splitting one
 /// below the limit means removing it here (the test says so): the list only shrinks.
-const OVERSIZED: [(&str, usize); 5] = [
+const OVERSIZED: [(&str, usize); 4] = [
     ("src/config.rs", 704),
-    ("src/runtime/image_build.rs", 1303),
     ("src/runtime/docker.rs", 716),
     ("src/runtime/gateway.rs", 910),
     ("src/workspace.rs", 663),

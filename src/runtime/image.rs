@@ -1,7 +1,7 @@
 //! The sandbox image on the engine: whether it exists, its settings, and the two ways of
 //! making it (importing a root file system tar, or building a Dockerfile).
 //!
-//! `image_build.rs` decides what goes into the image and checks the result; every call to the
+//! `image_build/` decides what goes into the image and checks the result; every call to the
 //! engine it needs is here, so that only `runtime/` knows Docker.
 
 use std::collections::HashMap;

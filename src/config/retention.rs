@@ -1,5 +1,5 @@
 //! The `[retention]` section: how long idle containers, idle workspaces and files are kept,
-//! and how much disk all workspaces together may use. The reaper (`crate::retention`) reads it.
+//! and how much disk all workspaces together may use. The reaper (the supervisor's `reap`) reads it.
 
 use std::time::Duration;
 

@@ -205,7 +205,7 @@ impl Blobs {
     /// The object's file on this machine, for the local back end.
     pub fn local_path(&self, key: &str) -> Option<PathBuf> {
         let root = self.local_root.as_ref()?;
-        crate::paths::join_safely(root, FsPath::new(key)).ok()
+        crate::safe_fs::join_safely(root, FsPath::new(key)).ok()
     }
 
     /// Checks that the store answers, for readiness probes.

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use codebox::api::dto;
 use codebox::catalog::{FileRecord, Owner};
 use codebox::image::{self, BuildMethod, ImageBuildOptions, ImageEngine, ImageState, ImageVariant};
-use codebox::paths::join_safely;
+use codebox::safe_fs::join_safely;
 use codebox::{Config, RunRequest, Supervisor};
 
 /// The image files, built into the binary so that `codebox` can build its image from any

@@ -9,16 +9,14 @@ pub mod api;
 pub mod blobs;
 pub mod catalog;
 pub mod config;
-pub mod disk;
 pub mod error;
 pub mod ids;
-pub mod paths;
 pub mod runtime;
+pub mod safe_fs;
 pub mod server;
 pub mod snapshot;
 pub mod supervisor;
 pub mod translate;
-pub mod walk;
 pub mod workspace;
 
 pub use config::Config;

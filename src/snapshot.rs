@@ -7,7 +7,7 @@
 //!
 //! The sandbox also keeps running (or has left processes running) while the walk goes on, so
 //! the tree may change between listing a folder and opening it. The walk is
-//! [`crate::walk`]'s, by file descriptors: a folder swapped for a link (or for another folder)
+//! [`crate::safe_fs::walk`]'s, by file descriptors: a folder swapped for a link (or for another folder)
 //! after it was described is reported as unreadable and never entered, so nothing outside the
 //! root is ever listed or examined.
 
@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{FileType, Stat};
 
-use crate::walk::{self, Found, Step};
+use crate::safe_fs::walk::{self, Found, Step};
 
 /// How far a snapshot may walk.
 #[derive(Debug, Clone, Copy)]

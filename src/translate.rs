@@ -37,10 +37,7 @@ pub struct PathMap {
     pub sandbox_inputs: String,
 }
 
-/// The workspace folder as the sandbox sees it.
-pub const SANDBOX_DATA: &str = "/mnt/data";
-/// The attachments folder as the sandbox sees it.
-pub const SANDBOX_INPUTS: &str = "/mnt/inputs";
+pub use crate::config::{SANDBOX_DATA, SANDBOX_INPUTS};
 
 impl PathMap {
     /// Builds a map for the given host folders, with the sandbox sides at `/mnt/data` and

@@ -178,7 +178,7 @@ fn exit_code_is_the_runs() {
         .join("workspaces")
         .join(&workspaces[0])
         .join("data");
-    assert!(!codebox::disk::is_mount_point(&data).expect("inspect"));
+    assert!(!codebox::workspace::disk::is_mount_point(&data).expect("inspect"));
 }
 
 #[test]

@@ -226,12 +226,12 @@ print('wrote', written)
     let held = allocated(&image);
     // The cap, plus ext4's own tables of up to a few MiB.
     assert!(held <= 68 * 1024 * 1024, "the host holds {held} bytes");
-    let policy = codebox::disk::DiskPolicy {
-        mode: codebox::disk::DiskMode::Loop,
+    let policy = codebox::workspace::disk::DiskPolicy {
+        mode: codebox::workspace::disk::DiskMode::Loop,
         size: bytesize::ByteSize::mib(64),
         files: 100_000,
     };
-    let usage = codebox::disk::usage(&data, &policy).expect("usage");
+    let usage = codebox::workspace::disk::usage(&data, &policy).expect("usage");
     assert!(
         usage.full.is_some(),
         "the file system is not full: {usage:?}"
@@ -336,10 +336,10 @@ async fn a_workspace_is_mounted_again_after_a_restart() {
         .await;
     assert_eq!(first.run.status, RunStatus::Succeeded, "{:?}", first.run);
     let data = env.data_dir_of("m-remount").await;
-    assert!(codebox::disk::is_mount_point(&data).expect("inspect"));
+    assert!(codebox::workspace::disk::is_mount_point(&data).expect("inspect"));
     let unmounted = Command::new("umount").arg(&data).output().expect("umount");
     assert!(unmounted.status.success(), "{unmounted:?}");
-    assert!(!codebox::disk::is_mount_point(&data).expect("inspect"));
+    assert!(!codebox::workspace::disk::is_mount_point(&data).expect("inspect"));
 
     let second = env
         .run(
@@ -356,7 +356,7 @@ async fn a_workspace_is_mounted_again_after_a_restart() {
         size_mib <= 16,
         "{size_mib} MiB: not the workspace's file system"
     );
-    assert!(codebox::disk::is_mount_point(&data).expect("inspect"));
+    assert!(codebox::workspace::disk::is_mount_point(&data).expect("inspect"));
 
     // Removing the workspace unmounts it and removes everything.
     env.supervisor

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytesize::ByteSize;
-use codebox::disk::{self, DiskMode, DiskPolicy};
+use codebox::workspace::disk::{self, DiskMode, DiskPolicy};
 use codebox::snapshot::{self, Omission, SnapshotLimits};
 use codebox::workspace::Workspaces;
 use rustix::fs::{CWD, RenameFlags, renameat_with};

@@ -30,7 +30,9 @@ pub use load::{ConfigError, ENV_PREFIX};
 pub use outputs::OutputsConfig;
 pub use retention::RetentionConfig;
 pub use runtime::{GatewayConfig, RuntimeConfig, RuntimeKind};
-pub use sandbox::{DiskLimit, SandboxConfig};
+pub use sandbox::{
+    DEFAULT_SANDBOX_USER, DiskLimit, SANDBOX_DATA, SANDBOX_HOME, SANDBOX_INPUTS, SandboxConfig,
+};
 pub use server::{ALL_TENANTS, Role, ServerConfig, TokenConfig};
 pub use storage::{BlobsConfig, CatalogConfig};
 pub use user::parse_user;

@@ -5,6 +5,19 @@
 use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 
+/// The workspace folder as the sandbox sees it: the one path code and chat text name.
+pub const SANDBOX_DATA: &str = "/mnt/data";
+/// The attachments folder as the sandbox sees it (read-only originals).
+pub const SANDBOX_INPUTS: &str = "/mnt/inputs";
+/// The sandbox's home folder. The root file system is mounted read-only at run time, so a
+/// home under `/home` could not be written; `/tmp` is a tmpfs every user may write (mode
+/// 1777), and tools that keep state in `$HOME` (matplotlib, pip, IPython) need it writable.
+/// The image builder sets the same value, so the image run alone behaves alike.
+pub const SANDBOX_HOME: &str = "/tmp";
+/// The non-root `uid:gid` sandboxes run as unless `sandbox.user` says otherwise; the images
+/// codebox builds are made for it.
+pub const DEFAULT_SANDBOX_USER: &str = "1000:1000";
+
 /// How sandbox containers are made.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -64,7 +77,7 @@ impl Default for SandboxConfig {
     fn default() -> Self {
         Self {
             image: "codebox-python:latest".to_owned(),
-            user: "1000:1000".to_owned(),
+            user: DEFAULT_SANDBOX_USER.to_owned(),
             runtime: None,
             memory: ByteSize::mib(1024),
             cpus: 1.0,

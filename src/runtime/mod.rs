@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 pub use docker::DockerRuntime;
 pub use gateway::EnterpriseGatewayRuntime;
 
-pub use crate::translate::{SANDBOX_DATA, SANDBOX_INPUTS};
+pub use crate::config::{SANDBOX_DATA, SANDBOX_HOME, SANDBOX_INPUTS};
 
 /// The label every codebox sandbox carries (`true`): [`Runtime::list`] finds its sandboxes by
 /// it, and nothing else on the engine is touched.
@@ -42,12 +42,8 @@ pub const INSTANCE_LABEL: &str = "codebox.instance";
 const TENANT_LABEL: &str = "codebox.tenant";
 /// The label that names the message a sandbox serves, for operators only.
 const MESSAGE_LABEL: &str = "codebox.message";
-
-/// The sandbox's home folder at run time. The root file system is mounted read-only, so the
-/// image's own home (`/home/sandbox`) cannot be written there; `/tmp` is a tmpfs every user
-/// may write (mode 1777), and tools that keep state in `$HOME` (matplotlib, pip, IPython)
-/// need it writable.
-pub const SANDBOX_HOME: &str = "/tmp";
+/// The label of a warm-pool sandbox (`true`), which no message holds yet.
+pub const POOL_LABEL: &str = "codebox.pool";
 
 /// The [`SandboxSpec::labels`] of a sandbox that serves message `message_id` of `tenant`.
 pub fn message_labels(tenant: &str, message_id: &str) -> Vec<(String, String)> {

@@ -24,7 +24,6 @@ use tokio::sync::mpsc;
 use crate::blobs::{BlobError, Blobs};
 use crate::catalog::{self, AttachmentRecord, Catalog, Truncation};
 use crate::config::{Config, RuntimeKind};
-use crate::disk::DiskPolicy;
 use crate::error::{IoContext, IoError};
 use crate::ids;
 use crate::runtime::{
@@ -33,6 +32,7 @@ use crate::runtime::{
 };
 use crate::snapshot::{self, EntryKind, Omission, Snapshot, SnapshotLimits};
 use crate::translate::{self, PathMap};
+use crate::workspace::disk::DiskPolicy;
 use crate::workspace::{self, Workspace, Workspaces};
 
 mod attach;

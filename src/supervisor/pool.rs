@@ -148,7 +148,7 @@ impl Supervisor {
                 instance: self.instance.clone(),
                 host_data: workspace.data.clone(),
                 host_inputs: workspace.inputs.clone(),
-                labels: vec![("codebox.pool".to_owned(), "true".to_owned())],
+                labels: vec![(crate::runtime::POOL_LABEL.to_owned(), "true".to_owned())],
                 preload: self.config.sandbox.preload.clone(),
             };
             self.runtime.ensure(&spec).await?;

@@ -155,18 +155,19 @@ impl Supervisor {
         let limit = self.config.limits.max_file_bytes;
         let data = workspace.data.clone();
         let owned = relative.to_path_buf();
-        let opened = tokio::task::spawn_blocking(move || workspace::open_beneath(&data, &owned))
-            .await
-            .map_err(|error| {
-                Stored::Failed(
-                    IoError {
-                        action: "open",
-                        path: relative.to_path_buf(),
-                        source: std::io::Error::other(error),
-                    }
-                    .into(),
-                )
-            })?;
+        let opened =
+            tokio::task::spawn_blocking(move || crate::safe_fs::open_beneath(&data, &owned))
+                .await
+                .map_err(|error| {
+                    Stored::Failed(
+                        IoError {
+                            action: "open",
+                            path: relative.to_path_buf(),
+                            source: std::io::Error::other(error),
+                        }
+                        .into(),
+                    )
+                })?;
         let (file, size) = match opened {
             Ok(opened) => opened,
             // The sandbox controls this tree: whatever it did to the entry since the snapshot

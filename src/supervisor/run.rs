@@ -557,7 +557,10 @@ pub(super) fn stored_output(output: RichOutput, paths: &PathMap) -> Option<RunOu
 
 /// Resolves, with a sentence saying which cap, once the run fills the workspace's `data/`
 /// up to its cap (it is full, and holds more than `before`); never, if it does not.
-async fn disk_filled(workspace: Workspace, before: Option<crate::disk::Usage>) -> String {
+async fn disk_filled(
+    workspace: Workspace,
+    before: Option<crate::workspace::disk::Usage>,
+) -> String {
     let (Some(interval), Some(before)) = (workspace.disk_check_interval(), before) else {
         return std::future::pending().await;
     };
@@ -574,7 +577,7 @@ async fn disk_filled(workspace: Workspace, before: Option<crate::disk::Usage>) -
 }
 
 /// [`Workspace::disk_usage`] on a blocking thread: in watchdog mode it walks the folder.
-async fn disk_usage(workspace: &Workspace) -> Option<crate::disk::Usage> {
+async fn disk_usage(workspace: &Workspace) -> Option<crate::workspace::disk::Usage> {
     let checked = workspace.clone();
     tokio::task::spawn_blocking(move || checked.disk_usage())
         .await

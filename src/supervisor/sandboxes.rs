@@ -132,7 +132,7 @@ impl Supervisor {
         let _lock = lock(&workspace).await?;
         self.runtime.release(&message.workspace_id).await?;
         let data = workspace.data.clone();
-        tokio::task::spawn_blocking(move || crate::disk::unmount_data(&data))
+        tokio::task::spawn_blocking(move || crate::workspace::disk::unmount_data(&data))
             .await
             .map_err(|error| IoError {
                 action: "unmount",

@@ -16,27 +16,27 @@
 //! This file holds the two types and a workspace's life: naming, preparing and removing it.
 //! What is done inside one has a module each: `attachments` (placing, linking and removing
 //! inputs), `names` (the names they get), `lock` (the lock file), `pool` (warm-pool marks),
-//! `space` (the disk cap and the bytes it takes) and `safe_open` (reading what the sandbox
-//! wrote). Everything public is re-exported here: callers name `crate::workspace::X`.
+//! `space` (the disk cap and the bytes it takes). Reading what the sandbox wrote goes through
+//! [`crate::safe_fs`]. Everything public is re-exported here: callers name
+//! `crate::workspace::X`.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::disk::{self, DiskPolicy};
+use self::disk::DiskPolicy;
 use crate::error::{IoContext, IoError};
-use crate::paths::join_safely;
+use crate::safe_fs::join_safely;
 
 mod attachments;
+pub mod disk;
 mod lock;
 mod names;
 mod pool;
-mod safe_open;
 mod space;
 
 pub use names::{MAX_NAME_BYTES, base_name, sanitize_name};
-pub use safe_open::open_beneath;
 
 /// The name of the read-write folder mounted at `/mnt/data`.
 const DATA: &str = "data";
@@ -90,7 +90,7 @@ impl Workspaces {
         })
     }
 
-    /// Caps every workspace's `data/` by `disk` (see [`crate::disk`]).
+    /// Caps every workspace's `data/` by `disk` (see [`disk`]).
     pub fn with_disk(mut self, disk: DiskPolicy) -> Self {
         self.disk = Some(disk);
         self

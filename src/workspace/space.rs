@@ -1,14 +1,14 @@
 //! How much disk a workspace may take and does take: the cap on its `data/` (a loop-mounted
-//! ext4 of its own, or the watchdog's measurements; the engine is `crate::disk`), and the
+//! ext4 of its own, or the watchdog's measurements; the engine is `disk`), and the
 //! bytes removing the workspace would free, which retention weighs against its quota.
 
 use std::collections::HashMap;
 use std::path::Path;
 
+use super::disk::{self, DiskMode, DiskPolicy};
 use super::{Workspace, Workspaces};
-use crate::disk::{self, DiskMode, DiskPolicy};
 use crate::error::IoError;
-use crate::walk::{self, Found, Step};
+use crate::safe_fs::walk::{self, Found, Step};
 
 impl Workspaces {
     /// Gives a prepared workspace's `data/` its own capped file system when the policy is

@@ -62,7 +62,7 @@ pub use options::{BuildMethod, IMAGE_REPOSITORY, ImageBuildOptions, ImageVariant
 
 /// Label set to `true` on every image this module builds, so that codebox can
 /// tell its own images apart from anything else on the engine.
-pub const MANAGED_LABEL: &str = "codebox.managed";
+pub use super::MANAGED_LABEL;
 
 /// Label holding the digest of the files an image was built from (see
 /// [`inputs_digest`]); a different digest means the image is out of date.

@@ -6,7 +6,7 @@
 use super::{INPUTS_LABEL, ImageEngine, ImageError, MANAGED_LABEL};
 
 /// The sandbox user (uid:gid) created by `build-rootfs.sh` and the Dockerfile.
-const SANDBOX_USER: &str = "1000:1000";
+use crate::config::{DEFAULT_SANDBOX_USER as SANDBOX_USER, SANDBOX_HOME};
 
 /// Working directory of sandboxed programs; the supervisor mounts the
 /// session's output volume here.
@@ -31,7 +31,7 @@ const SANDBOX_ENV: &[(&str, &str)] = &[
     ("MPLBACKEND", "Agg"),
     // Matplotlib needs a writable cache directory; /tmp is a tmpfs.
     ("MPLCONFIGDIR", "/tmp/matplotlib"),
-    ("HOME", "/home/sandbox"),
+    ("HOME", SANDBOX_HOME),
 ];
 
 /// The image settings as Dockerfile instructions; the Dockerfile sets the same
@@ -116,7 +116,7 @@ mod tests {
         assert_eq!(changes[0], "USER 1000:1000");
         assert_eq!(changes[1], "WORKDIR /mnt/data");
         assert!(changes.contains(&"ENV PYTHONDONTWRITEBYTECODE=1".to_owned()));
-        assert!(changes.contains(&"ENV HOME=/home/sandbox".to_owned()));
+        assert!(changes.contains(&"ENV HOME=/tmp".to_owned()));
         assert!(changes.contains(&"LABEL codebox.managed=true".to_owned()));
         assert!(changes.contains(&"LABEL codebox.inputs=abc123".to_owned()));
         assert!(changes.contains(&r#"CMD ["python3"]"#.to_owned()));

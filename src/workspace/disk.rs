@@ -25,7 +25,7 @@ use bytesize::ByteSize;
 
 use crate::config::{DiskLimit, SandboxConfig};
 use crate::error::{IoContext, IoError};
-use crate::walk::{self, Found, Step};
+use crate::safe_fs::walk::{self, Found, Step};
 
 /// The name of the file system image in a workspace's folder, beside `data/`.
 pub const IMAGE_FILE: &str = "data.img";
@@ -310,7 +310,7 @@ impl Usage {
 
 /// What the workspace's `data` folder holds, measured for `policy`. In `loop` mode that is
 /// one `statvfs`; in `watchdog` mode a walk of the folder by file descriptors
-/// ([`crate::walk`]: links not followed, not even a folder swapped for one during the walk,
+/// ([`crate::safe_fs::walk`]: links not followed, not even a folder swapped for one during the walk,
 /// other file systems not entered) that counts allocated blocks and entries, and stops as soon
 /// as it is past the cap. `None` when `data` cannot be measured (it is gone).
 pub fn usage(data: &Path, policy: &DiskPolicy) -> Option<Usage> {

@@ -12,7 +12,7 @@ use super::host_tools::ensure_build_tools;
 use super::options::split_reference;
 use super::process::run_streaming;
 use super::settings::import_changes;
-use super::{BUILD_ROOTFS_SCRIPT, ImageBuildOptions, ImageEngine, ImageError};
+use super::{BUILD_ROOTFS_SCRIPT, BuildTarget, ImageBuildOptions, ImageEngine, ImageError};
 use crate::runtime::image::ImportRequest;
 
 /// Makes sure the host tools exist, runs `build-rootfs.sh` into a build
@@ -21,13 +21,13 @@ use crate::runtime::image::ImportRequest;
 pub(super) async fn build_with_debootstrap(
     engine: &ImageEngine,
     opts: &ImageBuildOptions,
-    packages_path: &Path,
-    reference: &str,
-    digest: &str,
+    target: BuildTarget<'_>,
     progress: &mut (dyn FnMut(&str) + Send),
     cancel: &CancellationToken,
 ) -> Result<(), ImageError> {
+    let BuildTarget { reference, digest } = target;
     let script = opts.images_dir.join(BUILD_ROOTFS_SCRIPT);
+    let packages_path = opts.packages_path();
     tokio::fs::metadata(&script)
         .await
         .map_err(|e| ImageError::io("find", &script, e))?;
@@ -55,15 +55,12 @@ pub(super) async fn build_with_debootstrap(
 
     let tar_path = build_dir.path().join("rootfs.tar");
     let result = async {
-        run_build_script(
-            &script,
-            packages_path,
-            &tar_path,
-            &build_dir,
-            progress,
-            cancel,
-        )
-        .await?;
+        let invocation = ScriptInvocation {
+            script: &script,
+            packages_path: &packages_path,
+            tar_path: &tar_path,
+        };
+        run_build_script(invocation, &build_dir, progress, cancel).await?;
         let import = import_rootfs(engine, &tar_path, reference, digest, progress);
         tokio::select! {
             imported = import => imported,
@@ -83,16 +80,30 @@ pub(super) async fn build_with_debootstrap(
     result
 }
 
+/// The three paths of one `bash <script> <packages> <tar>` call.
+#[derive(Clone, Copy)]
+struct ScriptInvocation<'a> {
+    /// `build-rootfs.sh`.
+    script: &'a Path,
+    /// The package list it installs.
+    packages_path: &'a Path,
+    /// Where it writes the root file system's tar.
+    tar_path: &'a Path,
+}
+
 /// Runs `bash <script> <packages> <tar>` inside the build folder, passing
 /// every output line (stdout and stderr) to `progress`.
 async fn run_build_script(
-    script: &Path,
-    packages_path: &Path,
-    tar_path: &Path,
+    invocation: ScriptInvocation<'_>,
     build_dir: &BuildDir,
     progress: &mut (dyn FnMut(&str) + Send),
     cancel: &CancellationToken,
 ) -> Result<(), ImageError> {
+    let ScriptInvocation {
+        script,
+        packages_path,
+        tar_path,
+    } = invocation;
     progress(&format!(
         "==> running {} {} {}",
         script.display(),

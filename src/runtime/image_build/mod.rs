@@ -74,6 +74,16 @@ pub const BUILD_ROOTFS_SCRIPT: &str = "build-rootfs.sh";
 /// Name of the Dockerfile inside the images directory.
 pub const DOCKERFILE: &str = "Dockerfile";
 
+/// The image one build makes: the reference it is tagged with and the digest of the inputs it
+/// is made from (its [`INPUTS_LABEL`]).
+#[derive(Debug, Clone, Copy)]
+struct BuildTarget<'a> {
+    /// The `repository:tag` it gets.
+    reference: &'a str,
+    /// The inputs digest it carries.
+    digest: &'a str,
+}
+
 /// Builds the sandbox image described by `opts` and returns its reference
 /// (such as `codebox-python:latest`).
 ///
@@ -106,16 +116,11 @@ pub async fn build(
 
     match opts.method {
         BuildMethod::Debootstrap => {
-            debootstrap::build_with_debootstrap(
-                engine,
-                opts,
-                &packages_path,
-                &reference,
-                &digest,
-                progress,
-                cancel,
-            )
-            .await?
+            let target = BuildTarget {
+                reference: &reference,
+                digest: &digest,
+            };
+            debootstrap::build_with_debootstrap(engine, opts, target, progress, cancel).await?
         }
         BuildMethod::Dockerfile => {
             let dockerfile_build =

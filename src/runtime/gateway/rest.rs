@@ -21,18 +21,37 @@ impl EnterpriseGatewayRuntime {
 
     /// Deletes a kernel on the gateway; one that is gone already is success.
     pub(super) async fn delete_kernel(&self, kernel_id: &str) -> Result<(), RuntimeError> {
+        let path = format!("/api/kernels/{kernel_id}");
+        self.kernel_action(reqwest::Method::DELETE, &path, "deleting", kernel_id)
+            .await
+    }
+
+    /// Asks the gateway to interrupt a kernel; one that is gone already is success.
+    pub(super) async fn interrupt_kernel(&self, kernel_id: &str) -> Result<(), RuntimeError> {
+        let path = format!("/api/kernels/{kernel_id}/interrupt");
+        self.kernel_action(reqwest::Method::POST, &path, "interrupting", kernel_id)
+            .await
+    }
+
+    /// One request about a kernel that answers nothing but its status: any 2xx, or a 404 (the
+    /// kernel is gone, so there is nothing left to do), is success; `doing` names the action
+    /// in the error.
+    async fn kernel_action(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        doing: &str,
+        kernel_id: &str,
+    ) -> Result<(), RuntimeError> {
         let response = self
-            .request(
-                reqwest::Method::DELETE,
-                &format!("/api/kernels/{kernel_id}"),
-            )
+            .request(method, path)
             .send()
             .await
             .map_err(|error| self.unreachable(&error))?;
         match response.status().as_u16() {
             200..=299 | 404 => Ok(()),
             status => Err(RuntimeError::Gateway(format!(
-                "deleting kernel {kernel_id} answered {status}"
+                "{doing} kernel {kernel_id} answered {status}"
             ))),
         }
     }
@@ -90,24 +109,6 @@ impl EnterpriseGatewayRuntime {
                     reason: why,
                 })
             }
-        }
-    }
-
-    /// Asks the gateway to interrupt a kernel.
-    pub(super) async fn interrupt_kernel(&self, kernel_id: &str) -> Result<(), RuntimeError> {
-        let response = self
-            .request(
-                reqwest::Method::POST,
-                &format!("/api/kernels/{kernel_id}/interrupt"),
-            )
-            .send()
-            .await
-            .map_err(|error| self.unreachable(&error))?;
-        match response.status().as_u16() {
-            200..=299 | 404 => Ok(()),
-            status => Err(RuntimeError::Gateway(format!(
-                "interrupting kernel {kernel_id} answered {status}"
-            ))),
         }
     }
 }

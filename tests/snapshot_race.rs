@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytesize::ByteSize;
-use codebox::workspace::disk::{self, DiskMode, DiskPolicy};
 use codebox::snapshot::{self, Omission, SnapshotLimits};
 use codebox::workspace::Workspaces;
+use codebox::workspace::disk::{self, DiskMode, DiskPolicy};
 use rustix::fs::{CWD, RenameFlags, renameat_with};
 
 /// The mark every file outside carries in its name.

@@ -72,8 +72,8 @@ impl Supervisor {
         name: String,
         png: &bytes::Bytes,
     ) -> Result<FileRecord> {
-        let id = ids::mint("file");
-        let key = Blobs::file_key(&id);
+        let id = FileId::new();
+        let key = BlobKey::for_file(&id);
         let stored = self
             .blobs
             .put_stream(&key, std::io::Cursor::new(png.clone()), png.len() as u64)

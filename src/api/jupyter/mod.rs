@@ -31,6 +31,7 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use crate::config::Role;
+use crate::ids::{ChatId, MessageId};
 use crate::supervisor::{self, Owner};
 
 /// The only kernel spec: Python in a codebox sandbox.
@@ -65,9 +66,9 @@ pub struct Kernel {
     /// Whose it is.
     pub owner: Owner,
     /// The chat of its message.
-    pub chat_id: String,
+    pub chat_id: ChatId,
     /// The message whose interpreter it is.
-    pub message_id: String,
+    pub message_id: MessageId,
     /// When it was last used (RFC 3339).
     pub last_activity: String,
     /// `idle` or `busy`.
@@ -319,8 +320,9 @@ async fn start(
     };
     let owner = Owner::new(&caller.tenant, &user);
     let id = uuid::Uuid::new_v4().to_string();
-    let chat_id = text("KERNEL_CHAT_ID").unwrap_or_else(|| "jupyter".to_owned());
-    let message_id = text("KERNEL_MESSAGE_ID").unwrap_or_else(|| format!("jupyter-{id}"));
+    let chat_id = ChatId::parse(text("KERNEL_CHAT_ID").unwrap_or_else(|| "jupyter".to_owned()))?;
+    let message_id =
+        MessageId::parse(text("KERNEL_MESSAGE_ID").unwrap_or_else(|| format!("jupyter-{id}")))?;
     state
         .supervisor
         .open_message(&owner, &chat_id, &message_id)
@@ -422,7 +424,7 @@ async fn restart(
     });
     let model = state
         .jupyter
-        .get(&kernel.owner.tenant, &kernel_id)
+        .get(kernel.owner.tenant.as_str(), &kernel_id)
         .unwrap_or(kernel)
         .model();
     Ok(Json(model).into_response())

@@ -61,7 +61,11 @@ impl Supervisor {
     /// to it alone; containers no message owns and the disk quota (`max_workspace_bytes`, a
     /// rule over every tenant's workspaces together) are left to a pass over every tenant, so
     /// that one tenant's operator never removes, nor learns of, what another tenant holds.
-    pub async fn reap_within(&self, dry_run: bool, tenant: Option<&str>) -> Result<ReapReport> {
+    pub async fn reap_within(
+        &self,
+        dry_run: bool,
+        tenant: Option<&TenantId>,
+    ) -> Result<ReapReport> {
         reap_pass(self, dry_run, tenant).await
     }
 }
@@ -70,13 +74,13 @@ impl Supervisor {
 async fn reap_pass(
     supervisor: &Supervisor,
     dry_run: bool,
-    tenant: Option<&str>,
+    tenant: Option<&TenantId>,
 ) -> Result<ReapReport> {
     let mut report = ReapReport {
         dry_run,
         ..ReapReport::default()
     };
-    let in_scope = |owner: &TenantId| tenant.is_none_or(|tenant| *owner == tenant);
+    let in_scope = |owner: &TenantId| tenant.is_none_or(|tenant| owner == tenant);
     let messages: Vec<MessageRecord> = supervisor
         .catalog()
         .messages()

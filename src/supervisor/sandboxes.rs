@@ -3,6 +3,7 @@
 //! operators' overview.
 
 use super::*;
+use crate::ids::TenantId;
 
 impl Supervisor {
     /// Marks the runs this instance left `running` when it last stopped as failed. Call it at
@@ -90,7 +91,10 @@ impl Supervisor {
     /// Every workspace this instance knows, of one tenant or (`None`) of all, least recently
     /// used first, with the bytes removing it would free and its container's state: the
     /// operators' view.
-    pub async fn workspace_overview(&self, tenant: Option<&str>) -> Result<Vec<WorkspaceOverview>> {
+    pub async fn workspace_overview(
+        &self,
+        tenant: Option<&TenantId>,
+    ) -> Result<Vec<WorkspaceOverview>> {
         let containers: HashMap<String, bool> = self
             .runtime
             .list()
@@ -101,7 +105,7 @@ impl Supervisor {
             .collect();
         let mut overview = Vec::new();
         for message in self.catalog.messages().all().await? {
-            if tenant.is_some_and(|tenant| message.tenant != tenant) {
+            if tenant.is_some_and(|tenant| message.tenant != *tenant) {
                 continue;
             }
             let workspace = self.workspaces.get(message.workspace_id.as_str())?;

@@ -111,7 +111,7 @@ pub async fn serve(socket: WebSocket, state: AppState, kernel: Kernel) {
             continue;
         };
         // The kernel may have been shut down meanwhile.
-        let Some(current) = state.jupyter.get(kernel.owner.tenant.as_str(), &kernel.id) else {
+        let Some(current) = state.jupyter.get(&kernel.owner.tenant, &kernel.id) else {
             break;
         };
         handle(&state, &current, request, &out).await;

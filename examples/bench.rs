@@ -142,6 +142,7 @@ use clap::Parser;
 use codebox::Config;
 use codebox::blobs::Blobs;
 use codebox::config::{BlobsConfig, DiskLimit};
+use codebox::ids::{BlobKey, FileId};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -1316,7 +1317,7 @@ impl Bench {
         let blobs = Blobs::open(&BlobsConfig::Local { path: None }, &self.server.data_dir)
             .context("open the server's blob folder")?;
         let blob = blobs
-            .local_path(&Blobs::file_key(file_id))
+            .local_path(&BlobKey::for_file(&FileId::from_stored(file_id)))
             .ok_or_else(|| anyhow!("the blob store is not a local folder; nginx needs one"))?;
 
         // The guard stops nginx when it goes out of scope, on success, error or interruption.

@@ -1,7 +1,7 @@
 //! The bytes of stored files, in any `object_store` back end.
 //!
-//! One type, [`Blobs`], wraps an `Arc<dyn ObjectStore>`; every object key is built by
-//! [`Blobs::file_key`] and nowhere else. Writes are streamed (constant memory for any size)
+//! One type, [`Blobs`], wraps an `Arc<dyn ObjectStore>`; every object key is a [`BlobKey`],
+//! built by [`BlobKey::for_file`] and nowhere else. Writes are streamed (constant memory for any size)
 //! and hashed on the way, with a byte cap so that nothing the sandbox wrote can fill the store.
 
 use std::path::{Path as FsPath, PathBuf};
@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::config::BlobsConfig;
+use crate::ids::BlobKey;
 
 /// Size of the pieces a streamed write is read and uploaded in.
 const CHUNK_BYTES: usize = 256 * 1024;
@@ -44,7 +45,7 @@ pub enum BlobError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored {
     /// The object's key.
-    pub key: String,
+    pub key: BlobKey,
     /// Bytes written.
     pub size: u64,
     /// Lower-case hex sha256 of the bytes.
@@ -81,20 +82,15 @@ impl Blobs {
         }
     }
 
-    /// The key of a stored file's bytes.
-    pub fn file_key(file_id: &str) -> String {
-        format!("files/{file_id}")
-    }
-
     /// Streams `source` into the object `key` while hashing it. If the source holds more than
     /// `max_bytes`, the upload is aborted and nothing is stored.
     pub async fn put_stream(
         &self,
-        key: &str,
+        key: &BlobKey,
         mut source: impl AsyncRead + Unpin,
         max_bytes: u64,
     ) -> Result<Stored, BlobError> {
-        let location = Path::from(key);
+        let location = Path::from(key.as_str());
         let upload = self.store.put_multipart(&location).await?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, 5 * 1024 * 1024);
         let mut hasher = Sha256::new();
@@ -120,7 +116,7 @@ impl Blobs {
             Ok(()) => {
                 writer.finish().await?;
                 Ok(Stored {
-                    key: key.to_owned(),
+                    key: key.clone(),
                     size,
                     sha256: hex::encode(hasher.finalize()),
                 })
@@ -138,11 +134,14 @@ impl Blobs {
     /// Opens the object `key` for streaming, optionally a byte range of it.
     pub async fn get(
         &self,
-        key: &str,
+        key: &BlobKey,
         range: Option<std::ops::Range<u64>>,
     ) -> Result<object_store::GetResult, BlobError> {
         let options = object_store::GetOptions::new().with_range(range);
-        Ok(self.store.get_opts(&Path::from(key), options).await?)
+        Ok(self
+            .store
+            .get_opts(&Path::from(key.as_str()), options)
+            .await?)
     }
 
     /// The bytes of object `key` (optionally a range of it) as a stream for a response body.
@@ -150,7 +149,7 @@ impl Blobs {
     /// stream reads 8 KiB at a time, which caps a download far below what the disk gives.
     pub async fn read_stream(
         &self,
-        key: &str,
+        key: &BlobKey,
         range: Option<std::ops::Range<u64>>,
     ) -> Result<futures::stream::BoxStream<'static, Result<bytes::Bytes, std::io::Error>>, BlobError>
     {
@@ -179,7 +178,7 @@ impl Blobs {
     /// Streams the object `key` into `sink`, returning the bytes copied.
     pub async fn copy_to(
         &self,
-        key: &str,
+        key: &BlobKey,
         sink: &mut (impl tokio::io::AsyncWrite + Unpin),
     ) -> Result<u64, BlobError> {
         use tokio::io::AsyncWriteExt;
@@ -195,17 +194,17 @@ impl Blobs {
     }
 
     /// Deletes the object `key`; a missing object is not an error.
-    pub async fn delete(&self, key: &str) -> Result<(), BlobError> {
-        match self.store.delete(&Path::from(key)).await {
+    pub async fn delete(&self, key: &BlobKey) -> Result<(), BlobError> {
+        match self.store.delete(&Path::from(key.as_str())).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(error) => Err(error.into()),
         }
     }
 
     /// The object's file on this machine, for the local back end.
-    pub fn local_path(&self, key: &str) -> Option<PathBuf> {
+    pub fn local_path(&self, key: &BlobKey) -> Option<PathBuf> {
         let root = self.local_root.as_ref()?;
-        crate::safe_fs::join_safely(root, FsPath::new(key)).ok()
+        crate::safe_fs::join_safely(root, FsPath::new(key.as_str())).ok()
     }
 
     /// Checks that the store answers, for readiness probes.
@@ -221,23 +220,29 @@ impl Blobs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::FileId;
+
+    /// The key of the bytes of file `id`.
+    fn key(id: &str) -> BlobKey {
+        BlobKey::for_file(&FileId::from_stored(id))
+    }
 
     async fn round_trip(blobs: &Blobs) {
         let body = vec![7u8; 3 * CHUNK_BYTES + 11];
         let stored = blobs
-            .put_stream("files/a", body.as_slice(), 10 * 1024 * 1024)
+            .put_stream(&key("a"), body.as_slice(), 10 * 1024 * 1024)
             .await
             .expect("put");
         assert_eq!(stored.size, body.len() as u64);
         assert_eq!(stored.sha256, hex::encode(Sha256::digest(&body)));
 
         let mut copy = Vec::new();
-        blobs.copy_to("files/a", &mut copy).await.expect("copy");
+        blobs.copy_to(&key("a"), &mut copy).await.expect("copy");
         assert_eq!(copy, body);
         for range in [None, Some(10..20), Some(0..body.len() as u64)] {
             let mut streamed = Vec::new();
             let mut stream = blobs
-                .read_stream("files/a", range.clone())
+                .read_stream(&key("a"), range.clone())
                 .await
                 .expect("stream");
             while let Some(chunk) = stream.next().await {
@@ -251,14 +256,14 @@ mod tests {
         }
 
         let error = blobs
-            .put_stream("files/b", body.as_slice(), 1000)
+            .put_stream(&key("b"), body.as_slice(), 1000)
             .await
             .expect_err("over the cap");
         assert!(matches!(error, BlobError::TooLarge { limit: 1000 }));
-        assert!(blobs.get("files/b", None).await.is_err(), "nothing stored");
+        assert!(blobs.get(&key("b"), None).await.is_err(), "nothing stored");
 
-        blobs.delete("files/a").await.expect("delete");
-        blobs.delete("files/a").await.expect("delete again");
+        blobs.delete(&key("a")).await.expect("delete");
+        blobs.delete(&key("a")).await.expect("delete again");
         blobs.ping().await.expect("ping");
     }
 
@@ -268,18 +273,18 @@ mod tests {
         let blobs = Blobs::open(&BlobsConfig::Local { path: None }, dir.path()).expect("open");
         round_trip(&blobs).await;
         blobs
-            .put_stream("files/c", &b"abc"[..], 10)
+            .put_stream(&key("c"), &b"abc"[..], 10)
             .await
             .expect("put");
-        let path = blobs.local_path("files/c").expect("local");
+        let path = blobs.local_path(&key("c")).expect("local");
         assert_eq!(std::fs::read(path).expect("read"), b"abc");
-        assert_eq!(blobs.local_path("../x"), None);
+        assert_eq!(blobs.local_path(&key("../x")), None);
     }
 
     #[tokio::test]
     async fn memory_back_end() {
         let blobs = Blobs::open(&BlobsConfig::Memory, FsPath::new("/nonexistent")).expect("open");
         round_trip(&blobs).await;
-        assert_eq!(blobs.local_path("files/a"), None);
+        assert_eq!(blobs.local_path(&key("a")), None);
     }
 }

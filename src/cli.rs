@@ -12,8 +12,10 @@ use tokio_util::sync::CancellationToken;
 
 use codebox::api::dto;
 use codebox::catalog::{FileRecord, Owner};
+use codebox::ids::{ChatId, MessageId};
 use codebox::image::{self, BuildMethod, ImageBuildOptions, ImageEngine, ImageState, ImageVariant};
 use codebox::safe_fs::join_safely;
+use codebox::supervisor::UploadMeta;
 use codebox::{Config, RunRequest, Supervisor};
 
 /// The image files, built into the binary so that `codebox` can build its image from any
@@ -154,10 +156,12 @@ pub async fn run(
         tracing::info!(removed, "removed sandboxes that no message owns");
     }
     let owner = Owner::new(CLI_TENANT, &args.user);
-    let message_id = args
-        .message
-        .clone()
-        .unwrap_or_else(|| codebox::ids::mint("msg"));
+    let chat_id = ChatId::parse(args.chat.clone())?;
+    let message_id = MessageId::parse(
+        args.message
+            .clone()
+            .unwrap_or_else(|| codebox::ids::mint("msg")),
+    )?;
     // A message the user did not name is unlikely to be run again soon: its sandbox is removed
     // after the run (the workspace stays, and `--message` with its id starts a new sandbox).
     let one_shot = args.message.is_none();
@@ -172,7 +176,15 @@ pub async fn run(
             .await
             .with_context(|| format!("open {}", path.display()))?;
         let file = supervisor
-            .upload(&owner, name, Some(&args.chat), Some(&message_id), body)
+            .upload(
+                &owner,
+                UploadMeta {
+                    name: name.to_owned(),
+                    chat_id: Some(chat_id.to_string()),
+                    message_id: Some(message_id.to_string()),
+                },
+                body,
+            )
             .await
             .with_context(|| format!("upload {}", path.display()))?;
         file_ids.push(file.id);
@@ -182,7 +194,7 @@ pub async fn run(
         .run(
             &owner,
             RunRequest {
-                chat_id: args.chat.clone(),
+                chat_id,
                 message_id,
                 code,
                 language: "python".to_owned(),

@@ -4,6 +4,12 @@
 //! index well). Caller-chosen ids (`chat_id`, `message_id`) are 1-128 characters of
 //! `[A-Za-z0-9._:-]`, and neither `.` nor `..`: those two are path segments that every client
 //! and proxy resolves away, so a resource named by one could never be reached by its URL.
+//!
+//! Each kind of id is its own type ([`FileId`], [`RunId`], [`MessageId`], [`ChatId`],
+//! [`TenantId`], [`UserId`], [`WorkspaceId`], [`BlobKey`]), so that one cannot be passed where
+//! another is expected. They serialize as their plain text (JSON and the catalog hold the same
+//! strings as before), and none of them dereferences to `str`: reading the text is an explicit
+//! [`as_str`](FileId::as_str) at a boundary (SQL binds, runtime calls, paths).
 
 /// A caller-chosen id that cannot be used, with the field it came in and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -52,6 +58,163 @@ pub fn check_external(field: &'static str, value: &str) -> Result<(), InvalidId>
     Ok(())
 }
 
+/// Declares an id type: a `String` newtype that serializes as its text, shows as its text and
+/// compares with text, but does not dereference to `str`. `from_stored` and deserializing are the
+/// trusted ways in (unchecked); codebox mints some kinds (`new`) and checks the ones callers
+/// choose (`parse`).
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(
+            Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+        )]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            /// The id's text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            /// An id codebox already vouches for, unchecked: read back from the catalog or a
+            /// link it signed, or taken from credentials that were checked where they came in.
+            pub fn from_stored(value: impl Into<String>) -> Self {
+                Self(value.into())
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                formatter.write_str(&self.0)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> Self {
+                id.0
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+
+        impl PartialEq<String> for $name {
+            fn eq(&self, other: &String) -> bool {
+                &self.0 == other
+            }
+        }
+    };
+}
+
+id_type! {
+    /// A stored file's id (`file_...`), minted by codebox.
+    FileId
+}
+
+id_type! {
+    /// A run's id (`run_...`), minted by codebox.
+    RunId
+}
+
+id_type! {
+    /// A message's id, chosen by the chat backend.
+    MessageId
+}
+
+id_type! {
+    /// A chat's id, chosen by the chat backend.
+    ChatId
+}
+
+id_type! {
+    /// A tenant's id, from the caller's credentials.
+    TenantId
+}
+
+id_type! {
+    /// An end user's id within a tenant, from the caller's request.
+    UserId
+}
+
+id_type! {
+    /// A message's workspace id (`ws_...`), minted by codebox.
+    WorkspaceId
+}
+
+id_type! {
+    /// The key of an object in the blob store. Built only by [`BlobKey::for_file`], so that
+    /// every stored file's bytes live under one naming scheme.
+    BlobKey
+}
+
+impl FileId {
+    /// A new file id.
+    // Not `Default`: a default that mints a fresh id each time would surprise.
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        Self(mint("file"))
+    }
+}
+
+impl RunId {
+    /// A new run id.
+    // Not `Default`: a default that mints a fresh id each time would surprise.
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        Self(mint("run"))
+    }
+}
+
+impl WorkspaceId {
+    /// A new workspace id.
+    // Not `Default`: a default that mints a fresh id each time would surprise.
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        Self(mint("ws"))
+    }
+}
+
+impl MessageId {
+    /// A message id a caller sent, checked (the error names the `message_id` field).
+    pub fn parse(value: impl Into<String>) -> Result<Self, InvalidId> {
+        let value = value.into();
+        check_external("message_id", &value)?;
+        Ok(Self(value))
+    }
+}
+
+impl ChatId {
+    /// A chat id a caller sent, checked (the error names the `chat_id` field).
+    pub fn parse(value: impl Into<String>) -> Result<Self, InvalidId> {
+        let value = value.into();
+        check_external("chat_id", &value)?;
+        Ok(Self(value))
+    }
+}
+
+impl BlobKey {
+    /// The key of a stored file's bytes: `files/<file id>`.
+    pub fn for_file(file_id: &FileId) -> Self {
+        Self(format!("files/{file_id}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,6 +226,26 @@ mod tests {
         assert!(first.starts_with("run_"));
         assert_ne!(first, second);
         assert!(first < second, "uuid v7 ids sort by creation time");
+    }
+
+    #[test]
+    fn typed_ids_are_their_text() {
+        let file = FileId::new();
+        assert!(file.as_str().starts_with("file_"));
+        assert!(RunId::new().as_str().starts_with("run_"));
+        assert!(WorkspaceId::new().as_str().starts_with("ws_"));
+        assert_eq!(BlobKey::for_file(&file), format!("files/{file}").as_str());
+        let json = serde_json::to_string(&file).expect("JSON");
+        assert_eq!(json, format!("\"{file}\""));
+        assert_eq!(serde_json::from_str::<FileId>(&json).expect("JSON"), file);
+        assert_eq!(MessageId::parse("m1").expect("valid"), "m1");
+        let error = ChatId::parse("a/b").expect_err("a slash");
+        assert!(error.to_string().starts_with("invalid chat_id"), "{error}");
+        let error = MessageId::parse("").expect_err("empty");
+        assert!(
+            error.to_string().starts_with("invalid message_id"),
+            "{error}"
+        );
     }
 
     #[test]

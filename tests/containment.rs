@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use codebox::catalog::{RunRecord, RunStatus};
 use codebox::config::DiskLimit;
-use common::{TestEnv, request};
+use common::{TestEnv, msg_id, request};
 
 /// The processes of a message's container as the engine counts them (`docker top`).
 fn container_processes(workspace_id: &str) -> Vec<String> {
@@ -34,11 +34,12 @@ async fn workspace_id_of(env: &TestEnv, message_id: &str) -> String {
     env.supervisor
         .catalog()
         .messages()
-        .get(&env.owner.tenant, message_id)
+        .get(&env.owner.tenant, &msg_id(message_id))
         .await
         .expect("catalog")
         .expect("message")
         .workspace_id
+        .into()
 }
 
 /// A daemon that double-forks, leaves the run's session, closes its output so the run's
@@ -360,7 +361,7 @@ async fn a_workspace_is_mounted_again_after_a_restart() {
 
     // Removing the workspace unmounts it and removes everything.
     env.supervisor
-        .delete_workspace(&env.owner, "m-remount")
+        .delete_workspace(&env.owner, &msg_id("m-remount"))
         .await
         .expect("delete");
     assert!(!data.exists());

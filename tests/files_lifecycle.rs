@@ -10,7 +10,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
-use common::{TestEnv, request};
+use common::{TestEnv, msg_id, request};
 
 /// Bytes an entry takes on disk (links not followed).
 fn allocated(path: &Path) -> u64 {
@@ -32,13 +32,13 @@ async fn workspace_of(env: &TestEnv, message_id: &str) -> codebox::workspace::Wo
         .supervisor
         .catalog()
         .messages()
-        .get(&env.owner.tenant, message_id)
+        .get(&env.owner.tenant, &msg_id(message_id))
         .await
         .expect("catalog")
         .expect("message");
     env.supervisor
         .workspaces()
-        .get(&message.workspace_id)
+        .get(message.workspace_id.as_str())
         .expect("workspace")
 }
 

@@ -11,6 +11,7 @@ use codebox::api::signing::LinkSubject;
 use common::web::*;
 use common::{
     ADMIN_TOKEN, ALICE, ALICE_OF_B, BOB, Caller, TENANT_A_TOKEN, TestServer, assert_error, json_of,
+    msg_id, tenant_id,
 };
 use reqwest::{Method, Url, header};
 use serde_json::{Value, json};
@@ -165,7 +166,7 @@ async fn every_user_route_hides_other_owners_and_checks_credentials() {
                 .supervisor
                 .catalog()
                 .messages()
-                .get(tenant, probe)
+                .get(&tenant_id(tenant), &msg_id(probe))
                 .await
                 .expect("catalog");
             assert!(message.is_none(), "{tenant}/{probe}: {message:?}");
@@ -600,7 +601,7 @@ async fn a_message_stays_bound_to_its_user_and_chat() {
         .supervisor
         .catalog()
         .messages()
-        .get("tenant-a", "msg-1")
+        .get(&tenant_id("tenant-a"), &msg_id("msg-1"))
         .await
         .expect("catalog")
         .expect("bound");

@@ -9,7 +9,7 @@ mod raw;
 
 use std::time::Duration;
 
-use common::{ALICE, TENANT_A_TOKEN, TestServer, assert_error, json_of};
+use common::{ALICE, TENANT_A_TOKEN, TestServer, assert_error, json_of, msg_id, tenant_id};
 use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
@@ -384,7 +384,7 @@ async fn a_busy_refusal_names_an_error_id_that_the_log_carries() {
     for _ in 0..200 {
         if catalog
             .messages()
-            .get("tenant-a", "msg-long")
+            .get(&tenant_id("tenant-a"), &msg_id("msg-long"))
             .await
             .expect("catalog")
             .is_some()

@@ -9,8 +9,9 @@ mod common;
 use std::collections::BTreeSet;
 
 use codebox::catalog::Owner;
+use codebox::ids::RunId;
 use common::web::*;
-use common::{ALICE, BOB, TestServer, assert_error, json_of};
+use common::{ALICE, BOB, TestServer, assert_error, json_of, msg_id, tenant_id};
 use reqwest::{Method, header};
 use serde_json::{Value, json};
 
@@ -458,14 +459,14 @@ async fn wait_for_marker(state: &codebox::api::AppState) {
             .supervisor
             .catalog()
             .messages()
-            .get("tenant-a", "msg-1")
+            .get(&tenant_id("tenant-a"), &msg_id("msg-1"))
             .await
             .expect("catalog");
         let started = message.is_some_and(|message| {
             state
                 .supervisor
                 .workspaces()
-                .get(&message.workspace_id)
+                .get(message.workspace_id.as_str())
                 .expect("workspace")
                 .data
                 .join("started")
@@ -579,7 +580,10 @@ async fn shutdown_lets_the_run_in_flight_finish() {
         .supervisor
         .catalog()
         .runs()
-        .get(&Owner::new("tenant-a", "alice"), text_of(&run["id"]))
+        .get(
+            &Owner::new("tenant-a", "alice"),
+            &RunId::from_stored(text_of(&run["id"])),
+        )
         .await
         .expect("catalog")
         .expect("the run is recorded");

@@ -7,8 +7,9 @@ mod common;
 use std::time::Duration;
 
 use codebox::catalog::{FileSource, RunOutput, RunStatus};
+use codebox::ids::{FileId, WorkspaceId};
 use codebox::{RunReport, RunRequest};
-use common::{ALICE, TestEnv, TestServer, json_of, request};
+use common::{ALICE, TestEnv, TestServer, json_of, msg_id, request};
 
 fn result_text(report: &RunReport) -> Vec<String> {
     report
@@ -175,7 +176,7 @@ async fn figures_come_back_as_registered_pngs_in_order() {
         report.run.stderr
     );
     assert_eq!(report.run.stdout, "between\n");
-    let images: Vec<&String> = report
+    let images: Vec<&FileId> = report
         .run
         .outputs
         .iter()
@@ -443,7 +444,11 @@ async fn new_messages_take_warm_sandboxes_and_the_pool_refills() {
         "the slot's folder is the message's"
     );
     let workspace = server.workspace_id("tenant-a", "warm-1").await;
-    assert!(!supervisor.pool().holds(&workspace));
+    assert!(
+        !supervisor
+            .pool()
+            .holds(&WorkspaceId::from_stored(workspace.as_str()))
+    );
     // The next run is in the same interpreter.
     let body = serde_json::json!({"chat_id": "c1", "message_id": "warm-1", "code": "x"});
     let run = json_of(server.run(ALICE, &body).await, 200).await;
@@ -490,14 +495,14 @@ async fn an_interpreter_codebox_let_go_is_replaced_and_the_run_says_so() {
         .supervisor
         .catalog()
         .messages()
-        .get(&env.owner.tenant, "m1")
+        .get(&env.owner.tenant, &msg_id("m1"))
         .await
         .expect("catalog")
         .expect("message")
         .workspace_id;
     env.supervisor
         .runtime()
-        .release(&workspace)
+        .release(workspace.as_str())
         .await
         .expect("release");
     let report = env.run("m1", "print('x' in globals())", &[]).await;

@@ -8,7 +8,8 @@ use std::time::Duration;
 use codebox::Error;
 use codebox::RunReport;
 use codebox::catalog::{FileSource, Owner, RunStatus};
-use common::{TestEnv, request};
+use codebox::ids::{ChatId, MessageId};
+use common::{TestEnv, chat_id, msg_id, request};
 use sha2::{Digest, Sha256};
 
 const CSV: &[u8] = b"name,amount\napples,3\npears,5\n";
@@ -99,9 +100,12 @@ print('saved /mnt/data/report.xlsx')
     assert_eq!(file.source, FileSource::CodeExecution);
     assert_eq!(file.tenant, "tenant-a");
     assert_eq!(file.user_id, "alice");
-    assert_eq!(file.chat_id.as_deref(), Some("chat-1"));
-    assert_eq!(file.message_id.as_deref(), Some("m-xlsx"));
-    assert_eq!(file.run_id.as_deref(), Some(run.id.as_str()));
+    assert_eq!(file.chat_id.as_ref().map(ChatId::as_str), Some("chat-1"));
+    assert_eq!(
+        file.message_id.as_ref().map(MessageId::as_str),
+        Some("m-xlsx")
+    );
+    assert_eq!(file.run_id.as_ref(), Some(&run.id));
     assert_eq!(file.derived_from, None);
     assert!(file.deleted_at.is_none());
 
@@ -154,7 +158,7 @@ open('/mnt/data/data.csv', 'w').write(rows)
     assert_eq!(report.files.len(), 1);
     let derived = &report.files[0];
     assert_eq!(derived.name, "data.csv");
-    assert_eq!(derived.derived_from.as_deref(), Some(data.id.as_str()));
+    assert_eq!(derived.derived_from.as_ref(), Some(&data.id));
     assert!(env.bytes_of(derived).await.ends_with(b"plums,7\n"));
     assert_eq!(env.bytes_of(&data).await, CSV, "the original is kept");
 }
@@ -304,13 +308,13 @@ async fn data_dir_of(env: &TestEnv, owner: &Owner, message_id: &str) -> std::pat
         .supervisor
         .catalog()
         .messages()
-        .get(&owner.tenant, message_id)
+        .get(&owner.tenant, &msg_id(message_id))
         .await
         .expect("catalog")
         .expect("message exists");
     env.supervisor
         .workspaces()
-        .get(&message.workspace_id)
+        .get(message.workspace_id.as_str())
         .expect("workspace")
         .data
 }
@@ -619,7 +623,7 @@ print(os.path.exists('/mnt/data/../alpha.csv'), len(os.listdir('/mnt')))
         .expect_err("another user's message");
     assert!(matches!(error, Error::NotFound("message")), "{error}");
     let mut other_chat = request("m-alpha", "print(1)", &[]);
-    other_chat.chat_id = "chat-2".to_owned();
+    other_chat.chat_id = chat_id("chat-2");
     let error = env
         .supervisor
         .run(&env.owner, other_chat, None)
@@ -895,27 +899,24 @@ async fn bad_requests_are_refused_before_anything_is_written() {
         "{error}"
     );
 
-    let error = env
-        .supervisor
-        .run(&env.owner, request("bad/id", "print(1)", &[]), None)
-        .await
-        .expect_err("bad message id");
+    // A bad message id cannot even make a request: it is refused where it is parsed.
+    let error = MessageId::parse("bad/id").expect_err("bad message id");
     assert!(
         matches!(
-            error,
+            Error::from(error),
             Error::Invalid {
                 field: "message_id",
                 ..
             }
         ),
-        "{error}"
+        "a bad message id"
     );
 
     let message = env
         .supervisor
         .catalog()
         .messages()
-        .get(&env.owner.tenant, "m-bad")
+        .get(&env.owner.tenant, &msg_id("m-bad"))
         .await
         .expect("catalog");
     assert!(message.is_none(), "a refused run must not bind the message");
@@ -1137,7 +1138,7 @@ async fn flooding_output_cannot_outrun_the_timeout() {
     assert_status(&again, RunStatus::Succeeded);
     assert_eq!(again.run.stdout, "after\n");
     env.supervisor
-        .release_sandbox(&env.owner, "m-flood")
+        .release_sandbox(&env.owner, &msg_id("m-flood"))
         .await
         .expect("release");
 }

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::TestEnv;
+use common::{TestEnv, msg_id};
 
 async fn container_exists(workspace_id: &str) -> bool {
     tokio::process::Command::new("docker")
@@ -21,11 +21,12 @@ async fn workspace_id(env: &TestEnv, message_id: &str) -> String {
     env.supervisor
         .catalog()
         .messages()
-        .get(&env.owner.tenant, message_id)
+        .get(&env.owner.tenant, &msg_id(message_id))
         .await
         .expect("catalog")
         .expect("message")
         .workspace_id
+        .into()
 }
 
 #[tokio::test]

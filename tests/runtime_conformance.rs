@@ -10,7 +10,7 @@ use std::time::Duration;
 use codebox::RunReport;
 use codebox::catalog::{RunOutput, RunStatus};
 use codebox::supervisor::RunEvent;
-use common::{TestEnv, request};
+use common::{TestEnv, msg_id, request};
 use tokio::sync::mpsc;
 
 /// The runtimes under test.
@@ -51,10 +51,11 @@ fn errors(report: &RunReport) -> Vec<(String, String)> {
 
 async fn workspace_of(env: &TestEnv, message_id: &str) -> String {
     env.supervisor
-        .message(&env.owner, message_id)
+        .message(&env.owner, &msg_id(message_id))
         .await
         .expect("the message")
         .workspace_id
+        .into()
 }
 
 /// Runs `code` as message `m1` with a timeout.
@@ -182,7 +183,7 @@ async fn an_interrupt_stops_the_running_cell(kind: Kind) {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
         env.supervisor
-            .interrupt(&env.owner, "m1")
+            .interrupt(&env.owner, &msg_id("m1"))
             .await
             .expect("interrupt");
         // The rest of the events are the run's business.

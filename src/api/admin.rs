@@ -36,11 +36,11 @@ pub async fn workspaces(
         workspaces: overview
             .into_iter()
             .map(|workspace| WorkspaceInfo {
-                workspace_id: workspace.message.workspace_id,
-                tenant: workspace.message.tenant,
-                user_id: workspace.message.user_id,
-                chat_id: workspace.message.chat_id,
-                message_id: workspace.message.message_id,
+                workspace_id: workspace.message.workspace_id.into(),
+                tenant: workspace.message.tenant.into(),
+                user_id: workspace.message.user_id.into(),
+                chat_id: workspace.message.chat_id.into(),
+                message_id: workspace.message.message_id.into(),
                 bytes: workspace.bytes,
                 exists: workspace.exists,
                 last_used_at: workspace.message.last_used_at,
@@ -78,8 +78,8 @@ pub async fn gc(
         dry_run: report.dry_run,
         containers: report.containers,
         workspaces: report.workspaces,
-        files_expired: report.files_expired,
-        files_purged: report.files_purged,
+        files_expired: report.files_expired.into_iter().map(String::from).collect(),
+        files_purged: report.files_purged.into_iter().map(String::from).collect(),
         bytes_freed: report.bytes_freed,
     }))
 }

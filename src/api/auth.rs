@@ -13,6 +13,7 @@ use subtle::ConstantTimeEq;
 use super::AppState;
 use super::error::ApiError;
 use crate::config::{ALL_TENANTS, Role, TokenConfig};
+use crate::ids::{TenantId, UserId};
 use crate::supervisor::Owner;
 
 /// The header that names the end user of a service call.
@@ -21,7 +22,7 @@ pub const USER_HEADER: &str = "x-user-id";
 /// The accepted tokens.
 #[derive(Clone, Default)]
 pub struct Tokens {
-    entries: Vec<([u8; 32], String, Role)>,
+    entries: Vec<([u8; 32], TenantId, Role)>,
 }
 
 impl std::fmt::Debug for Tokens {
@@ -55,7 +56,11 @@ impl Tokens {
                     return Err("a token entry has neither token nor token_sha256".into());
                 }
             };
-            entries.push((digest, token.tenant.clone(), token.role));
+            entries.push((
+                digest,
+                TenantId::from_stored(token.tenant.as_str()),
+                token.role,
+            ));
         }
         Ok(Self { entries })
     }
@@ -85,15 +90,15 @@ impl Tokens {
 #[derive(Debug, Clone)]
 pub struct Caller {
     /// The token's tenant.
-    pub tenant: String,
+    pub tenant: TenantId,
     /// The token's role.
     pub role: Role,
 }
 
 impl Caller {
     /// The tenant an operator acts within, or `None` for a global operator (tenant `*`).
-    pub fn tenant_scope(&self) -> Option<&str> {
-        (self.tenant != ALL_TENANTS).then_some(self.tenant.as_str())
+    pub fn tenant_scope(&self) -> Option<&TenantId> {
+        (self.tenant != ALL_TENANTS).then_some(&self.tenant)
     }
 }
 
@@ -119,7 +124,7 @@ pub fn caller_of(headers: &HeaderMap, tokens: &Tokens) -> Result<Caller, ApiErro
 }
 
 /// The end user named in `X-User-Id`: 1 to 256 visible ASCII characters.
-pub fn user_of(headers: &HeaderMap) -> Result<String, ApiError> {
+pub fn user_of(headers: &HeaderMap) -> Result<UserId, ApiError> {
     let value = headers
         .get(USER_HEADER)
         .ok_or_else(|| ApiError::invalid("the X-User-Id header is required"))?;
@@ -131,7 +136,7 @@ pub fn user_of(headers: &HeaderMap) -> Result<String, ApiError> {
             "X-User-Id must be 1 to 256 visible ASCII characters",
         ));
     }
-    Ok(user.to_owned())
+    Ok(UserId::from_stored(user))
 }
 
 /// The caller of a request, refused with 403 unless its token has `role`.
@@ -150,7 +155,10 @@ fn caller_with_role(headers: &HeaderMap, tokens: &Tokens, role: Role) -> Result<
 /// The owner a service call acts for: a service token's tenant and the `X-User-Id` user.
 pub fn owner_of(headers: &HeaderMap, tokens: &Tokens) -> Result<Owner, ApiError> {
     let caller = caller_with_role(headers, tokens, Role::Service)?;
-    Ok(Owner::new(caller.tenant, user_of(headers)?))
+    Ok(Owner {
+        tenant: caller.tenant,
+        user: user_of(headers)?,
+    })
 }
 
 /// A service call acting for one end user: the owner every lookup is scoped to.
@@ -293,9 +301,9 @@ mod tests {
         let caller = tokens.check("global-token-0123456789").expect("known");
         assert_eq!(caller.tenant_scope(), None);
         let scoped = Caller {
-            tenant: "acme".into(),
+            tenant: TenantId::from_stored("acme"),
             role: Role::Admin,
         };
-        assert_eq!(scoped.tenant_scope(), Some("acme"));
+        assert_eq!(scoped.tenant_scope().map(TenantId::as_str), Some("acme"));
     }
 }

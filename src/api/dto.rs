@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::ids::FileId;
 use crate::supervisor::RunReport;
 use crate::supervisor::{FileRecord, KernelState, RunOutput, RunRecord};
 
@@ -46,17 +47,17 @@ impl File {
     /// The API view of a record, with the download URL the caller computed.
     pub fn new(record: &FileRecord, download_url: Option<String>) -> Self {
         Self {
-            id: record.id.clone(),
+            id: record.id.to_string(),
             name: record.name.clone(),
             path: record.path.clone(),
             size: record.size,
             content_type: record.content_type.clone(),
             sha256: record.sha256.clone(),
             source: record.source.into(),
-            chat_id: record.chat_id.clone(),
-            message_id: record.message_id.clone(),
-            run_id: record.run_id.clone(),
-            derived_from: record.derived_from.clone(),
+            chat_id: record.chat_id.as_ref().map(ToString::to_string),
+            message_id: record.message_id.as_ref().map(ToString::to_string),
+            run_id: record.run_id.as_ref().map(ToString::to_string),
+            derived_from: record.derived_from.as_ref().map(ToString::to_string),
             created_at: record.created_at.clone(),
             download_url,
         }
@@ -193,9 +194,9 @@ impl Run {
     pub fn new(report: &RunReport, url_for: impl Fn(&FileRecord) -> Option<String>) -> Self {
         let run: &RunRecord = &report.run;
         Self {
-            id: run.id.clone(),
-            chat_id: run.chat_id.clone(),
-            message_id: run.message_id.clone(),
+            id: run.id.to_string(),
+            chat_id: run.chat_id.to_string(),
+            message_id: run.message_id.to_string(),
             status: run.status.into(),
             reason: run.reason.clone(),
             exit_code: run.exit_code,
@@ -246,8 +247,10 @@ pub struct RunCreate {
     #[schema(pattern = "^python$")]
     pub language: String,
     /// Files to attach (uploads of the same user).
+    // Typed as they come: an unknown id is simply not found, so these need no check.
     #[serde(default)]
-    pub file_ids: Vec<String>,
+    #[schema(value_type = Vec<String>)]
+    pub file_ids: Vec<FileId>,
     /// Wall-clock limit in seconds (capped by the configuration).
     #[serde(default, deserialize_with = "whole_seconds")]
     #[schema(minimum = 1)]

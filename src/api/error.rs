@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::ids::InvalidId;
 use crate::supervisor::Error;
 
 /// The error body of every failed request.
@@ -203,6 +204,14 @@ impl ApiError {
     /// The status it answers with.
     pub fn status(&self) -> StatusCode {
         self.status
+    }
+}
+
+/// A caller-chosen id in the path or the request that is not a usable id: 422, worded as the
+/// supervisor words the same refusal.
+impl From<InvalidId> for ApiError {
+    fn from(invalid: InvalidId) -> Self {
+        Self::invalid(invalid.to_string())
     }
 }
 

@@ -22,6 +22,7 @@ use super::dto::File;
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::signing::LinkError;
 use super::{AppState, unix_now};
+use crate::ids::FileId;
 use crate::supervisor::FileRecord;
 use crate::supervisor::{StoredUpload, UploadMeta};
 
@@ -218,7 +219,7 @@ async fn text(mut field: axum::extract::multipart::Field<'_>) -> ApiResult<Strin
 pub async fn get_file(
     State(state): State<AppState>,
     UserCaller(owner): UserCaller,
-    Path(file_id): Path<String>,
+    Path(file_id): Path<FileId>,
 ) -> ApiResult<Json<File>> {
     let file = state.supervisor.file(&owner, &file_id).await?;
     Ok(Json(state.file_dto(&file)))
@@ -243,7 +244,7 @@ pub async fn get_file(
 pub async fn delete_file(
     State(state): State<AppState>,
     UserCaller(owner): UserCaller,
-    Path(file_id): Path<String>,
+    Path(file_id): Path<FileId>,
 ) -> ApiResult<StatusCode> {
     state.supervisor.delete_file(&owner, &file_id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -282,7 +283,7 @@ pub struct LinkQuery {
 )]
 pub async fn download(
     State(state): State<AppState>,
-    Path(file_id): Path<String>,
+    Path(file_id): Path<FileId>,
     Query(link): Query<LinkQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {

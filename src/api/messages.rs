@@ -14,7 +14,7 @@ use super::auth::UserCaller;
 use super::dto::{Attachment, ChatFiles, MessageAttachments, MessageFiles, RenderText};
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::runs::json_rejection;
-use crate::ids;
+use crate::ids::{ChatId, MessageId};
 
 /// Which files a message listing shows.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -23,10 +23,6 @@ pub struct ListQuery {
     /// the message.
     #[param(pattern = "^(generated|all)$")]
     source: Option<String>,
-}
-
-fn check_id(field: &'static str, value: &str) -> ApiResult<()> {
-    ids::check_external(field, value).map_err(|error| ApiError::invalid(error.to_string()))
 }
 
 /// Files of one message, oldest first.
@@ -52,7 +48,7 @@ pub async fn message_files(
     Path(message_id): Path<String>,
     Query(query): Query<ListQuery>,
 ) -> ApiResult<Json<MessageFiles>> {
-    check_id("message_id", &message_id)?;
+    let message_id = MessageId::parse(message_id)?;
     let include_uploads = match query.source.as_deref() {
         None | Some("generated") => false,
         Some("all") => true,
@@ -67,7 +63,7 @@ pub async fn message_files(
         .message_files(&owner, &message_id, include_uploads)
         .await?;
     Ok(Json(MessageFiles {
-        message_id,
+        message_id: message_id.into(),
         files: files.iter().map(|file| state.file_dto(file)).collect(),
     }))
 }
@@ -94,7 +90,7 @@ pub async fn message_attachments(
     UserCaller(owner): UserCaller,
     Path(message_id): Path<String>,
 ) -> ApiResult<Json<MessageAttachments>> {
-    check_id("message_id", &message_id)?;
+    let message_id = MessageId::parse(message_id)?;
     let attachments = state
         .supervisor
         .message_attachments(&owner, &message_id)
@@ -110,7 +106,7 @@ pub async fn message_attachments(
                     "file_deleted"
                 },
                 file: file.as_ref().map(|file| state.file_dto(file)),
-                file_id: attachment.file_id,
+                file_id: attachment.file_id.into(),
                 name: attachment.name,
             })
             .collect(),
@@ -138,18 +134,22 @@ pub async fn chat_files(
     UserCaller(owner): UserCaller,
     Path(chat_id): Path<String>,
 ) -> ApiResult<Json<ChatFiles>> {
-    check_id("chat_id", &chat_id)?;
+    let chat_id = ChatId::parse(chat_id)?;
     let files = state.supervisor.chat_files(&owner, &chat_id).await?;
     let mut messages: BTreeMap<String, Vec<_>> = BTreeMap::new();
     for file in &files {
-        let message = file.message_id.clone().unwrap_or_default();
+        let message = file
+            .message_id
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
         messages
             .entry(message)
             .or_default()
             .push(state.file_dto(file));
     }
     Ok(Json(ChatFiles {
-        chat_id,
+        chat_id: chat_id.into(),
         total_files: files.len(),
         messages,
     }))
@@ -180,7 +180,7 @@ pub async fn render(
     Path(message_id): Path<String>,
     body: Result<Json<RenderText>, JsonRejection>,
 ) -> ApiResult<Json<RenderText>> {
-    check_id("message_id", &message_id)?;
+    let message_id = MessageId::parse(message_id)?;
     let Json(body) = body.map_err(json_rejection)?;
     let text = state
         .supervisor
@@ -212,7 +212,7 @@ pub async fn delete_workspace(
     UserCaller(owner): UserCaller,
     Path(message_id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    check_id("message_id", &message_id)?;
+    let message_id = MessageId::parse(message_id)?;
     state
         .supervisor
         .delete_workspace(&owner, &message_id)

@@ -23,6 +23,7 @@ use super::AppState;
 use super::auth::UserCaller;
 use super::dto::{Output, OutputEvent, Run, RunCreate};
 use super::error::{ApiError, ApiResult, ErrorBody};
+use crate::ids::{ChatId, MessageId, RunId};
 use crate::supervisor::{AcceptedRun, RunEvent, RunReport, RunRequest};
 
 /// Run code for a message.
@@ -51,26 +52,29 @@ pub async fn create_run(
     body: Result<Json<RunCreate>, JsonRejection>,
 ) -> ApiResult<Response> {
     let Json(body) = body.map_err(json_rejection)?;
-    let request = RunRequest {
-        chat_id: body.chat_id,
-        message_id: body.message_id,
-        code: body.code,
-        language: body.language,
-        file_ids: body.file_ids,
-        timeout: match body.timeout_secs {
-            Some(0) => return Err(ApiError::invalid("timeout_secs must be at least 1")),
-            Some(seconds) => Some(Duration::from_secs(seconds)),
-            None => None,
-        },
-        restart: body.restart,
-        init_code: body.init_code,
-        tracebacks_on_stderr: true,
+    let timeout = match body.timeout_secs {
+        Some(0) => return Err(ApiError::invalid("timeout_secs must be at least 1")),
+        Some(seconds) => Some(Duration::from_secs(seconds)),
+        None => None,
     };
     let permit = state
         .limiter
         .admit()
         .await
         .map_err(|_| ApiError::busy("too many runs in flight and queued; retry later", 2))?;
+    // The ids are checked once a slot is granted, where the supervisor checks the rest of the
+    // request: a refusal for load comes first, as it always has.
+    let request = RunRequest {
+        chat_id: ChatId::parse(body.chat_id)?,
+        message_id: MessageId::parse(body.message_id)?,
+        code: body.code,
+        language: body.language,
+        file_ids: body.file_ids,
+        timeout,
+        restart: body.restart,
+        init_code: body.init_code,
+        tracebacks_on_stderr: true,
+    };
     // Refusals (bad input, someone else's message or file) are answered with their status
     // before anything is streamed.
     let accepted = state.supervisor.accept(&owner, request).await?;
@@ -197,7 +201,7 @@ fn record_metrics(report: &RunReport) {
 pub async fn get_run(
     State(state): State<AppState>,
     UserCaller(owner): UserCaller,
-    Path(run_id): Path<String>,
+    Path(run_id): Path<RunId>,
 ) -> ApiResult<Json<Run>> {
     let report = state.supervisor.run_report(&owner, &run_id).await?;
     Ok(Json(Run::new(&report, |file| {

@@ -22,9 +22,9 @@ pub struct LinkSubject<'a> {
 impl<'a> From<&'a FileRecord> for LinkSubject<'a> {
     fn from(file: &'a FileRecord) -> Self {
         Self {
-            file_id: &file.id,
-            tenant: &file.tenant,
-            user: &file.user_id,
+            file_id: file.id.as_str(),
+            tenant: file.tenant.as_str(),
+            user: file.user_id.as_str(),
         }
     }
 }

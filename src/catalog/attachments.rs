@@ -6,16 +6,17 @@
 use sqlx::AnyPool;
 
 use super::CatalogError;
+use crate::ids::{FileId, MessageId, TenantId};
 
 /// One attachment of one message.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct AttachmentRecord {
     /// The tenant.
-    pub tenant: String,
+    pub tenant: TenantId,
     /// The message the file is attached to.
-    pub message_id: String,
+    pub message_id: MessageId,
     /// The stored file.
-    pub file_id: String,
+    pub file_id: FileId,
     /// Its name in the workspace (`inputs/<name>`, linked as `data/<name>`).
     pub name: String,
     /// When it was attached.
@@ -62,9 +63,9 @@ impl<'a> Attachments<'a> {
     /// whether the row changed.
     pub async fn rename(
         &self,
-        tenant: &str,
-        message_id: &str,
-        file_id: &str,
+        tenant: &TenantId,
+        message_id: &MessageId,
+        file_id: &FileId,
         name: &str,
     ) -> Result<bool, CatalogError> {
         let result = sqlx::query(
@@ -87,8 +88,8 @@ impl<'a> Attachments<'a> {
     /// Every attachment of a message, oldest first, whether or not its file is still live.
     pub async fn of_message(
         &self,
-        tenant: &str,
-        message_id: &str,
+        tenant: &TenantId,
+        message_id: &MessageId,
     ) -> Result<Vec<AttachmentRecord>, CatalogError> {
         Ok(sqlx::query_as(
             "SELECT tenant, message_id, file_id, name, created_at FROM attachments
@@ -104,8 +105,8 @@ impl<'a> Attachments<'a> {
     /// its runs see.
     pub async fn live_of_message(
         &self,
-        tenant: &str,
-        message_id: &str,
+        tenant: &TenantId,
+        message_id: &MessageId,
     ) -> Result<Vec<AttachmentRecord>, CatalogError> {
         Ok(sqlx::query_as(
             "SELECT a.tenant, a.message_id, a.file_id, a.name, a.created_at
@@ -122,9 +123,9 @@ impl<'a> Attachments<'a> {
     /// The attachment of `file_id` to a message, if there is one.
     pub async fn get(
         &self,
-        tenant: &str,
-        message_id: &str,
-        file_id: &str,
+        tenant: &TenantId,
+        message_id: &MessageId,
+        file_id: &FileId,
     ) -> Result<Option<AttachmentRecord>, CatalogError> {
         Ok(sqlx::query_as(
             "SELECT tenant, message_id, file_id, name, created_at FROM attachments
@@ -140,8 +141,8 @@ impl<'a> Attachments<'a> {
     /// Every message a file is attached to: the workspaces a delete must reach.
     pub async fn of_file(
         &self,
-        tenant: &str,
-        file_id: &str,
+        tenant: &TenantId,
+        file_id: &FileId,
     ) -> Result<Vec<AttachmentRecord>, CatalogError> {
         Ok(sqlx::query_as(
             "SELECT tenant, message_id, file_id, name, created_at FROM attachments

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::AnyPool;
 
 use super::{CatalogError, Owner};
+use crate::ids::{BlobKey, ChatId, FileId, MessageId, RunId, TenantId, UserId};
 
 /// Where a stored file came from. Its name (`code_execution`) is the text stored in the catalog
 /// and shown in the API.
@@ -46,17 +47,17 @@ impl TryFrom<String> for FileSource {
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct FileRecord {
     /// Opaque id (`file_...`).
-    pub id: String,
+    pub id: FileId,
     /// The owner's tenant.
-    pub tenant: String,
+    pub tenant: TenantId,
     /// The owner.
-    pub user_id: String,
+    pub user_id: UserId,
     /// The chat it belongs to, if any.
-    pub chat_id: Option<String>,
+    pub chat_id: Option<ChatId>,
     /// The message it belongs to, if any.
-    pub message_id: Option<String>,
+    pub message_id: Option<MessageId>,
     /// The run that wrote it (generated files only).
-    pub run_id: Option<String>,
+    pub run_id: Option<RunId>,
     /// The file's name as the user or the code gave it (not sanitized: display only).
     pub name: String,
     /// Where the code sees it: `/mnt/data/<relative path>`.
@@ -71,9 +72,9 @@ pub struct FileRecord {
     #[sqlx(try_from = "String")]
     pub source: FileSource,
     /// The input this file replaced, when the code overwrote an attachment.
-    pub derived_from: Option<String>,
+    pub derived_from: Option<FileId>,
     /// The blob store key of the bytes.
-    pub blob_key: String,
+    pub blob_key: BlobKey,
     /// When it was stored.
     pub created_at: String,
     /// When it was deleted, if it was.
@@ -122,7 +123,11 @@ impl<'a> Files<'a> {
     }
 
     /// The live file `id` if `owner` owns it; another owner's file is `None`, as is a deleted one.
-    pub async fn get(&self, owner: &Owner, id: &str) -> Result<Option<FileRecord>, CatalogError> {
+    pub async fn get(
+        &self,
+        owner: &Owner,
+        id: &FileId,
+    ) -> Result<Option<FileRecord>, CatalogError> {
         let sql = format!(
             "SELECT {COLUMNS} FROM files \
              WHERE id = $1 AND tenant = $2 AND user_id = $3 AND deleted_at IS NULL"
@@ -136,7 +141,7 @@ impl<'a> Files<'a> {
     }
 
     /// The live file `id` whoever owns it: for checking signed links, which carry no token.
-    pub async fn get_live(&self, id: &str) -> Result<Option<FileRecord>, CatalogError> {
+    pub async fn get_live(&self, id: &FileId) -> Result<Option<FileRecord>, CatalogError> {
         let sql = format!("SELECT {COLUMNS} FROM files WHERE id = $1 AND deleted_at IS NULL");
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(id)
@@ -145,7 +150,7 @@ impl<'a> Files<'a> {
     }
 
     /// The live files a run registered, oldest first.
-    pub async fn of_run(&self, run_id: &str) -> Result<Vec<FileRecord>, CatalogError> {
+    pub async fn of_run(&self, run_id: &RunId) -> Result<Vec<FileRecord>, CatalogError> {
         let sql = format!(
             "SELECT {COLUMNS} FROM files WHERE run_id = $1 AND deleted_at IS NULL \
              ORDER BY created_at, id"
@@ -161,7 +166,7 @@ impl<'a> Files<'a> {
     pub async fn of_message(
         &self,
         owner: &Owner,
-        message_id: &str,
+        message_id: &MessageId,
         include_uploads: bool,
     ) -> Result<Vec<FileRecord>, CatalogError> {
         let sql = format!(
@@ -182,7 +187,7 @@ impl<'a> Files<'a> {
     pub async fn of_chat(
         &self,
         owner: &Owner,
-        chat_id: &str,
+        chat_id: &ChatId,
     ) -> Result<Vec<FileRecord>, CatalogError> {
         let sql = format!(
             "SELECT {COLUMNS} FROM files \
@@ -222,7 +227,7 @@ impl<'a> Files<'a> {
     }
 
     /// Soft-deletes a file whoever owns it (retention), if it is still live.
-    pub async fn expire(&self, id: &str, now: &str) -> Result<bool, CatalogError> {
+    pub async fn expire(&self, id: &FileId, now: &str) -> Result<bool, CatalogError> {
         let result =
             sqlx::query("UPDATE files SET deleted_at = $2 WHERE id = $1 AND deleted_at IS NULL")
                 .bind(id)
@@ -233,7 +238,7 @@ impl<'a> Files<'a> {
     }
 
     /// Removes the row of a deleted file, once its bytes are purged.
-    pub async fn purge(&self, id: &str) -> Result<(), CatalogError> {
+    pub async fn purge(&self, id: &FileId) -> Result<(), CatalogError> {
         sqlx::query("DELETE FROM files WHERE id = $1 AND deleted_at IS NOT NULL")
             .bind(id)
             .execute(self.pool)
@@ -245,7 +250,7 @@ impl<'a> Files<'a> {
     pub async fn soft_delete(
         &self,
         owner: &Owner,
-        id: &str,
+        id: &FileId,
         now: &str,
     ) -> Result<bool, CatalogError> {
         let result = sqlx::query(

@@ -4,20 +4,21 @@
 use sqlx::AnyPool;
 
 use super::{CatalogError, Owner};
+use crate::ids::{ChatId, MessageId, TenantId, UserId, WorkspaceId};
 
 /// One message.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct MessageRecord {
     /// The tenant.
-    pub tenant: String,
+    pub tenant: TenantId,
     /// The caller-chosen message id.
-    pub message_id: String,
+    pub message_id: MessageId,
     /// The user the message belongs to.
-    pub user_id: String,
+    pub user_id: UserId,
     /// The chat the message belongs to.
-    pub chat_id: String,
+    pub chat_id: ChatId,
     /// The message's workspace.
-    pub workspace_id: String,
+    pub workspace_id: WorkspaceId,
     /// When the message was first named.
     pub created_at: String,
     /// When a run last used the message.
@@ -26,9 +27,25 @@ pub struct MessageRecord {
 
 impl MessageRecord {
     /// Whether `owner` and `chat_id` are the ones the message is bound to.
-    pub fn is_bound_to(&self, owner: &Owner, chat_id: &str) -> bool {
-        self.tenant == owner.tenant && self.user_id == owner.user && self.chat_id == chat_id
+    pub fn is_bound_to(&self, owner: &Owner, chat_id: &ChatId) -> bool {
+        self.tenant == owner.tenant && self.user_id == owner.user && self.chat_id == *chat_id
     }
+}
+
+/// What [`Messages::claim`] binds: a message of `owner` in `chat_id`, with the workspace id to
+/// give it if it is new.
+#[derive(Debug, Clone, Copy)]
+pub struct Claim<'a> {
+    /// Who names the message.
+    pub owner: &'a Owner,
+    /// The chat it belongs to.
+    pub chat_id: &'a ChatId,
+    /// The message.
+    pub message_id: &'a MessageId,
+    /// Its workspace, if the message is new.
+    pub new_workspace_id: &'a WorkspaceId,
+    /// The time to record.
+    pub now: &'a str,
 }
 
 /// Accessor for the `messages` table.
@@ -47,14 +64,14 @@ impl<'a> Messages<'a> {
     /// Binds `message_id` to `owner` and `chat_id` with a new workspace id if it is not bound
     /// yet, and returns the binding in force, which may belong to someone else: the caller
     /// checks [`MessageRecord::is_bound_to`].
-    pub async fn claim(
-        &self,
-        owner: &Owner,
-        chat_id: &str,
-        message_id: &str,
-        new_workspace_id: &str,
-        now: &str,
-    ) -> Result<MessageRecord, CatalogError> {
+    pub async fn claim(&self, claim: &Claim<'_>) -> Result<MessageRecord, CatalogError> {
+        let Claim {
+            owner,
+            chat_id,
+            message_id,
+            new_workspace_id,
+            now,
+        } = *claim;
         sqlx::query(
             "INSERT INTO messages (tenant, message_id, user_id, chat_id, workspace_id, created_at, last_used_at)
              VALUES ($1, $2, $3, $4, $5, $6, $6)
@@ -72,7 +89,7 @@ impl<'a> Messages<'a> {
             .await?
             .ok_or_else(|| CatalogError::Corrupt {
                 table: "messages",
-                id: message_id.to_owned(),
+                id: message_id.to_string(),
                 reason: "vanished right after it was claimed".to_owned(),
             })
     }
@@ -80,8 +97,8 @@ impl<'a> Messages<'a> {
     /// The message `message_id` of `tenant`, whoever its user is.
     pub async fn get(
         &self,
-        tenant: &str,
-        message_id: &str,
+        tenant: &TenantId,
+        message_id: &MessageId,
     ) -> Result<Option<MessageRecord>, CatalogError> {
         let sql = format!("SELECT {COLUMNS} FROM messages WHERE tenant = $1 AND message_id = $2");
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -94,8 +111,8 @@ impl<'a> Messages<'a> {
     /// Records that a run used the message now.
     pub async fn touch(
         &self,
-        tenant: &str,
-        message_id: &str,
+        tenant: &TenantId,
+        message_id: &MessageId,
         now: &str,
     ) -> Result<(), CatalogError> {
         sqlx::query("UPDATE messages SET last_used_at = $3 WHERE tenant = $1 AND message_id = $2")
@@ -116,7 +133,7 @@ impl<'a> Messages<'a> {
     }
 
     /// Whether `owner` has any message in chat `chat_id`: a chat exists for its user only.
-    pub async fn chat_exists(&self, owner: &Owner, chat_id: &str) -> Result<bool, CatalogError> {
+    pub async fn chat_exists(&self, owner: &Owner, chat_id: &ChatId) -> Result<bool, CatalogError> {
         let row = sqlx::query(
             "SELECT 1 FROM messages WHERE tenant = $1 AND user_id = $2 AND chat_id = $3 LIMIT 1",
         )
@@ -131,7 +148,7 @@ impl<'a> Messages<'a> {
     /// The message that uses `workspace_id`, if any.
     pub async fn by_workspace(
         &self,
-        workspace_id: &str,
+        workspace_id: &WorkspaceId,
     ) -> Result<Option<MessageRecord>, CatalogError> {
         let sql = format!("SELECT {COLUMNS} FROM messages WHERE workspace_id = $1");
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))

@@ -18,29 +18,72 @@ use sqlx::{AnyPool, Executor};
 use time::format_description::well_known::Iso8601;
 use time::format_description::well_known::iso8601::{Config, EncodedConfig, TimePrecision};
 
+use crate::ids::{BlobKey, ChatId, FileId, MessageId, RunId, TenantId, UserId, WorkspaceId};
+
 pub use attachments::{AttachmentRecord, Attachments};
 pub use files::{FileRecord, FileSource, Files};
-pub use messages::{MessageRecord, Messages};
+pub use messages::{Claim, MessageRecord, Messages};
 pub use runs::{KernelState, RunOutput, RunRecord, RunStatus, Runs, Truncation};
 
 /// Who acts: a tenant (from the caller's token) and one of its end users.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Owner {
     /// The tenant, from the credentials.
-    pub tenant: String,
+    pub tenant: TenantId,
     /// The end user within the tenant.
-    pub user: String,
+    pub user: UserId,
 }
 
 impl Owner {
-    /// An owner from its two parts.
+    /// An owner from its two parts, as the credentials (checked where they came in) name them.
     pub fn new(tenant: impl Into<String>, user: impl Into<String>) -> Self {
         Self {
-            tenant: tenant.into(),
-            user: user.into(),
+            tenant: TenantId::from_stored(tenant),
+            user: UserId::from_stored(user),
         }
     }
 }
+
+/// Lets the id types be bound to statements and read from rows as the text columns they are
+/// stored in. This lives here, not in `ids`, because only the catalog may know sqlx.
+macro_rules! text_columns {
+    ($($id:ty),* $(,)?) => {$(
+        impl sqlx::Type<sqlx::Any> for $id {
+            fn type_info() -> sqlx::any::AnyTypeInfo {
+                <String as sqlx::Type<sqlx::Any>>::type_info()
+            }
+        }
+
+        impl sqlx::Encode<'_, sqlx::Any> for $id {
+            fn encode_by_ref(
+                &self,
+                buf: &mut <sqlx::Any as sqlx::Database>::ArgumentBuffer,
+            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+                <&str as sqlx::Encode<sqlx::Any>>::encode(self.as_str(), buf)
+            }
+        }
+
+        /// A row holds an id that was checked when it was stored.
+        impl<'r> sqlx::Decode<'r, sqlx::Any> for $id {
+            fn decode(
+                value: <sqlx::Any as sqlx::Database>::ValueRef<'r>,
+            ) -> Result<Self, sqlx::error::BoxDynError> {
+                <String as sqlx::Decode<sqlx::Any>>::decode(value).map(<$id>::from_stored)
+            }
+        }
+    )*};
+}
+
+text_columns!(
+    BlobKey,
+    ChatId,
+    FileId,
+    MessageId,
+    RunId,
+    TenantId,
+    UserId,
+    WorkspaceId
+);
 
 /// Why a catalog operation failed.
 #[derive(Debug, thiserror::Error)]

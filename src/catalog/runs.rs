@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::AnyPool;
 
 use super::{CatalogError, Owner};
+use crate::ids::{ChatId, FileId, MessageId, RunId, TenantId, UserId};
 
 /// How a run ended. Its name (`timed_out`) is the text stored in the catalog and shown in the
 /// API.
@@ -58,7 +59,7 @@ pub enum RunOutput {
     /// A figure, registered as a file.
     Image {
         /// The registered PNG.
-        file_id: String,
+        file_id: FileId,
     },
     /// An exception.
     Error {
@@ -87,15 +88,15 @@ pub struct KernelState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunRecord {
     /// Opaque id (`run_...`).
-    pub id: String,
+    pub id: RunId,
     /// The owner's tenant.
-    pub tenant: String,
+    pub tenant: TenantId,
     /// The owner.
-    pub user_id: String,
+    pub user_id: UserId,
     /// The chat.
-    pub chat_id: String,
+    pub chat_id: ChatId,
     /// The message.
-    pub message_id: String,
+    pub message_id: MessageId,
     /// The language of the code.
     pub language: String,
     /// How it ended.
@@ -129,11 +130,11 @@ pub struct RunRecord {
 
 #[derive(sqlx::FromRow)]
 struct RunRow {
-    id: String,
-    tenant: String,
-    user_id: String,
-    chat_id: String,
-    message_id: String,
+    id: RunId,
+    tenant: TenantId,
+    user_id: UserId,
+    chat_id: ChatId,
+    message_id: MessageId,
     language: String,
     status: String,
     exit_code: Option<i64>,
@@ -156,7 +157,7 @@ impl TryFrom<RunRow> for RunRecord {
     fn try_from(row: RunRow) -> Result<Self, Self::Error> {
         let corrupt = |reason: String| CatalogError::Corrupt {
             table: "runs",
-            id: row.id.clone(),
+            id: row.id.to_string(),
             reason,
         };
         let status = row
@@ -290,8 +291,8 @@ impl<'a> Runs<'a> {
     /// How many runs of the message `message_id` of `tenant` were recorded.
     pub async fn count_of_message(
         &self,
-        tenant: &str,
-        message_id: &str,
+        tenant: &TenantId,
+        message_id: &MessageId,
     ) -> Result<i64, CatalogError> {
         let (count,): (i64,) =
             sqlx::query_as("SELECT COUNT(*) FROM runs WHERE tenant = $1 AND message_id = $2")
@@ -303,7 +304,7 @@ impl<'a> Runs<'a> {
     }
 
     /// The run `id` if `owner` owns it.
-    pub async fn get(&self, owner: &Owner, id: &str) -> Result<Option<RunRecord>, CatalogError> {
+    pub async fn get(&self, owner: &Owner, id: &RunId) -> Result<Option<RunRecord>, CatalogError> {
         let sql =
             format!("SELECT {COLUMNS} FROM runs WHERE id = $1 AND tenant = $2 AND user_id = $3");
         let row: Option<RunRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))

@@ -17,7 +17,7 @@ impl Supervisor {
         files: &[FileRecord],
     ) -> Result<Inputs> {
         let attachments = self.catalog.attachments();
-        let attached: BTreeSet<String> = attachments
+        let attached: BTreeSet<FileId> = attachments
             .of_message(&message.tenant, &message.message_id)
             .await?
             .into_iter()

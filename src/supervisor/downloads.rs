@@ -17,7 +17,7 @@ pub type ByteStream = BoxStream<'static, std::result::Result<bytes::Bytes, std::
 impl Supervisor {
     /// The live file `file_id` whoever owns it, for a signed link: the link's signature, which
     /// the caller checks against the record, is what proves the right to it.
-    pub async fn file_for_link(&self, file_id: &str) -> Result<Option<FileRecord>> {
+    pub async fn file_for_link(&self, file_id: &FileId) -> Result<Option<FileRecord>> {
         Ok(self.catalog.files().get_live(file_id).await?)
     }
 

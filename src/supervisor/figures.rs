@@ -19,14 +19,7 @@ impl Supervisor {
         outcome: &ExecOutcome,
         room: usize,
     ) -> Result<(Vec<RunOutput>, Vec<FileRecord>, Vec<Truncation>)> {
-        let Registering {
-            owner,
-            message,
-            run,
-            workspace,
-            events,
-        } = *registering;
-        let paths = path_map(workspace);
+        let paths = path_map(registering.workspace);
         let mut outputs = Vec::new();
         let mut figures = Vec::new();
         let mut truncated = Vec::new();
@@ -48,11 +41,11 @@ impl Supervisor {
                 });
                 continue;
             }
-            let record = self.store_figure(owner, message, run, name, png).await?;
+            let record = self.store_figure(registering, name, png).await?;
             let output = RunOutput::Image {
                 file_id: record.id.clone(),
             };
-            if let Some(events) = events {
+            if let Some(events) = registering.events {
                 let event =
                     RunEvent::Output(Box::new(output.clone()), Some(Box::new(record.clone())));
                 let _ = tokio::time::timeout(EVENT_WAIT, events.send(event)).await;
@@ -66,14 +59,18 @@ impl Supervisor {
     /// Stores one figure and records it as a file of the run.
     async fn store_figure(
         &self,
-        owner: &Owner,
-        message: &MessageRecord,
-        run: &RunRecord,
+        registering: &Registering<'_>,
         name: String,
         png: &bytes::Bytes,
     ) -> Result<FileRecord> {
-        let id = ids::mint("file");
-        let key = Blobs::file_key(&id);
+        let Registering {
+            owner,
+            message,
+            run,
+            ..
+        } = *registering;
+        let id = FileId::new();
+        let key = BlobKey::for_file(&id);
         let stored = self
             .blobs
             .put_stream(&key, std::io::Cursor::new(png.clone()), png.len() as u64)

@@ -3,10 +3,11 @@
 //! out of every workspace it was placed in at once.
 
 use super::*;
+use crate::ids::TenantId;
 
 impl Supervisor {
     /// The message `message_id` if it is bound to `owner`.
-    pub async fn message(&self, owner: &Owner, message_id: &str) -> Result<MessageRecord> {
+    pub async fn message(&self, owner: &Owner, message_id: &MessageId) -> Result<MessageRecord> {
         self.catalog
             .messages()
             .get(&owner.tenant, message_id)
@@ -22,7 +23,7 @@ impl Supervisor {
     pub async fn message_files(
         &self,
         owner: &Owner,
-        message_id: &str,
+        message_id: &MessageId,
         include_uploads: bool,
     ) -> Result<Vec<FileRecord>> {
         self.message(owner, message_id).await?;
@@ -57,7 +58,7 @@ impl Supervisor {
     pub async fn message_attachments(
         &self,
         owner: &Owner,
-        message_id: &str,
+        message_id: &MessageId,
     ) -> Result<Vec<(AttachmentRecord, Option<FileRecord>)>> {
         self.message(owner, message_id).await?;
         let mut attachments = Vec::new();
@@ -82,7 +83,7 @@ impl Supervisor {
     }
 
     /// The live generated files of one of `owner`'s chats, oldest first.
-    pub async fn chat_files(&self, owner: &Owner, chat_id: &str) -> Result<Vec<FileRecord>> {
+    pub async fn chat_files(&self, owner: &Owner, chat_id: &ChatId) -> Result<Vec<FileRecord>> {
         if !self.catalog.messages().chat_exists(owner, chat_id).await? {
             return Err(Error::NotFound("chat"));
         }
@@ -94,7 +95,7 @@ impl Supervisor {
     pub async fn render_links(
         &self,
         owner: &Owner,
-        message_id: &str,
+        message_id: &MessageId,
         text: &str,
         url_for: impl Fn(&FileRecord) -> String,
     ) -> Result<String> {
@@ -114,7 +115,7 @@ impl Supervisor {
     /// Soft-deletes one of `owner`'s files: gone from listings and downloads at once, and
     /// from every workspace it was placed in (see `Supervisor::unplace`); its bytes are
     /// purged by the reaper after the grace period.
-    pub async fn delete_file(&self, owner: &Owner, file_id: &str) -> Result<()> {
+    pub async fn delete_file(&self, owner: &Owner, file_id: &FileId) -> Result<()> {
         if !self
             .catalog
             .files()
@@ -132,7 +133,7 @@ impl Supervisor {
     /// once it has placed it, that the file is still live, and takes it out again if not; so
     /// whichever of the two comes second, the file is gone. Calling it again is harmless;
     /// the reaper does before it purges the bytes.
-    pub(crate) async fn unplace(&self, tenant: &str, file_id: &str) -> Result<()> {
+    pub(crate) async fn unplace(&self, tenant: &TenantId, file_id: &FileId) -> Result<()> {
         for attachment in self.catalog.attachments().of_file(tenant, file_id).await? {
             let Some(message) = self
                 .catalog
@@ -142,7 +143,7 @@ impl Supervisor {
             else {
                 continue;
             };
-            let workspace = self.workspaces.get(&message.workspace_id)?;
+            let workspace = self.workspaces.get(message.workspace_id.as_str())?;
             workspace.remove_input(&attachment.name)?;
         }
         Ok(())
@@ -152,8 +153,8 @@ impl Supervisor {
     /// what [`Supervisor::unplace`] would release.
     pub(crate) async fn placed_inodes(
         &self,
-        tenant: &str,
-        file_id: &str,
+        tenant: &TenantId,
+        file_id: &FileId,
     ) -> Result<Vec<(u64, u64)>> {
         let mut inodes = Vec::new();
         for attachment in self.catalog.attachments().of_file(tenant, file_id).await? {
@@ -164,7 +165,7 @@ impl Supervisor {
                 .await?
                 && let Some(inode) = self
                     .workspaces
-                    .get(&message.workspace_id)?
+                    .get(message.workspace_id.as_str())?
                     .input_inode(&attachment.name)
             {
                 inodes.push(inode);
@@ -178,16 +179,9 @@ impl Supervisor {
     pub async fn upload(
         &self,
         owner: &Owner,
-        name: &str,
-        chat_id: Option<&str>,
-        message_id: Option<&str>,
+        upload: UploadMeta,
         body: impl AsyncRead + Unpin,
     ) -> Result<FileRecord> {
-        let upload = UploadMeta {
-            name: name.to_owned(),
-            chat_id: chat_id.map(str::to_owned),
-            message_id: message_id.map(str::to_owned),
-        };
         upload.check()?;
         let stored = self.store_upload(body).await?;
         self.register_upload(owner, upload, stored).await
@@ -196,8 +190,8 @@ impl Supervisor {
     /// First half of an upload whose metadata may arrive after its bytes (a multipart form):
     /// streams the bytes into the blob store, capped at the upload limit.
     pub async fn store_upload(&self, body: impl AsyncRead + Unpin) -> Result<StoredUpload> {
-        let id = ids::mint("file");
-        let key = Blobs::file_key(&id);
+        let id = FileId::new();
+        let key = BlobKey::for_file(&id);
         let limit = self.config.limits.max_upload_bytes.as_u64();
         match self.blobs.put_stream(&key, body, limit).await {
             Ok(stored) => Ok(StoredUpload { id, stored }),
@@ -239,16 +233,15 @@ impl Supervisor {
         upload: UploadMeta,
         stored: StoredUpload,
     ) -> Result<FileRecord> {
-        let mut upload = upload;
-        upload.check()?;
-        let message = match (&upload.chat_id, &upload.message_id) {
+        let (mut chat_id, message_id) = upload.check()?;
+        let message = match (&chat_id, &message_id) {
             (Some(chat_id), Some(message_id)) => {
                 Some(self.claim(owner, chat_id, message_id).await?)
             }
             // A message named without its chat must already be the caller's.
             (None, Some(message_id)) => {
                 let message = self.message(owner, message_id).await?;
-                upload.chat_id = Some(message.chat_id.clone());
+                chat_id = Some(message.chat_id.clone());
                 Some(message)
             }
             _ => None,
@@ -263,8 +256,8 @@ impl Supervisor {
             id: stored.id,
             tenant: owner.tenant.clone(),
             user_id: owner.user.clone(),
-            chat_id: upload.chat_id,
-            message_id: upload.message_id,
+            chat_id,
+            message_id,
             run_id: None,
             name,
             path: attachment_path(&safe_name),
@@ -280,7 +273,7 @@ impl Supervisor {
         self.catalog.files().insert(&record).await?;
         // A file uploaded with a message is attached to it: every run of the message sees it.
         if let Some(message) = message {
-            let workspace = self.workspaces.get(&message.workspace_id)?;
+            let workspace = self.workspaces.get(message.workspace_id.as_str())?;
             match self.reserve_name(&message, &workspace, &record).await {
                 Ok(name) => record.path = attachment_path(&name),
                 Err(error) => {
@@ -304,7 +297,7 @@ impl Supervisor {
     /// Deletes the bytes of a file that will have no catalog row. A failure is logged with the
     /// key: nothing else refers to the object, so the log line is what an operator has to
     /// find it by.
-    pub(super) async fn delete_orphan_blob(&self, key: &str) {
+    pub(super) async fn delete_orphan_blob(&self, key: &BlobKey) {
         if let Err(error) = self.blobs.delete(key).await {
             tracing::warn!(%key, %error, "could not delete the bytes of an unrecorded file");
         }
@@ -314,7 +307,7 @@ impl Supervisor {
     /// it was uploaded with, when it is attached there (a collision may have numbered its
     /// name); the same file attached to other messages may have other names there, which
     /// their listings show.
-    pub async fn file(&self, owner: &Owner, file_id: &str) -> Result<FileRecord> {
+    pub async fn file(&self, owner: &Owner, file_id: &FileId) -> Result<FileRecord> {
         let mut file = self
             .catalog
             .files()

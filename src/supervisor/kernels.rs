@@ -11,19 +11,19 @@ impl Supervisor {
     pub async fn open_message(
         &self,
         owner: &Owner,
-        chat_id: &str,
-        message_id: &str,
+        chat_id: &ChatId,
+        message_id: &MessageId,
     ) -> Result<MessageRecord> {
-        ids::check_external("chat_id", chat_id)?;
-        ids::check_external("message_id", message_id)?;
         self.claim(owner, chat_id, message_id).await
     }
 
     /// Interrupts the cell running in `owner`'s message `message_id`, if one is: it gets
     /// KeyboardInterrupt, and its interpreter is kept.
-    pub async fn interrupt(&self, owner: &Owner, message_id: &str) -> Result<()> {
+    pub async fn interrupt(&self, owner: &Owner, message_id: &MessageId) -> Result<()> {
         let message = self.message(owner, message_id).await?;
-        self.runtime.interrupt(&message.workspace_id).await?;
+        self.runtime
+            .interrupt(message.workspace_id.as_str())
+            .await?;
         Ok(())
     }
 }

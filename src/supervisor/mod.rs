@@ -25,7 +25,7 @@ use crate::blobs::{BlobError, Blobs};
 use crate::catalog::{self, AttachmentRecord, Catalog, Truncation};
 use crate::config::{Config, RuntimeKind};
 use crate::error::{IoContext, IoError};
-use crate::ids;
+use crate::ids::{self, BlobKey, ChatId, FileId, MessageId, RunId, WorkspaceId};
 use crate::runtime::{
     DockerRuntime, EnterpriseGatewayRuntime, ExecOutcome, ExecRequest, KernelEnd, KernelStart,
     OutputChunk, RichOutput, Runtime, SANDBOX_DATA, SandboxSpec,
@@ -82,27 +82,24 @@ pub struct UploadMeta {
 }
 
 impl UploadMeta {
-    fn check(&self) -> Result<()> {
+    /// Checks what the user said, and gives the chat and message ids it names.
+    fn check(&self) -> Result<(Option<ChatId>, Option<MessageId>)> {
         if self.name.trim().is_empty() || self.name.len() > 1024 {
             return Err(Error::invalid(
                 "name",
                 "must be 1 to 1024 bytes and not blank",
             ));
         }
-        if let Some(chat_id) = &self.chat_id {
-            ids::check_external("chat_id", chat_id)?;
-        }
-        if let Some(message_id) = &self.message_id {
-            ids::check_external("message_id", message_id)?;
-        }
-        Ok(())
+        let chat_id = self.chat_id.clone().map(ChatId::parse).transpose()?;
+        let message_id = self.message_id.clone().map(MessageId::parse).transpose()?;
+        Ok((chat_id, message_id))
     }
 }
 
 /// Bytes of an upload that are stored but not yet recorded.
 #[derive(Debug)]
 pub struct StoredUpload {
-    id: String,
+    id: FileId,
     stored: crate::blobs::Stored,
 }
 
@@ -110,15 +107,15 @@ pub struct StoredUpload {
 #[derive(Debug, Clone)]
 pub struct RunRequest {
     /// The chat the message belongs to.
-    pub chat_id: String,
+    pub chat_id: ChatId,
     /// The message the code answers; its workspace and sandbox are reused across its runs.
-    pub message_id: String,
+    pub message_id: MessageId,
     /// The program.
     pub code: String,
     /// Its language (see [`LANGUAGES`]).
     pub language: String,
     /// Stored files to attach, all the caller's own.
-    pub file_ids: Vec<String>,
+    pub file_ids: Vec<FileId>,
     /// Wall-clock limit; `None` is the configured default. Above the configured maximum is
     /// refused.
     pub timeout: Option<Duration>,
@@ -275,7 +272,7 @@ impl Supervisor {
     }
 
     /// The run `run_id` of `owner`, with its files.
-    pub async fn run_report(&self, owner: &Owner, run_id: &str) -> Result<RunReport> {
+    pub async fn run_report(&self, owner: &Owner, run_id: &RunId) -> Result<RunReport> {
         let run = self
             .catalog
             .runs()
@@ -288,7 +285,7 @@ impl Supervisor {
 }
 
 /// A message's attachments: file id by name in the workspace.
-type Inputs = HashMap<String, String>;
+type Inputs = HashMap<String, FileId>;
 
 /// The `reason` of a run killed because `/mnt/data` reached its cap.
 pub const DISK_QUOTA: &str = "disk_quota";
@@ -386,7 +383,7 @@ mod tests {
 
     #[test]
     fn read_only_hint_needs_both_signs() {
-        let inputs = Inputs::from([("a.csv".to_owned(), "file_1".to_owned())]);
+        let inputs = Inputs::from([("a.csv".to_owned(), FileId::from_stored("file_1"))]);
         for stderr in [
             "OSError: [Errno 30] Read-only file system: '/mnt/data/a.csv'",
             "PermissionError: [Errno 13] Permission denied: '/mnt/data/a.csv'",

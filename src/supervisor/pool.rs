@@ -32,7 +32,7 @@ const HOLD_OFF_AFTER_MISS: Duration = Duration::from_secs(2);
 /// The ready slots, by workspace id.
 #[derive(Debug, Default)]
 pub struct WarmPool {
-    ready: Mutex<Vec<String>>,
+    ready: Mutex<Vec<WorkspaceId>>,
     /// Wakes the refill when a slot was taken.
     taken: Notify,
     /// When a new message last found no slot.
@@ -41,7 +41,7 @@ pub struct WarmPool {
 
 impl WarmPool {
     /// Takes a ready slot, if there is one.
-    pub(super) fn take(&self) -> Option<String> {
+    pub(super) fn take(&self) -> Option<WorkspaceId> {
         let slot = {
             let mut ready = self.ready.lock().ok()?;
             let slot = ready.pop();
@@ -64,7 +64,7 @@ impl WarmPool {
     }
 
     /// Returns a slot that was taken but not used, or adds a new one.
-    pub(super) fn give_back(&self, slot: String) {
+    pub(super) fn give_back(&self, slot: WorkspaceId) {
         if let Ok(mut ready) = self.ready.lock() {
             ready.push(slot);
             metrics::gauge!("codebox_warm_pool_ready").set(ready.len() as f64);
@@ -82,7 +82,7 @@ impl WarmPool {
     }
 
     /// Whether `workspace_id` is a ready slot.
-    pub fn holds(&self, workspace_id: &str) -> bool {
+    pub fn holds(&self, workspace_id: &WorkspaceId) -> bool {
         self.ready
             .lock()
             .map(|ready| ready.iter().any(|slot| slot == workspace_id))
@@ -96,7 +96,7 @@ impl WarmPool {
         (at > tokio::time::Instant::now()).then_some(at)
     }
 
-    fn drain(&self) -> Vec<String> {
+    fn drain(&self) -> Vec<WorkspaceId> {
         metrics::gauge!("codebox_warm_pool_ready").set(0.0);
         self.ready
             .lock()
@@ -137,14 +137,14 @@ impl Supervisor {
     }
 
     /// Makes one slot: a workspace, mounted, with its sandbox ready.
-    async fn warm_slot(&self) -> Result<String> {
-        let id = ids::mint("ws");
-        self.workspaces.mark_pool_slot(&id)?;
+    async fn warm_slot(&self) -> Result<WorkspaceId> {
+        let id = WorkspaceId::new();
+        self.workspaces.mark_pool_slot(id.as_str())?;
         let warmed = async {
-            let workspace = self.workspaces.prepare(&id)?;
+            let workspace = self.workspaces.prepare(id.as_str())?;
             self.cap_workspace(&workspace).await?;
             let spec = SandboxSpec {
-                workspace_id: id.clone(),
+                workspace_id: id.to_string(),
                 instance: self.instance.clone(),
                 host_data: workspace.data.clone(),
                 host_inputs: workspace.inputs.clone(),
@@ -163,8 +163,8 @@ impl Supervisor {
     }
 
     /// Records that a slot became a message's workspace.
-    pub(super) fn slot_assigned(&self, slot: &str) {
-        if let Err(error) = self.workspaces.unmark_pool_slot(slot) {
+    pub(super) fn slot_assigned(&self, slot: &WorkspaceId) {
+        if let Err(error) = self.workspaces.unmark_pool_slot(slot.as_str()) {
             tracing::warn!(%slot, %error, "could not unmark a workspace taken from the pool");
         }
     }
@@ -173,7 +173,12 @@ impl Supervisor {
     /// left behind (marked, and owned by no message). Called at start-up and at shutdown.
     pub async fn clear_pool(&self) -> Result<usize> {
         let mut slots = self.pool.drain();
-        slots.extend(self.workspaces.pool_slots()?);
+        slots.extend(
+            self.workspaces
+                .pool_slots()?
+                .into_iter()
+                .map(WorkspaceId::from_stored),
+        );
         slots.sort();
         slots.dedup();
         let mut removed = 0;
@@ -191,11 +196,11 @@ impl Supervisor {
 
     /// Removes a slot's sandbox and workspace; failures are logged, and the next start-up
     /// tries again.
-    async fn remove_slot(&self, slot: &str) {
+    async fn remove_slot(&self, slot: &WorkspaceId) {
         let removed = async {
-            self.runtime.release(slot).await?;
-            self.workspaces.remove(slot)?;
-            self.workspaces.unmark_pool_slot(slot)?;
+            self.runtime.release(slot.as_str()).await?;
+            self.workspaces.remove(slot.as_str())?;
+            self.workspaces.unmark_pool_slot(slot.as_str())?;
             Ok::<_, Error>(())
         }
         .await;

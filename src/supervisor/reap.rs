@@ -20,6 +20,7 @@ use serde::Serialize;
 
 use super::{Result, Supervisor};
 use crate::catalog::{self, MessageRecord};
+use crate::ids::{FileId, TenantId};
 
 /// What one pass removed (or, dry, would remove).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -31,9 +32,9 @@ pub struct ReapReport {
     /// Workspace ids whose folders were removed.
     pub workspaces: Vec<String>,
     /// Ids of files deleted because they outlived `file_ttl`.
-    pub files_expired: Vec<String>,
+    pub files_expired: Vec<FileId>,
     /// Ids of deleted files whose bytes were purged.
-    pub files_purged: Vec<String>,
+    pub files_purged: Vec<FileId>,
     /// Bytes freed on disk (or, for a remote blob store, the size of purged objects): what
     /// removing the workspace folders released (see `Workspace::bytes`) plus the purged
     /// files whose last link went.
@@ -60,7 +61,11 @@ impl Supervisor {
     /// to it alone; containers no message owns and the disk quota (`max_workspace_bytes`, a
     /// rule over every tenant's workspaces together) are left to a pass over every tenant, so
     /// that one tenant's operator never removes, nor learns of, what another tenant holds.
-    pub async fn reap_within(&self, dry_run: bool, tenant: Option<&str>) -> Result<ReapReport> {
+    pub async fn reap_within(
+        &self,
+        dry_run: bool,
+        tenant: Option<&TenantId>,
+    ) -> Result<ReapReport> {
         reap_pass(self, dry_run, tenant).await
     }
 }
@@ -69,13 +74,13 @@ impl Supervisor {
 async fn reap_pass(
     supervisor: &Supervisor,
     dry_run: bool,
-    tenant: Option<&str>,
+    tenant: Option<&TenantId>,
 ) -> Result<ReapReport> {
     let mut report = ReapReport {
         dry_run,
         ..ReapReport::default()
     };
-    let in_scope = |owner: &str| tenant.is_none_or(|tenant| tenant == owner);
+    let in_scope = |owner: &TenantId| tenant.is_none_or(|tenant| owner == tenant);
     let messages: Vec<MessageRecord> = supervisor
         .catalog()
         .messages()
@@ -156,7 +161,7 @@ async fn reap_workspaces(
         .map(|limit| limit.as_u64());
     let mut present = Vec::new();
     for message in messages {
-        let workspace = supervisor.workspaces().get(&message.workspace_id)?;
+        let workspace = supervisor.workspaces().get(message.workspace_id.as_str())?;
         if workspace.exists() {
             let bytes = limit.map(|_| workspace.bytes());
             present.push((message, workspace, bytes));
@@ -188,7 +193,7 @@ async fn reap_workspaces(
 
 async fn reap_files(
     supervisor: &Supervisor,
-    in_scope: &impl Fn(&str) -> bool,
+    in_scope: &impl Fn(&TenantId) -> bool,
     report: &mut ReapReport,
 ) -> Result<()> {
     let policy = &supervisor.config().retention;

@@ -151,7 +151,7 @@ impl Supervisor {
         &self,
         workspace: &Workspace,
         relative: &Path,
-    ) -> Result<(String, crate::blobs::Stored), Stored> {
+    ) -> Result<(FileId, crate::blobs::Stored), Stored> {
         let limit = self.config.limits.max_file_bytes;
         let data = workspace.data.clone();
         let owned = relative.to_path_buf();
@@ -181,8 +181,8 @@ impl Supervisor {
         if size > limit.as_u64() {
             return Err(Stored::Skipped(too_big(limit)));
         }
-        let id = ids::mint("file");
-        let key = Blobs::file_key(&id);
+        let id = FileId::new();
+        let key = BlobKey::for_file(&id);
         match self
             .blobs
             .put_stream(&key, tokio::fs::File::from_std(file), limit.as_u64())

@@ -59,9 +59,9 @@ impl Supervisor {
             message,
         } = accepted;
         let owner = &owner;
-        let _lock = lock(&self.workspaces.get(&message.workspace_id)?).await?;
+        let _lock = lock(&self.workspaces.get(message.workspace_id.as_str())?).await?;
         // Prepared under the lock: the reaper may have removed the folder while we waited.
-        let workspace = self.workspaces.prepare(&message.workspace_id)?;
+        let workspace = self.workspaces.prepare(message.workspace_id.as_str())?;
         self.cap_workspace(&workspace).await?;
         let inputs = self.attach(&message, &workspace, &attachments).await?;
         let kernel = self
@@ -124,10 +124,9 @@ impl Supervisor {
         Ok(RunReport { run, files })
     }
 
-    /// Step 0: refuses what cannot run, before anything is written. Returns the timeout.
+    /// Step 0: refuses what cannot run, before anything is written (the chat and message ids
+    /// were checked when the request was made). Returns the timeout.
     fn check(&self, request: &RunRequest) -> Result<Duration> {
-        ids::check_external("chat_id", &request.chat_id)?;
-        ids::check_external("message_id", &request.message_id)?;
         if !LANGUAGES.contains(&request.language.as_str()) {
             return Err(Error::invalid(
                 "language",
@@ -163,11 +162,11 @@ impl Supervisor {
     }
 
     /// Looks up the files to attach: each must be a live file of `owner`. Duplicates collapse.
-    async fn attachments_of(&self, owner: &Owner, file_ids: &[String]) -> Result<Vec<FileRecord>> {
+    async fn attachments_of(&self, owner: &Owner, file_ids: &[FileId]) -> Result<Vec<FileRecord>> {
         let mut seen = BTreeSet::new();
         let mut files = Vec::new();
         for id in file_ids {
-            if seen.insert(id.as_str()) {
+            if seen.insert(id) {
                 files.push(self.file(owner, id).await?);
             }
         }
@@ -181,15 +180,21 @@ impl Supervisor {
     pub(super) async fn claim(
         &self,
         owner: &Owner,
-        chat_id: &str,
-        message_id: &str,
+        chat_id: &ChatId,
+        message_id: &MessageId,
     ) -> Result<MessageRecord> {
         let slot = self.pool.take();
-        let workspace_id = slot.clone().unwrap_or_else(|| ids::mint("ws"));
+        let workspace_id = slot.clone().unwrap_or_else(WorkspaceId::new);
         let claimed = self
             .catalog
             .messages()
-            .claim(owner, chat_id, message_id, &workspace_id, &catalog::now())
+            .claim(&catalog::Claim {
+                owner,
+                chat_id,
+                message_id,
+                new_workspace_id: &workspace_id,
+                now: &catalog::now(),
+            })
             .await;
         if let Some(slot) = slot {
             match &claimed {
@@ -238,7 +243,10 @@ impl Supervisor {
             instance: self.instance.clone(),
             host_data: workspace.data.clone(),
             host_inputs: workspace.inputs.clone(),
-            labels: crate::runtime::message_labels(&message.tenant, &message.message_id),
+            labels: crate::runtime::message_labels(
+                message.tenant.as_str(),
+                message.message_id.as_str(),
+            ),
             preload: Vec::new(),
         };
         if restart {
@@ -277,7 +285,7 @@ impl Supervisor {
             .touch(&message.tenant, &message.message_id, &now)
             .await?;
         let run = RunRecord {
-            id: ids::mint("run"),
+            id: RunId::new(),
             tenant: owner.tenant.clone(),
             user_id: owner.user.clone(),
             chat_id: message.chat_id.clone(),

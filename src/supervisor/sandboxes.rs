@@ -3,6 +3,7 @@
 //! operators' overview.
 
 use super::*;
+use crate::ids::TenantId;
 
 impl Supervisor {
     /// Marks the runs this instance left `running` when it last stopped as failed. Call it at
@@ -33,7 +34,7 @@ impl Supervisor {
             let owned = self
                 .catalog
                 .messages()
-                .by_workspace(&workspace_id)
+                .by_workspace(&WorkspaceId::from_stored(workspace_id.as_str()))
                 .await?
                 .is_some();
             if !owned {
@@ -70,9 +71,9 @@ impl Supervisor {
 
     /// Removes the container and the workspace folder of one of `owner`'s messages now; its
     /// registered files stay. A later run of the message starts from an empty workspace.
-    pub async fn delete_workspace(&self, owner: &Owner, message_id: &str) -> Result<()> {
+    pub async fn delete_workspace(&self, owner: &Owner, message_id: &MessageId) -> Result<()> {
         let message = self.message(owner, message_id).await?;
-        let workspace = self.workspaces.get(&message.workspace_id)?;
+        let workspace = self.workspaces.get(message.workspace_id.as_str())?;
         let _lock = lock(&workspace).await?;
         self.remove_workspace_locked(&workspace).await
     }
@@ -90,7 +91,10 @@ impl Supervisor {
     /// Every workspace this instance knows, of one tenant or (`None`) of all, least recently
     /// used first, with the bytes removing it would free and its container's state: the
     /// operators' view.
-    pub async fn workspace_overview(&self, tenant: Option<&str>) -> Result<Vec<WorkspaceOverview>> {
+    pub async fn workspace_overview(
+        &self,
+        tenant: Option<&TenantId>,
+    ) -> Result<Vec<WorkspaceOverview>> {
         let containers: HashMap<String, bool> = self
             .runtime
             .list()
@@ -101,12 +105,12 @@ impl Supervisor {
             .collect();
         let mut overview = Vec::new();
         for message in self.catalog.messages().all().await? {
-            if tenant.is_some_and(|tenant| tenant != message.tenant) {
+            if tenant.is_some_and(|tenant| message.tenant != *tenant) {
                 continue;
             }
-            let workspace = self.workspaces.get(&message.workspace_id)?;
+            let workspace = self.workspaces.get(message.workspace_id.as_str())?;
             let exists = workspace.exists();
-            let container = match containers.get(&message.workspace_id) {
+            let container = match containers.get(message.workspace_id.as_str()) {
                 Some(true) => ContainerState::Running,
                 Some(false) => ContainerState::Stopped,
                 None => ContainerState::None,
@@ -125,12 +129,12 @@ impl Supervisor {
     /// workspace's file system, keeping the workspace's files: a later run of the message
     /// mounts them again and starts a new sandbox on them. A process that ends after its run
     /// (`codebox run`) calls it so that it leaves neither a container nor a loop device behind.
-    pub async fn release_sandbox(&self, owner: &Owner, message_id: &str) -> Result<()> {
+    pub async fn release_sandbox(&self, owner: &Owner, message_id: &MessageId) -> Result<()> {
         let message = self.message(owner, message_id).await?;
-        let workspace = self.workspaces.get(&message.workspace_id)?;
+        let workspace = self.workspaces.get(message.workspace_id.as_str())?;
         // Under the lock: a run of the message in another process reads data/ on the host.
         let _lock = lock(&workspace).await?;
-        self.runtime.release(&message.workspace_id).await?;
+        self.runtime.release(message.workspace_id.as_str()).await?;
         let data = workspace.data.clone();
         tokio::task::spawn_blocking(move || crate::workspace::disk::unmount_data(&data))
             .await

@@ -16,6 +16,8 @@ use std::process::Command;
 use codebox::api::{self, AppState};
 use codebox::catalog::{FileRecord, Owner};
 use codebox::config::{Role, RuntimeKind, TokenConfig};
+use codebox::ids::{ChatId, MessageId, TenantId};
+use codebox::supervisor::UploadMeta;
 use codebox::{Config, RunReport, RunRequest, Supervisor};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -98,7 +100,14 @@ impl TestEnv {
     /// Uploads `bytes` as `name` for the default owner.
     pub async fn upload(&self, name: &str, bytes: &[u8]) -> FileRecord {
         self.supervisor
-            .upload(&self.owner, name, None, None, bytes)
+            .upload(
+                &self.owner,
+                UploadMeta {
+                    name: name.to_owned(),
+                    ..UploadMeta::default()
+                },
+                bytes,
+            )
             .await
             .expect("upload")
     }
@@ -128,13 +137,13 @@ impl TestEnv {
             .supervisor
             .catalog()
             .messages()
-            .get(&self.owner.tenant, message_id)
+            .get(&self.owner.tenant, &msg_id(message_id))
             .await
             .expect("catalog")
             .expect("message exists");
         self.supervisor
             .workspaces()
-            .get(&message.workspace_id)
+            .get(message.workspace_id.as_str())
             .expect("workspace")
             .data
     }
@@ -177,11 +186,26 @@ pub fn test_gateway() -> (String, Option<String>) {
         .clone()
 }
 
+/// The message id `id`, which must be a valid one.
+pub fn msg_id(id: &str) -> MessageId {
+    MessageId::parse(id).expect("a valid message id")
+}
+
+/// The chat id `id`, which must be a valid one.
+pub fn chat_id(id: &str) -> ChatId {
+    ChatId::parse(id).expect("a valid chat id")
+}
+
+/// The tenant `id`.
+pub fn tenant_id(id: &str) -> TenantId {
+    TenantId::from_stored(id)
+}
+
 /// A run request in chat `chat-1`.
 pub fn request(message_id: &str, code: &str, files: &[&FileRecord]) -> RunRequest {
     RunRequest {
-        chat_id: "chat-1".to_owned(),
-        message_id: message_id.to_owned(),
+        chat_id: chat_id("chat-1"),
+        message_id: msg_id(message_id),
         code: code.to_owned(),
         language: "python".to_owned(),
         file_ids: files.iter().map(|file| file.id.clone()).collect(),
@@ -444,11 +468,12 @@ impl TestServer {
             .supervisor
             .catalog()
             .messages()
-            .get(tenant, message_id)
+            .get(&tenant_id(tenant), &msg_id(message_id))
             .await
             .expect("catalog")
             .expect("the message is bound")
             .workspace_id
+            .into()
     }
 
     /// The folder of workspace `workspace_id` (it holds `data/` and `inputs/`).

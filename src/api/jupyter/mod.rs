@@ -31,6 +31,7 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use crate::config::Role;
+use crate::ids::{ChatId, MessageId, TenantId, UserId};
 use crate::supervisor::{self, Owner};
 
 /// The only kernel spec: Python in a codebox sandbox.
@@ -65,9 +66,9 @@ pub struct Kernel {
     /// Whose it is.
     pub owner: Owner,
     /// The chat of its message.
-    pub chat_id: String,
+    pub chat_id: ChatId,
     /// The message whose interpreter it is.
-    pub message_id: String,
+    pub message_id: MessageId,
     /// When it was last used (RFC 3339).
     pub last_activity: String,
     /// `idle` or `busy`.
@@ -100,11 +101,11 @@ pub struct Kernels {
 
 impl Kernels {
     /// The kernel `id` if `tenant` may use it.
-    pub fn get(&self, tenant: &str, id: &str) -> Option<Kernel> {
+    pub fn get(&self, tenant: &TenantId, id: &str) -> Option<Kernel> {
         let kernels = self.kernels.lock().ok()?;
         kernels
             .get(id)
-            .filter(|kernel| kernel.owner.tenant == tenant)
+            .filter(|kernel| kernel.owner.tenant == *tenant)
             .cloned()
     }
 
@@ -123,21 +124,21 @@ impl Kernels {
         }
     }
 
-    fn remove(&self, tenant: &str, id: &str) -> Option<Kernel> {
+    fn remove(&self, tenant: &TenantId, id: &str) -> Option<Kernel> {
         let mut kernels = self.kernels.lock().ok()?;
-        if kernels.get(id)?.owner.tenant != tenant {
+        if kernels.get(id)?.owner.tenant != *tenant {
             return None;
         }
         kernels.remove(id)
     }
 
-    fn of_tenant(&self, tenant: &str) -> Vec<Kernel> {
+    fn of_tenant(&self, tenant: &TenantId) -> Vec<Kernel> {
         let Ok(kernels) = self.kernels.lock() else {
             return Vec::new();
         };
         let mut found: Vec<Kernel> = kernels
             .values()
-            .filter(|kernel| kernel.owner.tenant == tenant)
+            .filter(|kernel| kernel.owner.tenant == *tenant)
             .cloned()
             .collect();
         found.sort_by(|a, b| a.id.cmp(&b.id));
@@ -310,17 +311,23 @@ async fn start(
             .filter(|value| !value.is_empty())
             .map(str::to_owned)
     };
+    // The notebook client names its user in the kernel's environment; it is trusted as the
+    // `X-User-Id` header is.
     let user = match text("KERNEL_USERNAME") {
-        Some(user) => user,
+        Some(user) => UserId::from_stored(user),
         None => match headers.get("x-user-id") {
             Some(_) => super::auth::user_of(&headers)?,
-            None => DEFAULT_USER.to_owned(),
+            None => UserId::from_stored(DEFAULT_USER),
         },
     };
-    let owner = Owner::new(&caller.tenant, &user);
+    let owner = Owner {
+        tenant: caller.tenant,
+        user,
+    };
     let id = uuid::Uuid::new_v4().to_string();
-    let chat_id = text("KERNEL_CHAT_ID").unwrap_or_else(|| "jupyter".to_owned());
-    let message_id = text("KERNEL_MESSAGE_ID").unwrap_or_else(|| format!("jupyter-{id}"));
+    let chat_id = ChatId::parse(text("KERNEL_CHAT_ID").unwrap_or_else(|| "jupyter".to_owned()))?;
+    let message_id =
+        MessageId::parse(text("KERNEL_MESSAGE_ID").unwrap_or_else(|| format!("jupyter-{id}")))?;
     state
         .supervisor
         .open_message(&owner, &chat_id, &message_id)

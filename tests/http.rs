@@ -107,7 +107,7 @@ async fn runs_listings_render_and_workspace_deletion() {
         .await;
     let csv_id = text_of(&csv["id"]);
     let run = server
-        .run_ok(ALICE, "chat-1", "msg-1", XLSX_FROM_CSV, &[csv_id])
+        .run_ok(ALICE, ("chat-1", "msg-1"), XLSX_FROM_CSV, &[csv_id])
         .await;
     let run_id = text_of(&run["id"]).to_owned();
     assert!(run_id.starts_with("run_"), "{run:#}");
@@ -179,8 +179,7 @@ async fn runs_listings_render_and_workspace_deletion() {
     let second = server
         .run_ok(
             ALICE,
-            "chat-1",
-            "msg-2",
+            ("chat-1", "msg-2"),
             "open('/mnt/data/summary.csv', 'w').write('a,b\\n1,2\\n')",
             &[],
         )
@@ -268,8 +267,7 @@ async fn runs_listings_render_and_workspace_deletion() {
     let fresh = server
         .run_ok(
             ALICE,
-            "chat-1",
-            "msg-1",
+            ("chat-1", "msg-1"),
             "import os; print(sorted(os.listdir('/mnt/data')))",
             &[],
         )
@@ -300,8 +298,7 @@ async fn admin_routes_report_and_reap() {
     let run = server
         .run_ok(
             ALICE,
-            "chat-1",
-            "msg-1",
+            ("chat-1", "msg-1"),
             XLSX_FROM_CSV,
             &[text_of(&csv["id"])],
         )
@@ -455,7 +452,7 @@ async fn service_routes_answer() {
     }
 
     server
-        .run_ok(ALICE, "chat-1", "msg-1", "print('counted')", &[])
+        .run_ok(ALICE, ("chat-1", "msg-1"), "print('counted')", &[])
         .await;
     let response = server
         .client

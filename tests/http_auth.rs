@@ -90,7 +90,7 @@ async fn every_user_route_hides_other_owners_and_checks_credentials() {
         .await;
     let csv_id = text_of(&csv["id"]).to_owned();
     let run = server
-        .run_ok(ALICE, "chat-1", "msg-1", XLSX_FROM_CSV, &[&csv_id])
+        .run_ok(ALICE, ("chat-1", "msg-1"), XLSX_FROM_CSV, &[&csv_id])
         .await;
     let run_id = text_of(&run["id"]).to_owned();
     let xlsx_id = text_of(&run["files"][0]["id"]).to_owned();
@@ -300,8 +300,7 @@ async fn message_ids_are_each_tenants_own() {
     server
         .run_ok(
             ALICE,
-            "chat-1",
-            "msg-1",
+            ("chat-1", "msg-1"),
             XLSX_FROM_CSV,
             &[text_of(&csv["id"])],
         )
@@ -313,8 +312,7 @@ async fn message_ids_are_each_tenants_own() {
     let run = server
         .run_ok(
             ALICE_OF_B,
-            "chat-1",
-            "msg-1",
+            ("chat-1", "msg-1"),
             "import os; print(sorted(os.listdir('/mnt/data')))",
             &[],
         )
@@ -530,8 +528,7 @@ async fn a_message_stays_bound_to_its_user_and_chat() {
     server
         .run_ok(
             ALICE,
-            "chat-1",
-            "msg-1",
+            ("chat-1", "msg-1"),
             "open('/mnt/data/a.csv', 'w').write('1\\n')",
             &[],
         )
@@ -618,8 +615,7 @@ async fn a_message_stays_bound_to_its_user_and_chat() {
     let again = server
         .run_ok(
             ALICE,
-            "chat-1",
-            "msg-1",
+            ("chat-1", "msg-1"),
             "print(open('/mnt/data/a.csv').read())",
             &[],
         )

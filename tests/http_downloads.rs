@@ -238,8 +238,7 @@ async fn hostile_names_keep_their_base_name_and_get_safe_headers() {
     let run = server
         .run_ok(
             ALICE,
-            "chat-1",
-            "msg-1",
+            ("chat-1", "msg-1"),
             r#"
 for name in ['line\r\nSet-Cookie: x=1.csv', 'a"b.csv', 'отчёт.xlsx', 'tab\there.csv']:
     open('/mnt/data/' + name, 'w').write('1,2\n')

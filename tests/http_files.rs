@@ -112,7 +112,7 @@ async fn a_deleted_attachment_is_gone_from_every_workspace_and_its_purge_counts_
     );
     for message in ["m-1", "m-2"] {
         let run = server
-            .run_ok(ALICE, "chat-1", message, PROBE_REPORT, &[&id])
+            .run_ok(ALICE, ("chat-1", message), PROBE_REPORT, &[&id])
             .await;
         assert_eq!(run["stdout"], readable.as_str(), "{run:#}");
     }
@@ -203,7 +203,7 @@ async fn admin_tokens_act_within_their_tenant() {
     let mut deleted = Vec::new();
     for caller in [ALICE, ALICE_OF_B] {
         server
-            .run_ok(caller, "chat-1", "m-1", "print(1)", &[])
+            .run_ok(caller, ("chat-1", "m-1"), "print(1)", &[])
             .await;
         let file = server.upload_ok(caller, "old.csv", CSV, None).await;
         let id = text_of(&file["id"]).to_owned();
@@ -333,12 +333,12 @@ for name in sorted(os.listdir('/mnt/data')):
     print(name, open('/mnt/data/' + name).read(), end='')
 "#;
     let run = server
-        .run_ok(ALICE, "chat-1", "m-r", code, &[first_id, second_id])
+        .run_ok(ALICE, ("chat-1", "m-r"), code, &[first_id, second_id])
         .await;
     assert_eq!(run["stdout"], "report (1).csv second\nreport.csv first\n");
     // The second file is attached to another message first there, under its own name.
     let other = server
-        .run_ok(ALICE, "chat-1", "m-other", code, &[second_id])
+        .run_ok(ALICE, ("chat-1", "m-other"), code, &[second_id])
         .await;
     assert_eq!(other["stdout"], "report.csv second\n");
 
@@ -482,7 +482,7 @@ for name in sorted(os.listdir('/mnt/data')):
         .upload_ok(ALICE, "a.csv", b"a\n", Some(("chat-1", "m-u")))
         .await;
     assert_eq!(a["path"], "/mnt/data/a.csv");
-    let run = server.run_ok(ALICE, "chat-1", "m-u", code, &[]).await;
+    let run = server.run_ok(ALICE, ("chat-1", "m-u"), code, &[]).await;
     assert_eq!(run["stdout"], "a.csv a\n", "{run:#}");
 
     // Uploaded once the workspace exists, naming the message alone: the next run has it,
@@ -505,13 +505,13 @@ for name in sorted(os.listdir('/mnt/data')):
     assert_eq!(a_again["path"], "/mnt/data/a (1).csv", "{a_again:#}");
     assert_eq!(a_again["message_id"], "m-u");
     let run = server
-        .run_ok(ALICE, "chat-1", "m-u", code, &[text_of(&b["id"])])
+        .run_ok(ALICE, ("chat-1", "m-u"), code, &[text_of(&b["id"])])
         .await;
     assert_eq!(
         run["stdout"], "a (1).csv a again\na.csv a\nb.csv b\n",
         "{run:#}"
     );
-    let again = server.run_ok(ALICE, "chat-1", "m-u", code, &[]).await;
+    let again = server.run_ok(ALICE, ("chat-1", "m-u"), code, &[]).await;
     assert_eq!(again["stdout"], run["stdout"]);
     let shown = json_of(
         server
@@ -532,6 +532,6 @@ for name in sorted(os.listdir('/mnt/data')):
         .await
         .expect("delete workspace");
     assert_eq!(response.status().as_u16(), 204);
-    let fresh = server.run_ok(ALICE, "chat-1", "m-u", code, &[]).await;
+    let fresh = server.run_ok(ALICE, ("chat-1", "m-u"), code, &[]).await;
     assert_eq!(fresh["stdout"], run["stdout"]);
 }

@@ -149,8 +149,7 @@ async fn upload_names_keep_only_their_last_part() {
     let run = server
         .run_ok(
             ALICE,
-            "chat-1",
-            "msg-listing",
+            ("chat-1", "msg-listing"),
             "import os; print(sorted(os.listdir('/mnt/data')))",
             &ids,
         )

@@ -248,7 +248,7 @@ async fn runs_past_the_queue_are_refused_with_retry_after() {
 
     // Once the slots are free again, runs are admitted.
     server
-        .run_ok(ALICE, "chat-1", "msg-after", "print(1)", &[])
+        .run_ok(ALICE, ("chat-1", "msg-after"), "print(1)", &[])
         .await;
 }
 

@@ -111,9 +111,9 @@ impl Supervisor {
                 truncated,
                 outputs,
                 kernel,
+                timeout,
             };
-            self.answer(&mut run, answer, &workspace, &inputs, timeout)
-                .await?;
+            self.answer(&mut run, answer, &workspace, &inputs).await?;
             Ok(files)
         }
         .await;
@@ -472,13 +472,13 @@ impl Supervisor {
         answer: Answer,
         workspace: &Workspace,
         inputs: &Inputs,
-        timeout: Duration,
     ) -> Result<()> {
         let Answer {
             outcome,
             truncated,
             outputs,
             kernel,
+            timeout,
         } = answer;
         let paths = path_map(workspace);
         let stdout = translate::to_sandbox_paths(&String::from_utf8_lossy(&outcome.stdout), &paths);
@@ -533,10 +533,16 @@ impl Supervisor {
 
 /// What [`Supervisor::answer`] records besides the run itself.
 struct Answer {
+    /// What the cell did.
     outcome: ExecOutcome,
+    /// Everything a cap or a check left out.
     truncated: Vec<Truncation>,
+    /// Results, errors and figures, in order.
     outputs: Vec<RunOutput>,
+    /// The interpreter's state after the run.
     kernel: KernelState,
+    /// The run's wall-clock limit, named in a timed-out run's reason.
+    timeout: Duration,
 }
 
 /// A result or error as stored, its text with host paths translated; `None` for a figure,

@@ -440,13 +440,12 @@ impl TestServer {
             .expect("send the run")
     }
 
-    /// Runs `code` as `caller` in `chat_id`/`message_id` with these attachments; the Run, which
-    /// must have succeeded.
+    /// Runs `code` as `caller` in message `message_id` of chat `chat_id` with these
+    /// attachments; the Run, which must have succeeded.
     pub async fn run_ok(
         &self,
         caller: Caller,
-        chat_id: &str,
-        message_id: &str,
+        (chat_id, message_id): (&str, &str),
         code: &str,
         file_ids: &[&str],
     ) -> serde_json::Value {

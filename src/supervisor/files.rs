@@ -1,6 +1,6 @@
-//! What a user's files and messages look like from outside a run: uploads in two halves,
-//! lookups, listings per message and chat, link rendering, and deletion, which takes a file
-//! out of every workspace it was placed in at once.
+//! What a user's files and messages look like from outside a run: lookups, listings per
+//! message and chat, link rendering, and deletion, which takes a file out of every workspace
+//! it was placed in at once. Uploads have their own file (`uploads.rs`).
 
 use super::*;
 use crate::ids::TenantId;
@@ -172,126 +172,6 @@ impl Supervisor {
             }
         }
         Ok(inodes)
-    }
-
-    /// Stores an uploaded file for `owner`, streamed from `body`, optionally tied to a chat
-    /// and message (see [`UploadMeta`]).
-    pub async fn upload(
-        &self,
-        owner: &Owner,
-        upload: UploadMeta,
-        body: impl AsyncRead + Unpin,
-    ) -> Result<FileRecord> {
-        upload.check()?;
-        let stored = self.store_upload(body).await?;
-        self.register_upload(owner, upload, stored).await
-    }
-
-    /// First half of an upload whose metadata may arrive after its bytes (a multipart form):
-    /// streams the bytes into the blob store, capped at the upload limit.
-    pub async fn store_upload(&self, body: impl AsyncRead + Unpin) -> Result<StoredUpload> {
-        let id = FileId::new();
-        let key = BlobKey::for_file(&id);
-        let limit = self.config.limits.max_upload_bytes.as_u64();
-        match self.blobs.put_stream(&key, body, limit).await {
-            Ok(stored) => Ok(StoredUpload { id, stored }),
-            Err(BlobError::TooLarge { limit }) => Err(Error::TooLarge(format!(
-                "the upload is larger than {}",
-                ByteSize::b(limit).display().iec()
-            ))),
-            Err(error) => Err(error.into()),
-        }
-    }
-
-    /// Second half of an upload: checks the metadata, binds the message if one is named, and
-    /// records the file. If anything is refused, the stored bytes are deleted again.
-    pub async fn register_upload(
-        &self,
-        owner: &Owner,
-        upload: UploadMeta,
-        stored: StoredUpload,
-    ) -> Result<FileRecord> {
-        let key = stored.stored.key.clone();
-        let result = self.record_upload(owner, upload, stored).await;
-        if result.is_err() {
-            // Without its row the blob would be an orphan nobody can reach.
-            self.delete_orphan_blob(&key).await;
-        }
-        result
-    }
-
-    /// Deletes the bytes of an upload that will not be recorded (its request was refused).
-    pub async fn discard_upload(&self, stored: StoredUpload) {
-        if let Err(error) = self.blobs.delete(&stored.stored.key).await {
-            tracing::warn!(key = %stored.stored.key, %error, "could not delete a refused upload");
-        }
-    }
-
-    async fn record_upload(
-        &self,
-        owner: &Owner,
-        upload: UploadMeta,
-        stored: StoredUpload,
-    ) -> Result<FileRecord> {
-        let (mut chat_id, message_id) = upload.check()?;
-        let message = match (&chat_id, &message_id) {
-            (Some(chat_id), Some(message_id)) => {
-                Some(self.claim(owner, chat_id, message_id).await?)
-            }
-            // A message named without its chat must already be the caller's.
-            (None, Some(message_id)) => {
-                let message = self.message(owner, message_id).await?;
-                chat_id = Some(message.chat_id.clone());
-                Some(message)
-            }
-            _ => None,
-        };
-        let safe_name = workspace::sanitize_name(&upload.name);
-        // The client's folders are no part of the file's name: `C:\Users\a\report.csv` is
-        // shown as `report.csv`, and `..` never survives (shared/API.md).
-        let name = workspace::base_name(&upload.name)
-            .unwrap_or("file")
-            .to_owned();
-        let mut record = FileRecord {
-            id: stored.id,
-            tenant: owner.tenant.clone(),
-            user_id: owner.user.clone(),
-            chat_id,
-            message_id,
-            run_id: None,
-            name,
-            path: attachment_path(&safe_name),
-            size: i64::try_from(stored.stored.size).unwrap_or(i64::MAX),
-            content_type: content_type_of(&safe_name),
-            sha256: stored.stored.sha256,
-            source: FileSource::Upload,
-            derived_from: None,
-            blob_key: stored.stored.key,
-            created_at: catalog::now(),
-            deleted_at: None,
-        };
-        self.catalog.files().insert(&record).await?;
-        // A file uploaded with a message is attached to it: every run of the message sees it.
-        if let Some(message) = message {
-            let workspace = self.workspaces.get(message.workspace_id.as_str())?;
-            match self.reserve_name(&message, &workspace, &record).await {
-                Ok(name) => record.path = attachment_path(&name),
-                Err(error) => {
-                    // The row must not stay live without its bytes, which the caller deletes.
-                    if let Err(expire_error) = self
-                        .catalog
-                        .files()
-                        .expire(&record.id, &catalog::now())
-                        .await
-                    {
-                        tracing::warn!(file = %record.id, error = %expire_error,
-                            "could not mark a refused upload deleted");
-                    }
-                    return Err(error);
-                }
-            }
-        }
-        Ok(record)
     }
 
     /// Deletes the bytes of a file that will have no catalog row. A failure is logged with the

@@ -7,10 +7,14 @@
 //!   answer`), with the steps that take more than a screen beside it: `attach.rs` (placing
 //!   attachments), `register.rs` (storing outputs), `figures.rs` (the interpreter's rich
 //!   outputs);
-//! - `files.rs`: uploads, lookups, listings, rendering, deletion;
+//! - `uploads.rs`: a user's file stored and recorded, in two halves;
+//! - `files.rs`: lookups, listings, rendering, deletion;
+//! - `downloads.rs`: a file's bytes back out, and the parts' health;
 //! - `sandboxes.rs`: start-up, shutdown, removing a workspace, the operators' overview;
+//! - `reap.rs`: the reaper, which applies the retention policy;
 //! - `pool.rs`: the warm pool;
-//! - `kernels.rs`: a message's interpreter between runs, for notebook clients.
+//! - `kernels.rs`: a message's interpreter between runs, for notebook clients;
+//! - `error.rs`: the domain error every operation returns.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -46,6 +50,7 @@ mod reap;
 mod register;
 mod run;
 mod sandboxes;
+mod uploads;
 
 /// The records the supervisor's operations take and give: its vocabulary, which callers use
 /// without reaching into the catalog that stores them.
@@ -56,6 +61,7 @@ pub use downloads::ByteStream;
 pub use error::{Error, Result};
 pub use pool::WarmPool;
 pub use reap::ReapReport;
+pub use uploads::{StoredUpload, UploadMeta};
 
 /// The languages codebox runs.
 pub const LANGUAGES: [&str; 1] = ["python"];
@@ -67,41 +73,6 @@ const EVENT_WAIT: Duration = Duration::from_secs(5);
 const READ_ONLY_HINT: &str = "codebox: attached files are read-only. Write a new file, or \
      delete the link first (os.remove('/mnt/data/<name>')) and then write a file of the same \
      name: it is registered as derived from the attachment.";
-
-/// What a user says about a file they upload.
-#[derive(Debug, Clone, Default)]
-pub struct UploadMeta {
-    /// The file's name as the client sent it. Only its last part is kept (see
-    /// [`workspace::base_name`]), and that is sanitized where it becomes a path.
-    pub name: String,
-    /// The chat it belongs to, if any.
-    pub chat_id: Option<String>,
-    /// The message it belongs to, if any. With `chat_id` it binds the message like a run
-    /// does; without, it must name an existing message of the uploader.
-    pub message_id: Option<String>,
-}
-
-impl UploadMeta {
-    /// Checks what the user said, and gives the chat and message ids it names.
-    fn check(&self) -> Result<(Option<ChatId>, Option<MessageId>)> {
-        if self.name.trim().is_empty() || self.name.len() > 1024 {
-            return Err(Error::invalid(
-                "name",
-                "must be 1 to 1024 bytes and not blank",
-            ));
-        }
-        let chat_id = self.chat_id.clone().map(ChatId::parse).transpose()?;
-        let message_id = self.message_id.clone().map(MessageId::parse).transpose()?;
-        Ok((chat_id, message_id))
-    }
-}
-
-/// Bytes of an upload that are stored but not yet recorded.
-#[derive(Debug)]
-pub struct StoredUpload {
-    id: FileId,
-    stored: crate::blobs::Stored,
-}
 
 /// What a caller asks to run.
 #[derive(Debug, Clone)]

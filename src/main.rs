@@ -20,6 +20,11 @@ struct Args {
     /// The sandbox image; overrides the configuration.
     #[arg(long, global = true)]
     image: Option<String>,
+    /// How log lines are written on stderr: `text` for people, `json` (one object per line)
+    /// for a log pipeline. The level comes from `RUST_LOG` (default: warnings, plus one
+    /// line per HTTP request).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -41,6 +46,15 @@ enum Command {
     },
 }
 
+/// The shape of log lines (see `--log-format`).
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 enum ImageCommand {
     /// Build the sandbox image on the local Docker engine.
@@ -49,13 +63,7 @@ enum ImageCommand {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(args.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -89,5 +97,19 @@ fn main() -> ExitCode {
             eprintln!("codebox: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Sends log lines to stderr in the chosen shape. Without `RUST_LOG`, warnings and the
+/// request log (one line per HTTP request, see `api::request_log`) are written.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,codebox::request=info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }

@@ -6,6 +6,7 @@ mod common;
 
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -13,11 +14,16 @@ use tokio::process::{Child, Command};
 
 const TOKEN: &str = "svc-serve-test-0123456789abcdef";
 
-/// Starts `codebox serve` on a free port; returns the child and its base URL.
-async fn start(config: &Path) -> (Child, String) {
+/// The lines a server wrote on stderr after it started listening.
+type LogLines = Arc<Mutex<Vec<String>>>;
+
+/// Starts `codebox serve` on a free port; returns the child, its base URL and the log lines
+/// it writes from then on.
+async fn start(config: &Path, log_format: &str) -> (Child, String, LogLines) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_codebox"))
         .arg("--config")
         .arg(config)
+        .args(["--log-format", log_format])
         .arg("serve")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -37,9 +43,15 @@ async fn start(config: &Path) -> (Child, String) {
     })
     .await
     .expect("codebox serve listens within a minute");
-    // Keep draining its log so that it never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, url)
+    // Keep draining its log so that it never blocks on a full pipe, and keep what it says.
+    let kept = LogLines::default();
+    let sink = kept.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            sink.lock().expect("log lines").push(line);
+        }
+    });
+    (child, url, kept)
 }
 
 /// Sends SIGTERM and waits for a clean exit.
@@ -112,7 +124,7 @@ async fn a_graceful_stop_removes_the_sandboxes_and_keeps_the_workspaces() {
     )
     .expect("config");
 
-    let (server, url) = start(&config).await;
+    let (server, url, _) = start(&config, "text").await;
     let instance = std::fs::read_to_string(data_dir.join("instance")).expect("instance id");
     for message in ["m-1", "m-2"] {
         let run = run(
@@ -138,10 +150,94 @@ async fn a_graceful_stop_removes_the_sandboxes_and_keeps_the_workspaces() {
     assert_eq!(left, 0, "a stopped server left warm workspaces");
 
     // The workspaces stayed: a new start runs the same message on the same files.
-    let (server, url) = start(&config).await;
+    let (server, url, _) = start(&config, "text").await;
     let run = run(&url, "m-1", "print(open('/mnt/data/m-1.txt').read())").await;
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(run["stdout"], "kept\n");
     stop(server).await;
     assert!(containers_of(instance.trim()).is_empty());
+}
+
+#[tokio::test]
+async fn the_request_log_has_one_json_line_per_request_and_no_secret() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().join("data");
+    let _cleanup = Cleanup(&data_dir);
+    let config = dir.path().join("codebox.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {data_dir:?}\n\
+             [sandbox]\nimage = {image:?}\nwarm_pool = 0\n\
+             [server]\nlisten = \"127.0.0.1:0\"\n\
+             [[server.tokens]]\ntoken = {TOKEN:?}\ntenant = \"t-log\"\nrole = \"service\"\n",
+            image = common::test_image(),
+        ),
+    )
+    .expect("config");
+    let (server, url, log) = start(&config, "json").await;
+    let client = reqwest::Client::new();
+    let health = client
+        .get(format!("{url}/healthz"))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(health.status(), 200);
+    let missing = client
+        .get(format!("{url}/v1/files/file_nope"))
+        .bearer_auth(TOKEN)
+        .header("X-User-Id", "alice")
+        .header("X-Request-Id", "backend-7")
+        .send()
+        .await
+        .expect("get a file");
+    assert_eq!(missing.status(), 404);
+    assert_eq!(missing.headers()["x-request-id"], "backend-7");
+    let signature = "5ec2e7000000000000000000000000000000000000000000000000000000beef";
+    let link = client
+        .get(format!(
+            "{url}/v1/files/file_nope/content?expires=1&signature={signature}"
+        ))
+        .send()
+        .await
+        .expect("a signed link");
+    assert_eq!(link.status(), 403);
+    let minted = link.headers()["x-request-id"].to_str().expect("ascii");
+    assert!(minted.starts_with("req_"), "{minted}");
+    stop(server).await;
+
+    let lines = log.lock().expect("log lines").clone();
+    let requests: Vec<serde_json::Value> = lines
+        .iter()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| line["target"] == "codebox::request")
+        .collect();
+    assert_eq!(requests.len(), 3, "{lines:#?}");
+    let by_route = |route: &str| {
+        requests
+            .iter()
+            .find(|line| line["route"] == route)
+            .unwrap_or_else(|| panic!("no line for {route}: {requests:#?}"))
+            .clone()
+    };
+    let health = by_route("/healthz");
+    assert_eq!(
+        (health["tenant"].clone(), health["status"].clone()),
+        ("-".into(), 200.into())
+    );
+    let missing = by_route("/v1/files/{file_id}");
+    assert_eq!(missing["request_id"], "backend-7");
+    assert_eq!(missing["tenant"], "t-log");
+    assert_eq!(missing["method"], "GET");
+    assert_eq!(missing["status"], 404);
+    assert!(missing["duration_ms"].as_f64().is_some(), "{missing}");
+    let link = by_route("/v1/files/{file_id}/content");
+    assert_eq!(link["status"], 403);
+    assert_eq!(link["request_id"], minted);
+    // Nothing secret or caller-specific beyond the tenant: no token, no signature, no id.
+    for line in &lines {
+        assert!(!line.contains(TOKEN), "a token in the log: {line}");
+        assert!(!line.contains(signature), "a signature in the log: {line}");
+        assert!(!line.contains("file_nope"), "an id in the log: {line}");
+    }
 }

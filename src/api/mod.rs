@@ -23,6 +23,7 @@ mod files;
 pub mod jupyter;
 mod limiter;
 mod messages;
+pub mod request_log;
 mod runs;
 mod service;
 pub mod signing;
@@ -222,6 +223,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(service::not_found)
         .layer(middleware::from_fn(rejections_as_api_errors))
         .layer(middleware::from_fn(count_requests))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            request_log::log_request,
+        ))
         .with_state(state)
 }
 

@@ -39,6 +39,12 @@ enum Command {
     },
     /// Run a script as one chat message, register its outputs and print them.
     Run(cli::RunArgs),
+    /// Run one reaper pass now (what `POST /v1/admin/gc` does).
+    Gc(cli::operator::GcArgs),
+    /// List every workspace with its owner, bytes and container (`GET /v1/admin/workspaces`).
+    Workspaces(cli::operator::Scope),
+    /// Live files and their bytes per tenant and user (`GET /v1/admin/files`).
+    Files(cli::operator::Scope),
     /// Manage the sandbox image.
     Image {
         #[command(subcommand)]
@@ -80,6 +86,13 @@ fn main() -> ExitCode {
         match args.command {
             Command::Serve { .. } => cli::serve(args.config.as_deref(), &overrides).await,
             Command::Run(run) => cli::run(args.config.as_deref(), &overrides, run).await,
+            Command::Gc(gc) => cli::operator::gc(args.config.as_deref(), &overrides, gc).await,
+            Command::Workspaces(scope) => {
+                cli::operator::workspaces(args.config.as_deref(), &overrides, scope).await
+            }
+            Command::Files(scope) => {
+                cli::operator::files(args.config.as_deref(), &overrides, scope).await
+            }
             Command::Image {
                 command: ImageCommand::Build(build),
             } => cli::image_build(build).await,

@@ -203,3 +203,77 @@ fn unreachable_engine_is_one_clear_line() {
         );
     }
 }
+
+#[test]
+fn operators_see_files_workspaces_and_a_reaper_pass() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().join("data");
+    let _cleanup = Cleanup(&data_dir);
+    let csv = dir.path().join("sales.csv");
+    let csv_bytes = b"region,units\nnorth,3\nsouth,5\n";
+    std::fs::write(&csv, csv_bytes).expect("csv");
+    let script = dir.path().join("copy.py");
+    std::fs::write(
+        &script,
+        "open('/mnt/data/copy.csv', 'w').write(open('/mnt/data/sales.csv').read() * 2)\n",
+    )
+    .expect("script");
+    let output = codebox(
+        &data_dir,
+        &[
+            "run",
+            script.to_str().expect("utf-8"),
+            "--attach",
+            csv.to_str().expect("utf-8"),
+            "--message",
+            "msg-ops",
+            "--user",
+            "olga",
+        ],
+    );
+    assert!(output.status.success(), "{}", text(&output.stderr));
+
+    // Files: the upload and the output, with their bytes, for the one user who has any.
+    let output = codebox(&data_dir, &["files", "--json"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let files: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    let bytes = csv_bytes.len() as u64 * 3;
+    assert_eq!(
+        files,
+        serde_json::json!({
+            "users": [{"tenant": "local", "user_id": "olga", "files": 2, "bytes": bytes}],
+            "total_files": 2,
+            "total_bytes": bytes,
+        })
+    );
+    let output = codebox(&data_dir, &["files", "--tenant", "nobody", "--json"]);
+    let none: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(none["users"], serde_json::json!([]));
+    let table = text(&codebox(&data_dir, &["files"]).stdout);
+    assert!(
+        table.starts_with("TENANT\tUSER\tFILES\tBYTES\nlocal\tolga\t2\t"),
+        "{table}"
+    );
+
+    // Workspaces: the message's, with its owner and its bytes.
+    let output = codebox(&data_dir, &["workspaces", "--json"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let list: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    let workspaces = list["workspaces"].as_array().expect("workspaces");
+    assert_eq!(workspaces.len(), 1, "{list}");
+    assert_eq!(workspaces[0]["message_id"], "msg-ops");
+    assert_eq!(workspaces[0]["user_id"], "olga");
+    assert!(workspaces[0]["bytes"].as_u64() > Some(0), "{list}");
+
+    // A dry reaper pass changes nothing; the workspace is still listed afterwards.
+    let output = codebox(&data_dir, &["gc", "--dry-run", "--json"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(report["dry_run"], true);
+    let again: serde_json::Value =
+        serde_json::from_slice(&codebox(&data_dir, &["workspaces", "--json"]).stdout)
+            .expect("json");
+    assert_eq!(again["workspaces"].as_array().map(Vec::len), Some(1));
+    let line = text(&codebox(&data_dir, &["gc", "--dry-run"]).stdout);
+    assert!(line.starts_with("would remove: "), "{line}");
+}

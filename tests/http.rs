@@ -353,6 +353,27 @@ async fn admin_routes_report_and_reap() {
     assert_eq!(workspace["container"], "running");
     assert_utc_time(&workspace["last_used_at"]);
 
+    // Stored files per user of the admin's tenant: the upload and the run's output.
+    let usage = json_of(
+        admin(Method::GET, "/v1/admin/files")
+            .send()
+            .await
+            .expect("files"),
+        200,
+    )
+    .await;
+    let users = usage["users"].as_array().expect("users");
+    assert_eq!(users.len(), 1, "{usage:#}");
+    assert_eq!(users[0]["tenant"], "tenant-a");
+    assert_eq!(users[0]["user_id"], "alice");
+    assert_eq!(users[0]["files"], 2, "{usage:#}");
+    assert_eq!(usage["total_files"], 2);
+    assert_eq!(usage["total_bytes"], users[0]["bytes"]);
+    assert!(
+        users[0]["bytes"].as_u64() > Some(CSV.len() as u64),
+        "{usage:#}"
+    );
+
     // A dry run reports what would go and changes nothing.
     let dry = json_of(
         admin(Method::POST, "/v1/admin/gc")

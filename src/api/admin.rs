@@ -8,7 +8,7 @@ use axum::extract::rejection::JsonRejection;
 
 use super::AppState;
 use super::auth::AdminCaller;
-use super::dto::{GcReport, GcRequest, RetentionPolicy, WorkspaceInfo, WorkspaceList};
+use super::dto::{FileUsageList, GcReport, GcRequest, RetentionPolicy, WorkspaceList};
 use super::error::{ApiResult, ErrorBody};
 use super::runs::json_rejection;
 
@@ -32,26 +32,9 @@ pub async fn workspaces(
         .supervisor
         .workspace_overview(admin.tenant_scope())
         .await?;
-    Ok(Json(WorkspaceList {
-        workspaces: overview
-            .into_iter()
-            .map(|workspace| WorkspaceInfo {
-                workspace_id: workspace.message.workspace_id.into(),
-                tenant: workspace.message.tenant.into(),
-                user_id: workspace.message.user_id.into(),
-                chat_id: workspace.message.chat_id.into(),
-                message_id: workspace.message.message_id.into(),
-                bytes: workspace.bytes,
-                exists: workspace.exists,
-                last_used_at: workspace.message.last_used_at,
-                container: workspace.container.into(),
-            })
-            .collect(),
-    }))
+    Ok(Json(overview.into()))
 }
 
-/// Run the reaper now over the caller's tenant (every tenant for a global operator), or, with
-/// `dry_run`, report what it would remove.
 #[utoipa::path(
     post,
     path = "/v1/admin/gc",
@@ -74,17 +57,28 @@ pub async fn gc(
         .supervisor
         .reap_within(request.dry_run, admin.tenant_scope())
         .await?;
-    Ok(Json(GcReport {
-        dry_run: report.dry_run,
-        containers: report.containers,
-        workspaces: report.workspaces,
-        files_expired: report.files_expired.into_iter().map(String::from).collect(),
-        files_purged: report.files_purged.into_iter().map(String::from).collect(),
-        bytes_freed: report.bytes_freed,
-    }))
+    Ok(Json(report.into()))
 }
 
-/// The retention policy in force.
+/// Live files and the bytes they hold, per user of the admin's tenant (or of every tenant).
+#[utoipa::path(
+    get,
+    path = "/v1/admin/files",
+    tag = "admin",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = FileUsageList),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    )
+)]
+pub async fn files(
+    State(state): State<AppState>,
+    AdminCaller(admin): AdminCaller,
+) -> ApiResult<Json<FileUsageList>> {
+    let usage = state.supervisor.file_usage(admin.tenant_scope()).await?;
+    Ok(Json(usage.into()))
+}
+
 #[utoipa::path(
     get,
     path = "/v1/admin/retention",

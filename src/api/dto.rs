@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::ids::FileId;
-use crate::supervisor::RunReport;
-use crate::supervisor::{FileRecord, KernelState, RunOutput, RunRecord};
+use crate::supervisor::{FileRecord, FileUsage, KernelState, RunOutput, RunRecord};
+use crate::supervisor::{ReapReport, RunReport, WorkspaceOverview};
 
 /// A stored file, as the API shows it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -398,6 +398,83 @@ pub struct GcReport {
     pub files_purged: Vec<String>,
     /// Bytes freed.
     pub bytes_freed: u64,
+}
+
+impl From<Vec<WorkspaceOverview>> for WorkspaceList {
+    fn from(overview: Vec<WorkspaceOverview>) -> Self {
+        Self {
+            workspaces: overview
+                .into_iter()
+                .map(|workspace| WorkspaceInfo {
+                    workspace_id: workspace.message.workspace_id.into(),
+                    tenant: workspace.message.tenant.into(),
+                    user_id: workspace.message.user_id.into(),
+                    chat_id: workspace.message.chat_id.into(),
+                    message_id: workspace.message.message_id.into(),
+                    bytes: workspace.bytes,
+                    exists: workspace.exists,
+                    last_used_at: workspace.message.last_used_at,
+                    container: workspace.container.into(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<ReapReport> for GcReport {
+    fn from(report: ReapReport) -> Self {
+        Self {
+            dry_run: report.dry_run,
+            containers: report.containers,
+            workspaces: report.workspaces,
+            files_expired: report.files_expired.into_iter().map(String::from).collect(),
+            files_purged: report.files_purged.into_iter().map(String::from).collect(),
+            bytes_freed: report.bytes_freed,
+        }
+    }
+}
+
+/// One user's stored files in `GET /v1/admin/files`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FileUsageInfo {
+    /// The tenant.
+    pub tenant: String,
+    /// The user.
+    pub user_id: String,
+    /// How many live files the user has.
+    pub files: u64,
+    /// The bytes they hold together.
+    pub bytes: u64,
+}
+
+/// `GET /v1/admin/files`: live files and their bytes per user.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FileUsageList {
+    /// One entry per (tenant, user) with live files, ordered by tenant and user.
+    pub users: Vec<FileUsageInfo>,
+    /// Live files of them all.
+    pub total_files: u64,
+    /// Bytes of them all.
+    pub total_bytes: u64,
+}
+
+impl From<Vec<FileUsage>> for FileUsageList {
+    fn from(usage: Vec<FileUsage>) -> Self {
+        let users: Vec<FileUsageInfo> = usage
+            .into_iter()
+            .map(|user| FileUsageInfo {
+                tenant: user.tenant.into(),
+                user_id: user.user_id.into(),
+                files: u64::try_from(user.files).unwrap_or(0),
+                bytes: u64::try_from(user.bytes).unwrap_or(0),
+            })
+            .collect();
+        Self {
+            total_files: users.iter().map(|user| user.files).sum(),
+            total_bytes: users.iter().map(|user| user.bytes).sum(),
+            users,
+        }
+    }
 }
 
 /// `GET /v1/admin/retention`: the policy in force.

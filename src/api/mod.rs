@@ -179,6 +179,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(messages::delete_workspace))
         .routes(routes!(admin::workspaces))
         .routes(routes!(admin::gc))
+        .routes(routes!(admin::files))
         .routes(routes!(admin::retention))
         .routes(routes!(service::healthz))
         .routes(routes!(service::readyz))

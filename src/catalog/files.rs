@@ -44,6 +44,19 @@ impl TryFrom<String> for FileSource {
 }
 
 /// One stored file.
+/// The live files of one user and the bytes they hold (see [`Files::usage`]).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct FileUsage {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The user within it.
+    pub user_id: UserId,
+    /// How many live files the user has.
+    pub files: i64,
+    /// The bytes they hold together.
+    pub bytes: i64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct FileRecord {
     /// Opaque id (`file_...`).
@@ -200,6 +213,30 @@ impl<'a> Files<'a> {
             .bind(chat_id)
             .fetch_all(self.pool)
             .await?)
+    }
+
+    /// Live files and the bytes they hold per (tenant, user), of `tenant` or of every tenant,
+    /// ordered by tenant and user: what operators see of stored files.
+    pub async fn usage(&self, tenant: Option<&TenantId>) -> Result<Vec<FileUsage>, CatalogError> {
+        // The sum is cast so that every database returns a 64-bit integer (Postgres sums
+        // BIGINT into NUMERIC).
+        let scope = if tenant.is_some() {
+            "AND tenant = $1"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "SELECT tenant, user_id, COUNT(*) AS files, \
+             CAST(COALESCE(SUM(size), 0) AS BIGINT) AS bytes \
+             FROM files WHERE deleted_at IS NULL {scope} \
+             GROUP BY tenant, user_id ORDER BY tenant, user_id"
+        );
+        let query = sqlx::query_as(sqlx::AssertSqlSafe(sql));
+        let query = match tenant {
+            Some(tenant) => query.bind(tenant),
+            None => query,
+        };
+        Ok(query.fetch_all(self.pool).await?)
     }
 
     /// Live files stored before `cutoff`, for the retention reaper.

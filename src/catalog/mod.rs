@@ -21,7 +21,7 @@ use time::format_description::well_known::iso8601::{Config, EncodedConfig, TimeP
 use crate::ids::{BlobKey, ChatId, FileId, MessageId, RunId, TenantId, UserId, WorkspaceId};
 
 pub use attachments::{AttachmentRecord, Attachments};
-pub use files::{FileRecord, FileSource, Files};
+pub use files::{FileRecord, FileSource, FileUsage, Files};
 pub use messages::{Claim, MessageRecord, Messages};
 pub use runs::{KernelState, RunOutput, RunRecord, RunStatus, Runs, Truncation};
 

@@ -55,7 +55,8 @@ mod uploads;
 /// The records the supervisor's operations take and give: its vocabulary, which callers use
 /// without reaching into the catalog that stores them.
 pub use crate::catalog::{
-    FileRecord, FileSource, KernelState, MessageRecord, Owner, RunOutput, RunRecord, RunStatus, now,
+    FileRecord, FileSource, FileUsage, KernelState, MessageRecord, Owner, RunOutput, RunRecord,
+    RunStatus, now,
 };
 pub use downloads::ByteStream;
 pub use error::{Error, Result};

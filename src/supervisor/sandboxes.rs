@@ -88,6 +88,12 @@ impl Supervisor {
         Ok(())
     }
 
+    /// The live files and their bytes per (tenant, user), of one tenant or (`None`) of all:
+    /// the operators' view of stored files.
+    pub async fn file_usage(&self, tenant: Option<&TenantId>) -> Result<Vec<FileUsage>> {
+        Ok(self.catalog.files().usage(tenant).await?)
+    }
+
     /// Every workspace this instance knows, of one tenant or (`None`) of all, least recently
     /// used first, with the bytes removing it would free and its container's state: the
     /// operators' view.

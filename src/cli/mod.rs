@@ -1,5 +1,8 @@
 //! The command-line verbs: `run` goes through the same supervisor as the server, as tenant
-//! `local`; `image build` builds the sandbox image.
+//! `local`; `image build` builds the sandbox image; the operators' verbs (`gc`, `workspaces`,
+//! `files`) are in `operator.rs`.
+
+pub mod operator;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -21,18 +24,18 @@ use codebox::{Config, RunRequest, Supervisor};
 /// The image files, built into the binary so that `codebox` can build its image from any
 /// folder, not only from a checkout.
 const IMAGE_FILES: [(&str, &str); 4] = [
-    ("Dockerfile", include_str!("../images/python/Dockerfile")),
+    ("Dockerfile", include_str!("../../images/python/Dockerfile")),
     (
         "build-rootfs.sh",
-        include_str!("../images/python/build-rootfs.sh"),
+        include_str!("../../images/python/build-rootfs.sh"),
     ),
     (
         "packages-full.txt",
-        include_str!("../images/python/packages-full.txt"),
+        include_str!("../../images/python/packages-full.txt"),
     ),
     (
         "packages-test.txt",
-        include_str!("../images/python/packages-test.txt"),
+        include_str!("../../images/python/packages-test.txt"),
     ),
 ];
 

@@ -120,6 +120,7 @@ impl Supervisor {
         let name = workspace::base_name(&upload.name)
             .unwrap_or("file")
             .to_owned();
+        let now = catalog::now();
         let mut record = FileRecord {
             id: stored.id,
             tenant: owner.tenant.clone(),
@@ -135,8 +136,10 @@ impl Supervisor {
             source: FileSource::Upload,
             derived_from: None,
             blob_key: stored.stored.key,
-            created_at: catalog::now(),
+            created_at: now.clone(),
             deleted_at: None,
+            modified_at: now,
+            unlinked_at: None,
         };
         self.catalog.files().insert(&record).await?;
         // A file uploaded with a message is attached to it: every run of the message sees it.

@@ -85,3 +85,113 @@ async fn files_carry_their_format_ref_link_state_and_modification_time() {
         assert!(properties.get(field).is_some(), "{field}: {properties:#}");
     }
 }
+
+/// `GET /v1/files` with this query as `caller`; the answer, which must be a 200.
+async fn list(server: &TestServer, caller: common::Caller, query: &str) -> Value {
+    let response = server
+        .get(caller, &format!("/v1/files?{query}"))
+        .send()
+        .await
+        .expect("list");
+    json_of(response, 200).await
+}
+
+#[tokio::test]
+async fn a_user_lists_their_files_newest_first_filtered_and_page_by_page() {
+    let server = TestServer::new().await;
+    let mut uploaded = Vec::new();
+    for name in [
+        "a.csv",
+        "50%_off.csv",
+        "500 off.csv",
+        "Quarterly REPORT.xlsx",
+    ] {
+        let file = server.upload_ok(ALICE, name, CSV, None).await;
+        uploaded.push(text_of(&file["id"]).to_owned());
+    }
+    let in_chat = server
+        .upload_ok(ALICE, "sales.csv", CSV, Some(("chat-1", "msg-1")))
+        .await;
+    let run = server
+        .run_ok(
+            ALICE,
+            ("chat-1", "msg-1"),
+            "open('/mnt/data/out.csv', 'w').write('x')",
+            &[],
+        )
+        .await;
+    let generated = text_of(&run["files"][0]["id"]).to_owned();
+    let deleted = server.upload_ok(ALICE, "gone.csv", CSV, None).await;
+    let response = server
+        .request(
+            ALICE,
+            reqwest::Method::DELETE,
+            &format!("/v1/files/{}", text_of(&deleted["id"])),
+        )
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(response.status(), 204);
+    server.upload_ok(BOB, "bob.csv", CSV, None).await;
+
+    // Everything live of Alice's, newest first; nobody else's, nothing deleted.
+    let all = list(&server, ALICE, "").await;
+    let mut newest_first = vec![generated.as_str(), text_of(&in_chat["id"])];
+    newest_first.extend(uploaded.iter().rev().map(String::as_str));
+    assert_eq!(ids_of(&all["files"]), newest_first, "{all:#}");
+    assert_eq!(all["next_cursor"], Value::Null);
+
+    let chat = list(&server, ALICE, "chat_id=chat-1").await;
+    assert_eq!(ids_of(&chat["files"]), &newest_first[..2]);
+    let message = list(&server, ALICE, "message_id=msg-1&source=upload").await;
+    assert_eq!(ids_of(&message["files"]), [text_of(&in_chat["id"])]);
+    let outputs = list(&server, ALICE, "source=code_execution").await;
+    assert_eq!(ids_of(&outputs["files"]), [generated.as_str()]);
+    // `q` matches part of the name whatever its case, and its `%` and `_` are plain text.
+    let report = list(&server, ALICE, "q=report").await;
+    assert_eq!(ids_of(&report["files"]), [uploaded[3].as_str()]);
+    let percent = list(&server, ALICE, "q=0%25_").await;
+    assert_eq!(ids_of(&percent["files"]), [uploaded[1].as_str()]);
+    let underscore = list(&server, ALICE, "q=_").await;
+    assert_eq!(ids_of(&underscore["files"]), [uploaded[1].as_str()]);
+
+    // Page by page, with a file stored between two pages: nothing repeats, nothing older is
+    // skipped, and the new file is on no page (it is newer than the first).
+    let mut paged = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let query = match &cursor {
+            Some(cursor) => format!("limit=2&cursor={cursor}"),
+            None => "limit=2".to_owned(),
+        };
+        let page = list(&server, ALICE, &query).await;
+        assert!(page["files"].as_array().expect("files").len() <= 2);
+        paged.extend(ids_of(&page["files"]).into_iter().map(str::to_owned));
+        if paged.len() == 2 {
+            server.upload_ok(ALICE, "later.csv", CSV, None).await;
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(paged, newest_first);
+
+    for bad in [
+        "limit=0",
+        "limit=1001",
+        "limit=ten",
+        "cursor=nonsense",
+        "source=uploads",
+        "chat_id=..",
+    ] {
+        let response = server
+            .get(ALICE, &format!("/v1/files?{bad}"))
+            .send()
+            .await
+            .expect("list");
+        common::assert_error(response, 422, "invalid").await;
+    }
+    let full = list(&server, ALICE, "limit=1000").await;
+    assert_eq!(full["files"].as_array().expect("files").len(), 7);
+}

@@ -319,6 +319,15 @@ fn python() -> String {
     "python".to_owned()
 }
 
+/// `GET /v1/files`: one page of the caller's files.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FileList {
+    /// The files, newest first.
+    pub files: Vec<File>,
+    /// The `cursor` of the next page; `null` on the last one.
+    pub next_cursor: Option<String>,
+}
+
 /// `GET /v1/messages/{message_id}/files`.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct MessageFiles {

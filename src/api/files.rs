@@ -1,4 +1,5 @@
-//! `/v1/files`: uploads (streamed into the blob store), metadata, soft deletion and downloads.
+//! `/v1/files`: uploads (streamed into the blob store), the user's listing, metadata,
+//! soft deletion and downloads.
 //!
 //! A download is authorized either by a token and `X-User-Id`, or by a signed link
 //! (`?expires=&signature=`) with no token at all. It is streamed in constant memory with
@@ -18,13 +19,13 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{self, UserCaller};
 use super::download::{self, RangeRequest};
-use super::dto::File;
+use super::dto::{File, FileList};
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::signing::LinkError;
 use super::{AppState, unix_now};
 use crate::ids::FileId;
 use crate::supervisor::FileRecord;
-use crate::supervisor::{StoredUpload, UploadMeta};
+use crate::supervisor::{FileListing, StoredUpload, UploadMeta};
 
 /// The multipart form of an upload (for the OpenAPI document).
 #[derive(Deserialize, ToSchema)]
@@ -198,6 +199,64 @@ async fn text(mut field: axum::extract::multipart::Field<'_>) -> ApiResult<Strin
     }
     String::from_utf8(bytes)
         .map_err(|_| ApiError::invalid(format!("form field {name} is not UTF-8")))
+}
+
+/// The query of `GET /v1/files`.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ListFilesQuery {
+    /// Only the files of this chat.
+    #[param(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
+    chat_id: Option<String>,
+    /// Only the files of this message.
+    #[param(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
+    message_id: Option<String>,
+    /// Only the files from this source.
+    #[param(pattern = "^(upload|code_execution|figure)$")]
+    source: Option<String>,
+    /// Only the files whose name contains this text, whatever its case.
+    #[param(max_length = 1024)]
+    q: Option<String>,
+    /// At most this many files (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<i64>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// The caller's live files, newest first, filtered, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/v1/files",
+    tag = "files",
+    security(("bearer" = [])),
+    params(
+        ("X-User-Id" = String, Header, description = "The end user", pattern = "^[!-~]{1,256}$"),
+        ListFilesQuery,
+    ),
+    responses(
+        (status = 200, body = FileList),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    )
+)]
+pub async fn list_files(
+    State(state): State<AppState>,
+    UserCaller(owner): UserCaller,
+    Query(query): Query<ListFilesQuery>,
+) -> ApiResult<Json<FileList>> {
+    let listing = FileListing {
+        chat_id: query.chat_id,
+        message_id: query.message_id,
+        source: query.source,
+        q: query.q,
+        limit: query.limit,
+        cursor: query.cursor,
+    };
+    let page = state.supervisor.list_files(&owner, listing).await?;
+    Ok(Json(FileList {
+        files: page.files.iter().map(|file| state.file_dto(file)).collect(),
+        next_cursor: page.next_cursor,
+    }))
 }
 
 /// A file's metadata.

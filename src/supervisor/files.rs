@@ -194,6 +194,17 @@ impl Supervisor {
             .get(owner, file_id)
             .await?
             .ok_or(Error::NotFound("file"))?;
+        self.show_attached_path(owner, &mut file).await?;
+        Ok(file)
+    }
+
+    /// Sets a file's path to the one the code sees in the message it was uploaded with, when
+    /// it is attached there (see [`Supervisor::file`]).
+    pub(super) async fn show_attached_path(
+        &self,
+        owner: &Owner,
+        file: &mut FileRecord,
+    ) -> Result<()> {
         if let Some(message_id) = &file.message_id
             && let Some(attachment) = self
                 .catalog
@@ -203,6 +214,6 @@ impl Supervisor {
         {
             file.path = attachment_path(&attachment.name);
         }
-        Ok(file)
+        Ok(())
     }
 }

@@ -195,3 +195,93 @@ async fn a_user_lists_their_files_newest_first_filtered_and_page_by_page() {
     let full = list(&server, ALICE, "limit=1000").await;
     assert_eq!(full["files"].as_array().expect("files").len(), 7);
 }
+
+/// How many stored blobs the server holds.
+fn blob_count(server: &TestServer) -> usize {
+    files_below(&server.data_dir().join("blobs")).len()
+}
+
+#[tokio::test]
+async fn a_name_is_unique_in_a_users_own_workspace() {
+    let server = TestServer::new().await;
+    let first = server.upload_ok(ALICE, "report.csv", CSV, None).await;
+    let blobs = blob_count(&server);
+
+    // A second `report.csv` is refused, and leaves neither a row nor bytes behind.
+    let again = upload_with(&server, ALICE, ("report.csv", b"other"), &[]).await;
+    common::assert_error(again, 409, "name_taken").await;
+    let bogus = upload_with(
+        &server,
+        ALICE,
+        ("report.csv", b"x"),
+        &[("on_conflict", "skip")],
+    )
+    .await;
+    common::assert_error(bogus, 422, "invalid").await;
+    assert_eq!(blob_count(&server), blobs);
+    assert_eq!(
+        ids_of(&list(&server, ALICE, "").await["files"]),
+        [text_of(&first["id"])]
+    );
+
+    // `rename` numbers the name; the code would see it under the numbered name too.
+    for number in 1..=2 {
+        let response = upload_with(
+            &server,
+            ALICE,
+            ("report.csv", b"x"),
+            &[("on_conflict", "rename")],
+        )
+        .await;
+        let renamed = json_of(response, 201).await;
+        assert_eq!(renamed["name"], format!("report ({number}).csv"));
+        assert_eq!(renamed["path"], format!("/mnt/data/report ({number}).csv"));
+    }
+
+    // `replace` deletes the old file as DELETE does; the new one takes the name.
+    let response = upload_with(
+        &server,
+        ALICE,
+        ("C:\\Users\\a\\report.csv", b"new"),
+        &[("on_conflict", "replace")],
+    )
+    .await;
+    let replacement = json_of(response, 201).await;
+    assert_eq!(replacement["name"], "report.csv");
+    let old = server
+        .get(ALICE, &format!("/v1/files/{}", text_of(&first["id"])))
+        .send()
+        .await
+        .expect("get");
+    common::assert_error(old, 404, "not_found").await;
+    let named = list(&server, ALICE, "q=report.csv").await;
+    assert_eq!(ids_of(&named["files"]), [text_of(&replacement["id"])]);
+
+    // Other users, and uploads into a chat, are not concerned.
+    server.upload_ok(BOB, "report.csv", CSV, None).await;
+    for _ in 0..2 {
+        let file = server
+            .upload_ok(ALICE, "report.csv", CSV, Some(("chat-1", "msg-1")))
+            .await;
+        assert_eq!(file["name"], "report.csv");
+    }
+
+    // Concurrent uploads of one new name: exactly one wins, however they interleave.
+    let blobs = blob_count(&server);
+    let attempts = (0..8).map(|_| upload_with(&server, ALICE, ("race.csv", CSV), &[]));
+    let statuses: Vec<u16> = futures::future::join_all(attempts)
+        .await
+        .iter()
+        .map(|response| response.status().as_u16())
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|status| **status == 201).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|status| matches!(status, 201 | 409)),
+        "{statuses:?}"
+    );
+    assert_eq!(blob_count(&server), blobs + 1);
+}

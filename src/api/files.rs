@@ -44,6 +44,12 @@ struct UploadForm {
     #[serde(default)]
     #[schema(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
     message_id: String,
+    /// Without a chat, when a live file of the user's own workspace has the name:
+    /// `rename` takes `name (1).ext`, `replace` deletes the old file; without it, 409
+    /// `name_taken`.
+    #[serde(default)]
+    #[schema(pattern = "^(rename|replace)$")]
+    on_conflict: String,
 }
 
 /// Upload a file.
@@ -58,6 +64,7 @@ struct UploadForm {
         (status = 201, description = "Stored", body = File),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, description = "The message belongs to someone else", body = ErrorBody),
+        (status = 409, description = "The name is taken in the user's own workspace", body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
     )
 )]
@@ -111,6 +118,7 @@ async fn receive_form(state: &AppState, mut form: Multipart) -> ApiResult<(Uploa
                 Some("file") => return Err(ApiError::invalid("only one file per upload")),
                 Some("chat_id") => meta.chat_id = Some(text(field).await?),
                 Some("message_id") => meta.message_id = Some(text(field).await?),
+                Some("on_conflict") => meta.on_conflict = Some(text(field).await?),
                 Some(other) => {
                     return Err(ApiError::invalid(format!("unknown form field {other:?}")));
                 }

@@ -285,3 +285,114 @@ async fn a_name_is_unique_in_a_users_own_workspace() {
     );
     assert_eq!(blob_count(&server), blobs + 1);
 }
+
+/// `PATCH /v1/files/{file_id}` with this JSON body as `caller`; the response.
+async fn rename(
+    server: &TestServer,
+    caller: common::Caller,
+    file: &Value,
+    body: Value,
+) -> reqwest::Response {
+    server
+        .request(
+            caller,
+            reqwest::Method::PATCH,
+            &format!("/v1/files/{}", text_of(&file["id"])),
+        )
+        .json(&body)
+        .send()
+        .await
+        .expect("patch")
+}
+
+#[tokio::test]
+async fn a_user_renames_their_files() {
+    let server = TestServer::new().await;
+    let file = server.upload_ok(ALICE, "a.csv", CSV, None).await;
+    let taken = server.upload_ok(ALICE, "taken.csv", CSV, None).await;
+
+    let renamed = json_of(
+        rename(
+            &server,
+            ALICE,
+            &file,
+            serde_json::json!({"name": "x/y\\B.CSV"}),
+        )
+        .await,
+        200,
+    )
+    .await;
+    assert_eq!(renamed["id"], file["id"]);
+    assert_eq!(renamed["name"], "B.CSV");
+    assert_eq!(renamed["path"], "/mnt/data/B.CSV");
+    assert_eq!(renamed["format"], "csv");
+    assert_eq!(renamed["created_at"], file["created_at"]);
+    assert_utc_time(&renamed["modified_at"]);
+    assert!(text_of(&renamed["modified_at"]) > text_of(&file["modified_at"]));
+    let looked_up = json_of(
+        server
+            .get(ALICE, &format!("/v1/files/{}", text_of(&file["id"])))
+            .send()
+            .await
+            .expect("get"),
+        200,
+    )
+    .await;
+    assert_eq!(without_links(&looked_up), without_links(&renamed));
+    // The old name is free again; the new one is taken; a file may keep its own name.
+    server.upload_ok(ALICE, "a.csv", CSV, None).await;
+    let clash = rename(
+        &server,
+        ALICE,
+        &file,
+        serde_json::json!({"name": "taken.csv"}),
+    )
+    .await;
+    common::assert_error(clash, 409, "name_taken").await;
+    let same = rename(
+        &server,
+        ALICE,
+        &taken,
+        serde_json::json!({"name": "taken.csv"}),
+    )
+    .await;
+    json_of(same, 200).await;
+
+    // Uploads into a chat are not held to unique names.
+    let in_chat = server
+        .upload_ok(ALICE, "notes.csv", CSV, Some(("chat-1", "msg-1")))
+        .await;
+    let response = rename(
+        &server,
+        ALICE,
+        &in_chat,
+        serde_json::json!({"name": "taken.csv"}),
+    )
+    .await;
+    assert_eq!(json_of(response, 200).await["name"], "taken.csv");
+
+    let foreign = rename(&server, BOB, &file, serde_json::json!({"name": "mine.csv"})).await;
+    common::assert_error(foreign, 404, "not_found").await;
+    for body in [
+        serde_json::json!({}),
+        serde_json::json!({"name": 5}),
+        serde_json::json!({"name": "ok.csv", "extra": 1}),
+        serde_json::json!({"name": ".."}),
+        serde_json::json!({"name": "   "}),
+    ] {
+        let response = rename(&server, ALICE, &file, body.clone()).await;
+        common::assert_error(response, 422, "invalid").await;
+    }
+    let not_json = server
+        .request(
+            ALICE,
+            reqwest::Method::PATCH,
+            &format!("/v1/files/{}", text_of(&file["id"])),
+        )
+        .header("content-type", "application/json")
+        .body("{")
+        .send()
+        .await
+        .expect("patch");
+    common::assert_error(not_json, 422, "invalid").await;
+}

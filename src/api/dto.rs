@@ -328,6 +328,15 @@ pub struct FileList {
     pub next_cursor: Option<String>,
 }
 
+/// `PATCH /v1/files/{file_id}`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RenameFile {
+    /// The new name; only its last part is kept (`a/b.csv` is `b.csv`).
+    #[schema(min_length = 1, max_length = 1024)]
+    pub name: String,
+}
+
 /// `GET /v1/messages/{message_id}/files`.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct MessageFiles {

@@ -1,5 +1,5 @@
 //! `/v1/files`: uploads (streamed into the blob store), the user's listing, metadata,
-//! soft deletion and downloads.
+//! renaming, soft deletion and downloads.
 //!
 //! A download is authorized either by a token and `X-User-Id`, or by a signed link
 //! (`?expires=&signature=`) with no token at all. It is streamed in constant memory with
@@ -8,6 +8,7 @@
 
 use axum::Json;
 use axum::body::Body;
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Multipart, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -19,8 +20,9 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{self, UserCaller};
 use super::download::{self, RangeRequest};
-use super::dto::{File, FileList};
+use super::dto::{File, FileList, RenameFile};
 use super::error::{ApiError, ApiResult, ErrorBody};
+use super::runs::json_rejection;
 use super::signing::LinkError;
 use super::{AppState, unix_now};
 use crate::ids::FileId;
@@ -289,6 +291,39 @@ pub async fn get_file(
     Path(file_id): Path<FileId>,
 ) -> ApiResult<Json<File>> {
     let file = state.supervisor.file(&owner, &file_id).await?;
+    Ok(Json(state.file_dto(&file)))
+}
+
+/// Rename a file (in the user's own workspace, to a name no live file there has).
+#[utoipa::path(
+    patch,
+    path = "/v1/files/{file_id}",
+    tag = "files",
+    security(("bearer" = [])),
+    params(
+        ("file_id" = String, Path, description = "The file"),
+        ("X-User-Id" = String, Header, description = "The end user", pattern = "^[!-~]{1,256}$"),
+    ),
+    request_body = RenameFile,
+    responses(
+        (status = 200, body = File),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "The name is taken in the user's own workspace", body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+    )
+)]
+pub async fn rename_file(
+    State(state): State<AppState>,
+    UserCaller(owner): UserCaller,
+    Path(file_id): Path<FileId>,
+    body: Result<Json<RenameFile>, JsonRejection>,
+) -> ApiResult<Json<File>> {
+    let Json(body) = body.map_err(json_rejection)?;
+    let file = state
+        .supervisor
+        .rename_file(&owner, &file_id, &body.name)
+        .await?;
     Ok(Json(state.file_dto(&file)))
 }
 

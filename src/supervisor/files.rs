@@ -1,6 +1,6 @@
 //! What a user's files and messages look like from outside a run: lookups, listings per
-//! message and chat, link rendering, and deletion, which takes a file out of every workspace
-//! it was placed in at once. Uploads have their own file (`uploads.rs`).
+//! message and chat, link rendering, renaming, and deletion, which takes a file out of every
+//! workspace it was placed in at once. Uploads have their own file (`uploads.rs`).
 
 use super::*;
 use crate::ids::TenantId;
@@ -110,6 +110,40 @@ impl Supervisor {
         Ok(translate::render_links(text, |relative| {
             by_path.get(relative).map(|file| url_for(file))
         }))
+    }
+
+    /// Renames one of `owner`'s files. Only the last part of `name` is kept, as for uploads;
+    /// an upload is placed under its new name from then on, a generated file keeps the path
+    /// the code wrote it at. In the user's own workspace the name must be free
+    /// ([`Error::NameTaken`]).
+    pub async fn rename_file(
+        &self,
+        owner: &Owner,
+        file_id: &FileId,
+        name: &str,
+    ) -> Result<FileRecord> {
+        let display = workspace::base_name(name)
+            .filter(|display| display.chars().count() <= 1024)
+            .ok_or_else(|| Error::invalid("name", "must name a file in at most 1024 characters"))?;
+        let file = self
+            .catalog
+            .files()
+            .get(owner, file_id)
+            .await?
+            .ok_or(Error::NotFound("file"))?;
+        let path = match file.source {
+            FileSource::Upload => attachment_path(&workspace::sanitize_name(display)),
+            FileSource::CodeExecution | FileSource::Figure => file.path,
+        };
+        if !self
+            .catalog
+            .files()
+            .rename(owner, file_id, (display, &path), &catalog::now())
+            .await?
+        {
+            return Err(Error::NotFound("file"));
+        }
+        self.file(owner, file_id).await
     }
 
     /// Soft-deletes one of `owner`'s files: gone from listings and downloads at once, and

@@ -396,3 +396,65 @@ async fn a_user_renames_their_files() {
         .expect("patch");
     common::assert_error(not_json, 422, "invalid").await;
 }
+
+#[tokio::test]
+async fn workspace_refs_render_as_links_to_the_callers_live_files() {
+    let server = TestServer::new().await;
+    let own = server.upload_ok(ALICE, "own.csv", CSV, None).await;
+    let elsewhere = server
+        .upload_ok(ALICE, "other.csv", CSV, Some(("chat-2", "msg-2")))
+        .await;
+    let in_message = server
+        .upload_ok(ALICE, "sales.csv", CSV, Some(("chat-1", "msg-1")))
+        .await;
+    let deleted = server.upload_ok(ALICE, "gone.csv", CSV, None).await;
+    let response = server
+        .request(
+            ALICE,
+            reqwest::Method::DELETE,
+            &format!("/v1/files/{}", text_of(&deleted["id"])),
+        )
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(response.status(), 204);
+    let bobs = server.upload_ok(BOB, "bob.csv", CSV, None).await;
+
+    let text = format!(
+        "[own]({}) and {}, see sandbox:/mnt/data/sales.csv; not {} nor {} nor \
+         workspace://file_unknown.",
+        text_of(&own["ref"]),
+        text_of(&elsewhere["ref"]),
+        text_of(&deleted["ref"]),
+        text_of(&bobs["ref"]),
+    );
+    let response = server
+        .request(ALICE, reqwest::Method::POST, "/v1/messages/msg-1/render")
+        .json(&serde_json::json!({ "text": text }))
+        .send()
+        .await
+        .expect("render");
+    let rendered = json_of(response, 200).await;
+    let (masked, links) = mask_links(text_of(&rendered["text"]), &server.base_url);
+    assert_eq!(
+        masked,
+        format!(
+            "[own](<link:{}>) and <link:{}>, see <link:{}>; not {} nor {} nor \
+             workspace://file_unknown.",
+            text_of(&own["id"]),
+            text_of(&elsewhere["id"]),
+            text_of(&in_message["id"]),
+            text_of(&deleted["ref"]),
+            text_of(&bobs["ref"]),
+        )
+    );
+    // Each link downloads its file.
+    for link in links {
+        let bytes = bytes_of(
+            server.client.get(&link).send().await.expect("download"),
+            200,
+        )
+        .await;
+        assert_eq!(bytes, CSV);
+    }
+}

@@ -5,6 +5,9 @@
 use super::*;
 use crate::ids::TenantId;
 
+/// The most distinct `workspace://` ids one rendering looks up.
+const MAX_RENDERED_REFS: usize = 1000;
+
 impl Supervisor {
     /// The message `message_id` if it is bound to `owner`.
     pub async fn message(&self, owner: &Owner, message_id: &MessageId) -> Result<MessageRecord> {
@@ -91,7 +94,8 @@ impl Supervisor {
     }
 
     /// Replaces every `sandbox:/mnt/data/<path>` and `/mnt/data/<path>` in `text` that names a
-    /// file of the message (the newest one at that path) by `url_for(file)`.
+    /// file of the message (the newest one at that path), and every `workspace://<file id>`
+    /// that names a live file of `owner`'s (any message's, or none), by `url_for(file)`.
     pub async fn render_links(
         &self,
         owner: &Owner,
@@ -107,8 +111,20 @@ impl Supervisor {
                 by_path.insert(relative, file);
             }
         }
-        Ok(translate::render_links(text, |relative| {
+        let text = translate::render_links(text, |relative| {
             by_path.get(relative).map(|file| url_for(file))
+        });
+        let mut by_id: HashMap<String, String> = HashMap::new();
+        let ids: BTreeSet<&str> = translate::workspace_refs(&text).collect();
+        // Each distinct id is one lookup; past the cap, references stay as they are.
+        for id in ids.into_iter().take(MAX_RENDERED_REFS) {
+            let file_id = FileId::from_stored(id);
+            if let Some(file) = self.catalog.files().get(owner, &file_id).await? {
+                by_id.insert(id.to_owned(), url_for(&file));
+            }
+        }
+        Ok(translate::render_workspace_refs(&text, |id| {
+            by_id.get(id).cloned()
         }))
     }
 

@@ -51,8 +51,8 @@ impl FileListing {
                 })
             })
             .transpose()?;
-        if self.q.as_ref().is_some_and(|q| q.len() > 1024) {
-            return Err(Error::invalid("q", "must be at most 1024 bytes"));
+        if self.q.as_ref().is_some_and(|q| q.chars().count() > 1024) {
+            return Err(Error::invalid("q", "must be at most 1024 characters"));
         }
         Ok(FileQuery {
             chat_id: self.chat_id.map(ChatId::parse).transpose()?,

@@ -7,7 +7,8 @@
 //! crosses the boundary has to be rewritten: error output must not leak host paths back to the
 //! model (it would then try to use them), code sent to a runtime that does not mount
 //! `/mnt/data` must point at the host folders, and the answer shown to the user should link
-//! `sandbox:/mnt/data/report.xlsx` to a real download URL.
+//! `sandbox:/mnt/data/report.xlsx` (or a stored file's `workspace://<file id>`) to a real
+//! download URL.
 //!
 //! Everything here is a pure function over `&str`. Matching is literal and component-aware:
 //! a prefix only matches as a whole path component, so `/mnt/database` or a sibling folder such
@@ -136,6 +137,55 @@ pub fn render_links(text: &str, mut resolve: impl FnMut(&str) -> Option<String>)
             out.push_str(&text[copied..start]);
             out.push_str(&url);
             copied = rel_end;
+        }
+    }
+    out.push_str(&text[copied..]);
+    out
+}
+
+/// How a model's text names a stored file by its id: `workspace://<file id>` (a File's `ref`).
+const WORKSPACE_SCHEME: &str = "workspace://";
+
+/// The `workspace://<id>` references in `text`, in order: the byte range of each and its id.
+/// An id is the run of ASCII letters, digits and `_` after the scheme (what codebox mints); a
+/// reference that continues a longer path or name, or names no id, is none.
+fn workspace_ref_spans(text: &str) -> impl Iterator<Item = (usize, usize, &str)> + '_ {
+    let mut search = 0;
+    std::iter::from_fn(move || {
+        while let Some(found) = text[search..].find(WORKSPACE_SCHEME) {
+            let start = search + found;
+            let id_start = start + WORKSPACE_SCHEME.len();
+            let id_len = text[id_start..]
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(text.len() - id_start);
+            search = id_start + id_len;
+            if id_len > 0 && boundary_before(text, start) {
+                return Some((start, search, &text[id_start..search]));
+            }
+        }
+        None
+    })
+}
+
+/// The file ids that `workspace://<id>` references in `text` name, in order (repeats
+/// included), for a caller that looks them up before [`render_workspace_refs`].
+pub fn workspace_refs(text: &str) -> impl Iterator<Item = &str> + '_ {
+    workspace_ref_spans(text).map(|(_, _, id)| id)
+}
+
+/// Replaces every `workspace://<id>` reference in `text` for which `resolve(id)` gives a URL
+/// by that URL; the others stay as they are.
+pub fn render_workspace_refs(
+    text: &str,
+    mut resolve: impl FnMut(&str) -> Option<String>,
+) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    for (start, end, id) in workspace_ref_spans(text) {
+        if let Some(url) = resolve(id) {
+            out.push_str(&text[copied..start]);
+            out.push_str(&url);
+            copied = end;
         }
     }
     out.push_str(&text[copied..]);
@@ -813,5 +863,22 @@ mod tests {
             render_links(&text, |rel| Some(rel.len().to_string())),
             mib.to_string()
         );
+    }
+
+    #[test]
+    fn workspace_refs_become_links_when_known() {
+        let text = "see workspace://file_ab12, (workspace://file_zz) and xworkspace://file_ab12 \
+                    or workspace:// or workspace://file_ab12.";
+        let ids: Vec<&str> = workspace_refs(text).collect();
+        assert_eq!(ids, ["file_ab12", "file_zz", "file_ab12"]);
+        let rendered = render_workspace_refs(text, |id| {
+            (id == "file_ab12").then(|| "https://h/f/file_ab12".to_owned())
+        });
+        assert_eq!(
+            rendered,
+            "see https://h/f/file_ab12, (workspace://file_zz) and xworkspace://file_ab12 \
+             or workspace:// or https://h/f/file_ab12."
+        );
+        assert_eq!(render_workspace_refs("plain", |_| None), "plain");
     }
 }

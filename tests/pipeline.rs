@@ -9,6 +9,7 @@ use codebox::Error;
 use codebox::RunReport;
 use codebox::catalog::{FileSource, Owner, RunStatus};
 use codebox::ids::{ChatId, MessageId};
+use codebox::supervisor::UploadMeta;
 use common::{TestEnv, chat_id, msg_id, request};
 use sha2::{Digest, Sha256};
 
@@ -653,7 +654,23 @@ print(os.path.exists('/mnt/data/../alpha.csv'), len(os.listdir('/mnt')))
 async fn attachments_are_linked_once_and_named_apart() {
     let env = TestEnv::new().await;
     let first = env.upload("report.csv", b"first\n").await;
-    let second = env.upload("report.csv", b"second\n").await;
+    // A second `report.csv` in the user's own workspace would be refused (names are unique
+    // there); uploaded into a chat, it keeps its name.
+    let second = env
+        .supervisor
+        .upload(
+            &env.owner,
+            UploadMeta {
+                name: "report.csv".to_owned(),
+                chat_id: Some("chat-uploads".to_owned()),
+                message_id: Some("m-upload".to_owned()),
+                on_conflict: None,
+            },
+            &b"second\n"[..],
+        )
+        .await
+        .expect("upload into a chat");
+    assert_eq!(second.name, "report.csv");
     let hostile = env.upload("../../etc/evil\n.csv", b"evil\n").await;
     let code = r#"
 import os

@@ -7,8 +7,10 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::ids::FileId;
-use crate::supervisor::{FileRecord, FileUsage, KernelState, RunOutput, RunRecord};
-use crate::supervisor::{ReapReport, RunReport, WorkspaceOverview};
+use crate::supervisor::{
+    FileRecord, FileSource, FileUsage, KernelState, ReapReport, RunOutput, RunRecord, RunReport,
+    WorkspaceOverview,
+};
 
 /// A stored file, as the API shows it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -23,6 +25,8 @@ pub struct File {
     pub size: i64,
     /// MIME type.
     pub content_type: String,
+    /// The name's extension in lower case, without its dot (`csv`); empty when it has none.
+    pub format: String,
     /// Hex sha256 of the bytes.
     pub sha256: String,
     /// `upload`, `code_execution`, or `figure` (a figure the interpreter returned; it has no
@@ -37,10 +41,20 @@ pub struct File {
     pub run_id: Option<String>,
     /// The attachment this file replaced, if any.
     pub derived_from: Option<String>,
+    /// For uploads into a chat: `linked` while the chat exists, `unlinked` once it is gone
+    /// (the file stays in the user's files); `null` for every other file.
+    #[schema(value_type = Option<String>, pattern = "^(linked|unlinked)$")]
+    pub link_state: Option<&'static str>,
     /// When it was stored (RFC 3339 UTC).
     pub created_at: String,
+    /// When it was last renamed (RFC 3339 UTC); `created_at` until then.
+    pub modified_at: String,
     /// A signed download URL; `null` where no server signs one (the CLI).
     pub download_url: Option<String>,
+    /// How a model's text names the file: `workspace://<id>` (rendered to its download URL).
+    #[serde(rename = "ref")]
+    #[schema(pattern = "^workspace://")]
+    pub reference: String,
 }
 
 impl File {
@@ -52,15 +66,37 @@ impl File {
             path: record.path.clone(),
             size: record.size,
             content_type: record.content_type.clone(),
+            format: format_of(&record.name),
             sha256: record.sha256.clone(),
             source: record.source.into(),
             chat_id: record.chat_id.as_ref().map(ToString::to_string),
             message_id: record.message_id.as_ref().map(ToString::to_string),
             run_id: record.run_id.as_ref().map(ToString::to_string),
             derived_from: record.derived_from.as_ref().map(ToString::to_string),
+            link_state: link_state_of(record),
             created_at: record.created_at.clone(),
+            modified_at: record.modified_at.clone(),
             download_url,
+            reference: format!("workspace://{}", record.id),
         }
+    }
+}
+
+/// The lower-case extension of a name, without its dot; a leading dot (`.env`) is no
+/// extension.
+fn format_of(name: &str) -> String {
+    match name.rfind('.') {
+        Some(index) if index > 0 => name[index + 1..].to_lowercase(),
+        _ => String::new(),
+    }
+}
+
+/// Whether an upload is still tied to its chat; other files have no link state.
+fn link_state_of(record: &FileRecord) -> Option<&'static str> {
+    match (record.source, &record.chat_id, &record.unlinked_at) {
+        (FileSource::Upload, _, Some(_)) => Some("unlinked"),
+        (FileSource::Upload, Some(_), None) => Some("linked"),
+        _ => None,
     }
 }
 
@@ -285,6 +321,24 @@ fn python() -> String {
     "python".to_owned()
 }
 
+/// `GET /v1/files`: one page of the caller's files.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FileList {
+    /// The files, newest first.
+    pub files: Vec<File>,
+    /// The `cursor` of the next page; `null` on the last one.
+    pub next_cursor: Option<String>,
+}
+
+/// `PATCH /v1/files/{file_id}`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RenameFile {
+    /// The new name; only its last part is kept (`a/b.csv` is `b.csv`).
+    #[schema(min_length = 1, max_length = 1024)]
+    pub name: String,
+}
+
 /// `GET /v1/messages/{message_id}/files`.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct MessageFiles {
@@ -492,4 +546,17 @@ pub struct RetentionPolicy {
     pub max_workspace_bytes: Option<u64>,
     /// Seconds between reaper passes.
     pub reap_interval_secs: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_format_is_the_lower_case_extension() {
+        assert_eq!(format_of("Report.XLSX"), "xlsx");
+        assert_eq!(format_of("archive.tar.gz"), "gz");
+        assert_eq!(format_of("README"), "");
+        assert_eq!(format_of(".env"), "");
+    }
 }

@@ -30,6 +30,7 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// One of `not_found`, `invalid`, `unauthorized`, `forbidden`, `too_large`,
+    /// `name_taken` (409: a file of the user's own workspace already has the name),
     /// `method_not_allowed`, `timeout` (408: the request body arrived too slowly), `busy`,
     /// `internal`.
     pub code: &'static str,
@@ -85,6 +86,11 @@ impl ApiError {
     /// 413.
     pub fn too_large(message: impl Into<String>) -> Self {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
+    }
+
+    /// 409 `name_taken`: a live file of the user's own workspace already has the name.
+    pub fn name_taken(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "name_taken", message)
     }
 
     /// 405, for a route that exists with other methods; the caller adds `Allow`.
@@ -221,6 +227,7 @@ impl From<Error> for ApiError {
             Error::NotFound(what) => Self::not_found(what),
             Error::Invalid { .. } => Self::invalid(error.to_string()),
             Error::TooLarge(_) => Self::too_large(error.to_string()),
+            Error::NameTaken(_) => Self::name_taken(error.to_string()),
             Error::Busy(_) => Self::busy(error.to_string(), 1),
             _ if error.is_outage() => {
                 // The engine being down is an outage, not a bug: 503, and the log says why.
@@ -267,6 +274,7 @@ mod tests {
             (Error::NotFound("file"), 404, "not_found"),
             (Error::invalid("code", "empty"), 422, "invalid"),
             (Error::TooLarge("big".into()), 413, "too_large"),
+            (Error::NameTaken("report.csv".into()), 409, "name_taken"),
             (Error::Busy("full".into()), 503, "busy"),
         ];
         for (error, status, code) in cases {

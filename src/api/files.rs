@@ -1,4 +1,5 @@
-//! `/v1/files`: uploads (streamed into the blob store), metadata, soft deletion and downloads.
+//! `/v1/files`: uploads (streamed into the blob store), the user's listing, metadata,
+//! renaming, soft deletion and downloads.
 //!
 //! A download is authorized either by a token and `X-User-Id`, or by a signed link
 //! (`?expires=&signature=`) with no token at all. It is streamed in constant memory with
@@ -7,6 +8,7 @@
 
 use axum::Json;
 use axum::body::Body;
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Multipart, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -18,13 +20,14 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{self, UserCaller};
 use super::download::{self, RangeRequest};
-use super::dto::File;
+use super::dto::{File, FileList, RenameFile};
 use super::error::{ApiError, ApiResult, ErrorBody};
+use super::runs::json_rejection;
 use super::signing::LinkError;
 use super::{AppState, unix_now};
 use crate::ids::FileId;
 use crate::supervisor::FileRecord;
-use crate::supervisor::{StoredUpload, UploadMeta};
+use crate::supervisor::{FileListing, StoredUpload, UploadMeta};
 
 /// The multipart form of an upload (for the OpenAPI document).
 #[derive(Deserialize, ToSchema)]
@@ -43,6 +46,12 @@ struct UploadForm {
     #[serde(default)]
     #[schema(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
     message_id: String,
+    /// Without a chat, when a live file of the user's own workspace has the name:
+    /// `rename` takes `name (1).ext`, `replace` deletes the old file; without it, 409
+    /// `name_taken`.
+    #[serde(default)]
+    #[schema(pattern = "^(rename|replace)$")]
+    on_conflict: String,
 }
 
 /// Upload a file.
@@ -57,6 +66,7 @@ struct UploadForm {
         (status = 201, description = "Stored", body = File),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, description = "The message belongs to someone else", body = ErrorBody),
+        (status = 409, description = "The name is taken in the user's own workspace", body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
     )
 )]
@@ -110,6 +120,7 @@ async fn receive_form(state: &AppState, mut form: Multipart) -> ApiResult<(Uploa
                 Some("file") => return Err(ApiError::invalid("only one file per upload")),
                 Some("chat_id") => meta.chat_id = Some(text(field).await?),
                 Some("message_id") => meta.message_id = Some(text(field).await?),
+                Some("on_conflict") => meta.on_conflict = Some(text(field).await?),
                 Some(other) => {
                     return Err(ApiError::invalid(format!("unknown form field {other:?}")));
                 }
@@ -200,6 +211,64 @@ async fn text(mut field: axum::extract::multipart::Field<'_>) -> ApiResult<Strin
         .map_err(|_| ApiError::invalid(format!("form field {name} is not UTF-8")))
 }
 
+/// The query of `GET /v1/files`.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ListFilesQuery {
+    /// Only the files of this chat.
+    #[param(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
+    chat_id: Option<String>,
+    /// Only the files of this message.
+    #[param(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
+    message_id: Option<String>,
+    /// Only the files from this source.
+    #[param(pattern = "^(upload|code_execution|figure)$")]
+    source: Option<String>,
+    /// Only the files whose name contains this text, whatever its case.
+    #[param(max_length = 1024)]
+    q: Option<String>,
+    /// At most this many files (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<i64>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// The caller's live files, newest first, filtered, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/v1/files",
+    tag = "files",
+    security(("bearer" = [])),
+    params(
+        ("X-User-Id" = String, Header, description = "The end user", pattern = "^[!-~]{1,256}$"),
+        ListFilesQuery,
+    ),
+    responses(
+        (status = 200, body = FileList),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    )
+)]
+pub async fn list_files(
+    State(state): State<AppState>,
+    UserCaller(owner): UserCaller,
+    Query(query): Query<ListFilesQuery>,
+) -> ApiResult<Json<FileList>> {
+    let listing = FileListing {
+        chat_id: query.chat_id,
+        message_id: query.message_id,
+        source: query.source,
+        q: query.q,
+        limit: query.limit,
+        cursor: query.cursor,
+    };
+    let page = state.supervisor.list_files(&owner, listing).await?;
+    Ok(Json(FileList {
+        files: page.files.iter().map(|file| state.file_dto(file)).collect(),
+        next_cursor: page.next_cursor,
+    }))
+}
+
 /// A file's metadata.
 #[utoipa::path(
     get,
@@ -222,6 +291,39 @@ pub async fn get_file(
     Path(file_id): Path<FileId>,
 ) -> ApiResult<Json<File>> {
     let file = state.supervisor.file(&owner, &file_id).await?;
+    Ok(Json(state.file_dto(&file)))
+}
+
+/// Rename a file (in the user's own workspace, to a name no live file there has).
+#[utoipa::path(
+    patch,
+    path = "/v1/files/{file_id}",
+    tag = "files",
+    security(("bearer" = [])),
+    params(
+        ("file_id" = String, Path, description = "The file"),
+        ("X-User-Id" = String, Header, description = "The end user", pattern = "^[!-~]{1,256}$"),
+    ),
+    request_body = RenameFile,
+    responses(
+        (status = 200, body = File),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "The name is taken in the user's own workspace", body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+    )
+)]
+pub async fn rename_file(
+    State(state): State<AppState>,
+    UserCaller(owner): UserCaller,
+    Path(file_id): Path<FileId>,
+    body: Result<Json<RenameFile>, JsonRejection>,
+) -> ApiResult<Json<File>> {
+    let Json(body) = body.map_err(json_rejection)?;
+    let file = state
+        .supervisor
+        .rename_file(&owner, &file_id, &body.name)
+        .await?;
     Ok(Json(state.file_dto(&file)))
 }
 

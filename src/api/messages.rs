@@ -155,8 +155,8 @@ pub async fn chat_files(
     }))
 }
 
-/// Turn `sandbox:/mnt/data/<name>` and `/mnt/data/<name>` references to the message's files
-/// into download links.
+/// Turn `sandbox:/mnt/data/<name>` and `/mnt/data/<name>` references to the message's files,
+/// and `workspace://<file_id>` references to any live file of the user, into download links.
 #[utoipa::path(
     post,
     path = "/v1/messages/{message_id}/render",

@@ -3,7 +3,7 @@
 //!
 //! | file | routes |
 //! |---|---|
-//! | `files.rs` | uploads, file metadata, deletion, downloads (token or signed link) |
+//! | `files.rs` | uploads, the user's listing, file metadata, renaming, deletion, downloads (token or signed link) |
 //! | `runs.rs` | runs, as JSON or as server-sent events, and run lookup |
 //! | `messages.rs` | per-message and per-chat listings, link rendering, workspace deletion |
 //! | `admin.rs` | operators: workspaces, garbage collection, retention policy |
@@ -168,7 +168,12 @@ pub fn router(state: AppState) -> Router {
         .saturating_add(FORM_OVERHEAD_BYTES);
     let (upload_schemas, upload_paths, upload) = routes!(files::upload_file);
     let (api, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(files::get_file, files::delete_file))
+        .routes(routes!(files::list_files))
+        .routes(routes!(
+            files::get_file,
+            files::rename_file,
+            files::delete_file
+        ))
         .routes(routes!(files::download))
         .routes(routes!(runs::create_run))
         .routes(routes!(runs::get_run))

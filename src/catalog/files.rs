@@ -92,6 +92,50 @@ pub struct FileRecord {
     pub created_at: String,
     /// When it was deleted, if it was.
     pub deleted_at: Option<String>,
+    /// When it was last renamed; its `created_at` until then.
+    pub modified_at: String,
+    /// When the chat it was uploaded into went away, leaving it in the user's files.
+    pub unlinked_at: Option<String>,
+}
+
+/// What [`Files::list`] shows: filters, a keyset position and a page size.
+#[derive(Debug, Clone, Default)]
+pub struct FileQuery {
+    /// Only the files of this chat.
+    pub chat_id: Option<ChatId>,
+    /// Only the files of this message.
+    pub message_id: Option<MessageId>,
+    /// Only the files from this source.
+    pub source: Option<FileSource>,
+    /// Only the files whose name contains this text, whatever its case.
+    pub name_contains: Option<String>,
+    /// Only the files after this `(created_at, id)` in newest-first order.
+    pub after: Option<(String, FileId)>,
+    /// At most this many files.
+    pub limit: i64,
+}
+
+/// A unique violation (only the index of workspace names can raise one: ids are minted
+/// fresh) as [`CatalogError::NameTaken`]; any other error as it is.
+fn name_taken(error: sqlx::Error, name: &str) -> CatalogError {
+    match &error {
+        sqlx::Error::Database(database) if database.is_unique_violation() => {
+            CatalogError::NameTaken(name.to_owned())
+        }
+        _ => error.into(),
+    }
+}
+
+/// Escapes `LIKE`'s wildcards (and its escape character, `\`) so that `text` matches itself.
+fn escape_like(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
 }
 
 /// Accessor for the `files` table.
@@ -100,18 +144,20 @@ pub struct Files<'a> {
 }
 
 const COLUMNS: &str = "id, tenant, user_id, chat_id, message_id, run_id, name, path, size, \
-    content_type, sha256, source, derived_from, blob_key, created_at, deleted_at";
+    content_type, sha256, source, derived_from, blob_key, created_at, deleted_at, modified_at, \
+    unlinked_at";
 
 impl<'a> Files<'a> {
     pub(super) fn new(pool: &'a AnyPool) -> Self {
         Self { pool }
     }
 
-    /// Records a stored file.
+    /// Records a stored file. A file without a chat whose name a live file of the owner's
+    /// workspace already has is refused with [`CatalogError::NameTaken`].
     pub async fn insert(&self, file: &FileRecord) -> Result<(), CatalogError> {
         let sql = format!(
             "INSERT INTO files ({COLUMNS}) VALUES \
-             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
         );
         sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(&file.id)
@@ -130,9 +176,107 @@ impl<'a> Files<'a> {
             .bind(&file.blob_key)
             .bind(&file.created_at)
             .bind(&file.deleted_at)
+            .bind(&file.modified_at)
+            .bind(&file.unlinked_at)
             .execute(self.pool)
-            .await?;
+            .await
+            .map_err(|error| name_taken(error, &file.name))?;
         Ok(())
+    }
+
+    /// Renames the live file `id` of `owner` (its display name and the path the code sees),
+    /// and sets its `modified_at`; returns whether there was such a file. The same name rule
+    /// as [`Files::insert`] holds.
+    pub async fn rename(
+        &self,
+        owner: &Owner,
+        id: &FileId,
+        (name, path): (&str, &str),
+        now: &str,
+    ) -> Result<bool, CatalogError> {
+        let result = sqlx::query(
+            "UPDATE files SET name = $4, path = $5, modified_at = $6 \
+             WHERE id = $1 AND tenant = $2 AND user_id = $3 AND deleted_at IS NULL",
+        )
+        .bind(id)
+        .bind(&owner.tenant)
+        .bind(&owner.user)
+        .bind(name)
+        .bind(path)
+        .bind(now)
+        .execute(self.pool)
+        .await
+        .map_err(|error| name_taken(error, name))?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    /// The live file of `owner`'s own workspace (no chat) named `name`, if there is one.
+    pub async fn in_workspace_named(
+        &self,
+        owner: &Owner,
+        name: &str,
+    ) -> Result<Option<FileRecord>, CatalogError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM files WHERE tenant = $1 AND user_id = $2 AND name = $3 \
+             AND chat_id IS NULL AND deleted_at IS NULL"
+        );
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(&owner.tenant)
+            .bind(&owner.user)
+            .bind(name)
+            .fetch_optional(self.pool)
+            .await?)
+    }
+
+    /// One page of `owner`'s live files, newest first, that pass `query`'s filters and come
+    /// after its keyset position: an index range scan, whatever the page's depth.
+    pub async fn list(
+        &self,
+        owner: &Owner,
+        query: &FileQuery,
+    ) -> Result<Vec<FileRecord>, CatalogError> {
+        // Each filter adds a condition on the next numbered parameter, bound in the same order.
+        let mut sql = format!(
+            "SELECT {COLUMNS} FROM files WHERE tenant = $1 AND user_id = $2 AND deleted_at IS NULL"
+        );
+        let mut texts: Vec<String> = Vec::new();
+        let mut condition = |sql: &mut String, template: &str, value: String| {
+            texts.push(value);
+            sql.push_str(&template.replace('?', &format!("${}", texts.len() + 2)));
+        };
+        if let Some(chat_id) = &query.chat_id {
+            condition(&mut sql, " AND chat_id = ?", chat_id.to_string());
+        }
+        if let Some(message_id) = &query.message_id {
+            condition(&mut sql, " AND message_id = ?", message_id.to_string());
+        }
+        if let Some(source) = query.source {
+            condition(&mut sql, " AND source = ?", <&str>::from(source).to_owned());
+        }
+        if let Some(part) = &query.name_contains {
+            let pattern = format!("%{}%", escape_like(part));
+            condition(
+                &mut sql,
+                " AND LOWER(name) LIKE LOWER(?) ESCAPE '\\'",
+                pattern,
+            );
+        }
+        if let Some((created_at, id)) = &query.after {
+            condition(&mut sql, " AND (created_at < ?", created_at.clone());
+            condition(&mut sql, " OR (created_at = ? AND ", created_at.clone());
+            condition(&mut sql, "id < ?))", id.to_string());
+        }
+        sql.push_str(&format!(
+            " ORDER BY created_at DESC, id DESC LIMIT ${}",
+            texts.len() + 3
+        ));
+        let mut statement = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(&owner.tenant)
+            .bind(&owner.user);
+        for text in texts {
+            statement = statement.bind(text);
+        }
+        Ok(statement.bind(query.limit).fetch_all(self.pool).await?)
     }
 
     /// The live file `id` if `owner` owns it; another owner's file is `None`, as is a deleted one.
@@ -318,5 +462,11 @@ mod tests {
             assert_eq!(serde_json::to_value(source).expect("JSON"), name);
         }
         assert!(FileSource::try_from("Upload".to_owned()).is_err());
+    }
+
+    #[test]
+    fn like_wildcards_match_themselves() {
+        assert_eq!(escape_like("50%_a\\b.csv"), "50\\%\\_a\\\\b.csv");
+        assert_eq!(escape_like("plain"), "plain");
     }
 }

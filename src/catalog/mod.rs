@@ -21,7 +21,7 @@ use time::format_description::well_known::iso8601::{Config, EncodedConfig, TimeP
 use crate::ids::{BlobKey, ChatId, FileId, MessageId, RunId, TenantId, UserId, WorkspaceId};
 
 pub use attachments::{AttachmentRecord, Attachments};
-pub use files::{FileRecord, FileSource, FileUsage, Files};
+pub use files::{FileQuery, FileRecord, FileSource, FileUsage, Files};
 pub use messages::{Claim, MessageRecord, Messages};
 pub use runs::{KernelState, RunOutput, RunRecord, RunStatus, Runs, Truncation};
 
@@ -94,6 +94,10 @@ pub enum CatalogError {
     /// The schema could not be brought up to date.
     #[error("catalog migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A live file of the user's own workspace already has this name (names are unique
+    /// there, by a unique index, so that two concurrent uploads cannot both take one).
+    #[error("a file named {0:?} already exists")]
+    NameTaken(String),
     /// A row holds a value this version does not understand.
     #[error("catalog row {table}/{id}: {reason}")]
     Corrupt {

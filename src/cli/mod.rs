@@ -185,6 +185,7 @@ pub async fn run(
                     name: name.to_owned(),
                     chat_id: Some(chat_id.to_string()),
                     message_id: Some(message_id.to_string()),
+                    on_conflict: None,
                 },
                 body,
             )

@@ -1,7 +1,7 @@
 //! The domain error every public operation of the supervisor returns.
 //!
 //! Its variants are the outcomes a caller must tell apart (not found, invalid, too large,
-//! busy) plus the internal failures of each part the supervisor drives. Only `api/` turns
+//! name taken, busy) plus the internal failures of each part the supervisor drives. Only `api/` turns
 //! them into statuses, in one place; here they carry enough context for a log line, and
 //! nothing a user should not see is put into the messages of the user-facing variants. It
 //! lives with the supervisor, above the parts it wraps, so that no part depends on another
@@ -30,12 +30,15 @@ pub enum Error {
     /// The request or one of its parts is over a configured cap.
     #[error("too large: {0}")]
     TooLarge(String),
+    /// A live file of the user's own workspace already has this name.
+    #[error("a file named {0:?} already exists in your files")]
+    NameTaken(String),
     /// The service is at capacity; try again later.
     #[error("busy: {0}")]
     Busy(String),
     /// The catalog failed.
     #[error(transparent)]
-    Catalog(#[from] CatalogError),
+    Catalog(CatalogError),
     /// The blob store failed.
     #[error(transparent)]
     Blobs(#[from] BlobError),
@@ -68,6 +71,16 @@ impl Error {
         match self {
             Self::Blobs(BlobError::Read(io)) => Some(io),
             _ => None,
+        }
+    }
+}
+
+/// The catalog's refusal of a taken name is the caller's conflict, not a failure.
+impl From<CatalogError> for Error {
+    fn from(error: CatalogError) -> Self {
+        match error {
+            CatalogError::NameTaken(name) => Self::NameTaken(name),
+            other => Self::Catalog(other),
         }
     }
 }

@@ -75,6 +75,7 @@ impl Supervisor {
             .blobs
             .put_stream(&key, std::io::Cursor::new(png.clone()), png.len() as u64)
             .await?;
+        let now = catalog::now();
         let record = FileRecord {
             id,
             tenant: owner.tenant.clone(),
@@ -90,8 +91,10 @@ impl Supervisor {
             source: FileSource::Figure,
             derived_from: None,
             blob_key: stored.key,
-            created_at: catalog::now(),
+            created_at: now.clone(),
             deleted_at: None,
+            modified_at: now,
+            unlinked_at: None,
         };
         if let Err(error) = self.catalog.files().insert(&record).await {
             self.delete_orphan_blob(&record.blob_key).await;

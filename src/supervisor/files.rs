@@ -1,9 +1,12 @@
 //! What a user's files and messages look like from outside a run: lookups, listings per
-//! message and chat, link rendering, and deletion, which takes a file out of every workspace
-//! it was placed in at once. Uploads have their own file (`uploads.rs`).
+//! message and chat, link rendering, renaming, and deletion, which takes a file out of every
+//! workspace it was placed in at once. Uploads have their own file (`uploads.rs`).
 
 use super::*;
 use crate::ids::TenantId;
+
+/// The most distinct `workspace://` ids one rendering looks up.
+const MAX_RENDERED_REFS: usize = 1000;
 
 impl Supervisor {
     /// The message `message_id` if it is bound to `owner`.
@@ -91,7 +94,8 @@ impl Supervisor {
     }
 
     /// Replaces every `sandbox:/mnt/data/<path>` and `/mnt/data/<path>` in `text` that names a
-    /// file of the message (the newest one at that path) by `url_for(file)`.
+    /// file of the message (the newest one at that path), and every `workspace://<file id>`
+    /// that names a live file of `owner`'s (any message's, or none), by `url_for(file)`.
     pub async fn render_links(
         &self,
         owner: &Owner,
@@ -107,9 +111,55 @@ impl Supervisor {
                 by_path.insert(relative, file);
             }
         }
-        Ok(translate::render_links(text, |relative| {
+        let text = translate::render_links(text, |relative| {
             by_path.get(relative).map(|file| url_for(file))
+        });
+        let mut by_id: HashMap<String, String> = HashMap::new();
+        let ids: BTreeSet<&str> = translate::workspace_refs(&text).collect();
+        // Each distinct id is one lookup; past the cap, references stay as they are.
+        for id in ids.into_iter().take(MAX_RENDERED_REFS) {
+            let file_id = FileId::from_stored(id);
+            if let Some(file) = self.catalog.files().get(owner, &file_id).await? {
+                by_id.insert(id.to_owned(), url_for(&file));
+            }
+        }
+        Ok(translate::render_workspace_refs(&text, |id| {
+            by_id.get(id).cloned()
         }))
+    }
+
+    /// Renames one of `owner`'s files. Only the last part of `name` is kept, as for uploads;
+    /// an upload is placed under its new name from then on, a generated file keeps the path
+    /// the code wrote it at. In the user's own workspace the name must be free
+    /// ([`Error::NameTaken`]).
+    pub async fn rename_file(
+        &self,
+        owner: &Owner,
+        file_id: &FileId,
+        name: &str,
+    ) -> Result<FileRecord> {
+        let display = workspace::base_name(name)
+            .filter(|display| display.chars().count() <= 1024)
+            .ok_or_else(|| Error::invalid("name", "must name a file in at most 1024 characters"))?;
+        let file = self
+            .catalog
+            .files()
+            .get(owner, file_id)
+            .await?
+            .ok_or(Error::NotFound("file"))?;
+        let path = match file.source {
+            FileSource::Upload => attachment_path(&workspace::sanitize_name(display)),
+            FileSource::CodeExecution | FileSource::Figure => file.path,
+        };
+        if !self
+            .catalog
+            .files()
+            .rename(owner, file_id, (display, &path), &catalog::now())
+            .await?
+        {
+            return Err(Error::NotFound("file"));
+        }
+        self.file(owner, file_id).await
     }
 
     /// Soft-deletes one of `owner`'s files: gone from listings and downloads at once, and
@@ -194,6 +244,17 @@ impl Supervisor {
             .get(owner, file_id)
             .await?
             .ok_or(Error::NotFound("file"))?;
+        self.show_attached_path(owner, &mut file).await?;
+        Ok(file)
+    }
+
+    /// Sets a file's path to the one the code sees in the message it was uploaded with, when
+    /// it is attached there (see [`Supervisor::file`]).
+    pub(super) async fn show_attached_path(
+        &self,
+        owner: &Owner,
+        file: &mut FileRecord,
+    ) -> Result<()> {
         if let Some(message_id) = &file.message_id
             && let Some(attachment) = self
                 .catalog
@@ -203,6 +264,6 @@ impl Supervisor {
         {
             file.path = attachment_path(&attachment.name);
         }
-        Ok(file)
+        Ok(())
     }
 }

@@ -8,7 +8,8 @@
 //!   attachments), `register.rs` (storing outputs), `figures.rs` (the interpreter's rich
 //!   outputs);
 //! - `uploads.rs`: a user's file stored and recorded, in two halves;
-//! - `files.rs`: lookups, listings, rendering, deletion;
+//! - `files.rs`: lookups, listings per message and chat, rendering, renaming, deletion;
+//! - `listing.rs`: all of a user's files, filtered, a page at a time;
 //! - `downloads.rs`: a file's bytes back out, and the parts' health;
 //! - `sandboxes.rs`: start-up, shutdown, removing a workspace, the operators' overview;
 //! - `reap.rs`: the reaper, which applies the retention policy;
@@ -45,6 +46,7 @@ mod error;
 mod figures;
 mod files;
 mod kernels;
+mod listing;
 mod pool;
 mod reap;
 mod register;
@@ -60,6 +62,7 @@ pub use crate::catalog::{
 };
 pub use downloads::ByteStream;
 pub use error::{Error, Result};
+pub use listing::{FileListing, FilePage};
 pub use pool::WarmPool;
 pub use reap::ReapReport;
 pub use uploads::{StoredUpload, UploadMeta};

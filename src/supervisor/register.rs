@@ -114,6 +114,7 @@ impl Supervisor {
                 }
                 Err(Stored::Failed(error)) => return Err(error),
             };
+            let now = catalog::now();
             let record = FileRecord {
                 id: stored.0,
                 tenant: owner.tenant.clone(),
@@ -129,8 +130,10 @@ impl Supervisor {
                 source: FileSource::CodeExecution,
                 derived_from,
                 blob_key: stored.1.key,
-                created_at: catalog::now(),
+                created_at: now.clone(),
                 deleted_at: None,
+                modified_at: now,
+                unlinked_at: None,
             };
             if let Err(error) = self.catalog.files().insert(&record).await {
                 self.delete_orphan_blob(&record.blob_key).await;

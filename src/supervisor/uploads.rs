@@ -17,11 +17,34 @@ pub struct UploadMeta {
     /// The message it belongs to, if any. With `chat_id` it binds the message like a run
     /// does; without, it must name an existing message of the uploader.
     pub message_id: Option<String>,
+    /// What to do when a file without a chat takes a name a live file of the user's own
+    /// workspace has: `rename` (`report (1).csv`) or `replace` (the old file is deleted);
+    /// without it the upload fails with [`Error::NameTaken`]. Uploads into a chat keep their names.
+    pub on_conflict: Option<String>,
 }
 
+/// What an upload into the user's own workspace does with a name that is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnConflict {
+    /// Refuse the upload.
+    Fail,
+    /// Take the first free `name (n).ext`.
+    Rename,
+    /// Delete the live file of that name first.
+    Replace,
+}
+
+/// How many numbered names an upload tries before it gives up as taken.
+const MAX_NUMBERED_NAMES: u64 = 10_000;
+
+/// How often a replacing upload deletes a file that holds its name and tries again (another
+/// upload may take the name in between).
+const MAX_REPLACEMENTS: u32 = 8;
+
 impl UploadMeta {
-    /// Checks what the user said, and gives the chat and message ids it names.
-    fn check(&self) -> Result<(Option<ChatId>, Option<MessageId>)> {
+    /// Checks what the user said, and gives the chat and message ids it names and what a
+    /// taken name does.
+    fn check(&self) -> Result<(Option<ChatId>, Option<MessageId>, OnConflict)> {
         if self.name.trim().is_empty() || self.name.len() > 1024 {
             return Err(Error::invalid(
                 "name",
@@ -30,7 +53,15 @@ impl UploadMeta {
         }
         let chat_id = self.chat_id.clone().map(ChatId::parse).transpose()?;
         let message_id = self.message_id.clone().map(MessageId::parse).transpose()?;
-        Ok((chat_id, message_id))
+        let on_conflict = match self.on_conflict.as_deref() {
+            None => OnConflict::Fail,
+            Some("rename") => OnConflict::Rename,
+            Some("replace") => OnConflict::Replace,
+            Some(_) => {
+                return Err(Error::invalid("on_conflict", "must be rename or replace"));
+            }
+        };
+        Ok((chat_id, message_id, on_conflict))
     }
 }
 
@@ -101,7 +132,7 @@ impl Supervisor {
         upload: UploadMeta,
         stored: StoredUpload,
     ) -> Result<FileRecord> {
-        let (mut chat_id, message_id) = upload.check()?;
+        let (mut chat_id, message_id, on_conflict) = upload.check()?;
         let message = match (&chat_id, &message_id) {
             (Some(chat_id), Some(message_id)) => {
                 Some(self.claim(owner, chat_id, message_id).await?)
@@ -120,6 +151,7 @@ impl Supervisor {
         let name = workspace::base_name(&upload.name)
             .unwrap_or("file")
             .to_owned();
+        let now = catalog::now();
         let mut record = FileRecord {
             id: stored.id,
             tenant: owner.tenant.clone(),
@@ -135,10 +167,17 @@ impl Supervisor {
             source: FileSource::Upload,
             derived_from: None,
             blob_key: stored.stored.key,
-            created_at: catalog::now(),
+            created_at: now.clone(),
             deleted_at: None,
+            modified_at: now,
+            unlinked_at: None,
         };
-        self.catalog.files().insert(&record).await?;
+        if record.chat_id.is_some() {
+            self.catalog.files().insert(&record).await?;
+        } else {
+            self.insert_in_workspace(owner, &mut record, on_conflict)
+                .await?;
+        }
         // A file uploaded with a message is attached to it: every run of the message sees it.
         if let Some(message) = message {
             let workspace = self.workspaces.get(message.workspace_id.as_str())?;
@@ -160,5 +199,52 @@ impl Supervisor {
             }
         }
         Ok(record)
+    }
+
+    /// Records an upload of the user's own workspace, where a live file's name is unique:
+    /// the catalog's unique index refuses a taken name, whoever took it and however recently,
+    /// and `on_conflict` says what happens then. Nothing is recorded when it fails.
+    async fn insert_in_workspace(
+        &self,
+        owner: &Owner,
+        record: &mut FileRecord,
+        on_conflict: OnConflict,
+    ) -> Result<()> {
+        let wanted = record.name.clone();
+        let mut tries = 0u64;
+        loop {
+            match self
+                .catalog
+                .files()
+                .insert(record)
+                .await
+                .map_err(Error::from)
+            {
+                Err(Error::NameTaken(_)) => {}
+                done => return done,
+            }
+            tries += 1;
+            match on_conflict {
+                OnConflict::Rename if tries <= MAX_NUMBERED_NAMES => {
+                    record.name = workspace::numbered_name(&wanted, tries);
+                    record.path = attachment_path(&workspace::sanitize_name(&record.name));
+                }
+                OnConflict::Replace if tries <= u64::from(MAX_REPLACEMENTS) => {
+                    if let Some(old) = self
+                        .catalog
+                        .files()
+                        .in_workspace_named(owner, &wanted)
+                        .await?
+                    {
+                        // Deleted as `DELETE` deletes it; another request may have done so.
+                        match self.delete_file(owner, &old.id).await {
+                            Ok(()) | Err(Error::NotFound(_)) => {}
+                            Err(error) => return Err(error),
+                        }
+                    }
+                }
+                _ => return Err(Error::NameTaken(wanted)),
+            }
+        }
     }
 }

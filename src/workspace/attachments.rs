@@ -8,7 +8,7 @@ use std::io;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
-use super::names::{MAX_NAME_BYTES, sanitize_name, split_extension, truncate_to_bytes};
+use super::names::{numbered_name, sanitize_name};
 use super::{DATA, INPUTS, Workspace};
 use crate::error::{IoContext, IoError};
 
@@ -22,17 +22,11 @@ impl Workspace {
         reserved: impl Fn(&str) -> bool,
     ) -> Result<String, IoError> {
         let base = sanitize_name(wanted);
-        let (stem, extension) = split_extension(&base);
         let mut candidate = base.clone();
         let mut counter = 0u64;
         while reserved(&candidate) || self.is_taken(&candidate)? {
             counter += 1;
-            let suffix = format!(" ({counter})");
-            let stem = truncate_to_bytes(
-                stem,
-                MAX_NAME_BYTES.saturating_sub(suffix.len() + extension.len()),
-            );
-            candidate = format!("{stem}{suffix}{extension}");
+            candidate = numbered_name(&base, counter);
         }
         Ok(candidate)
     }

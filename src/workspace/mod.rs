@@ -36,7 +36,7 @@ mod names;
 mod pool;
 mod space;
 
-pub use names::{MAX_NAME_BYTES, base_name, sanitize_name};
+pub use names::{MAX_NAME_BYTES, base_name, numbered_name, sanitize_name};
 
 /// The name of the read-write folder mounted at `/mnt/data`.
 const DATA: &str = "data";

@@ -42,6 +42,18 @@ pub fn sanitize_name(raw: &str) -> String {
     }
 }
 
+/// The `counter`th alternative to a taken name: `report (1).csv`, `report (2).csv`, ...,
+/// shortened (extension kept) so that it stays within [`MAX_NAME_BYTES`].
+pub fn numbered_name(name: &str, counter: u64) -> String {
+    let (stem, extension) = split_extension(name);
+    let suffix = format!(" ({counter})");
+    let stem = truncate_to_bytes(
+        stem,
+        MAX_NAME_BYTES.saturating_sub(suffix.len() + extension.len()),
+    );
+    format!("{stem}{suffix}{extension}")
+}
+
 /// Splits `report.csv` into `("report", ".csv")`; a leading dot (`.env`) is not an extension.
 pub(super) fn split_extension(name: &str) -> (&str, &str) {
     match name.rfind('.') {

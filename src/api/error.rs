@@ -30,7 +30,7 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// One of `not_found`, `invalid`, `unauthorized`, `forbidden`, `too_large`,
-    /// `method_not_allowed`, `timeout` (408: the request body arrived too slowly), `busy`,
+    /// `unsupported` (415), `method_not_allowed`, `timeout` (408: the request body arrived too slowly), `busy`,
     /// `internal`.
     pub code: &'static str,
     /// A sentence for people.
@@ -87,6 +87,10 @@ impl ApiError {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
     }
 
+    /// 415: a file whose type this operation does not take.
+    pub fn unsupported(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported", message)
+    }
     /// 405, for a route that exists with other methods; the caller adds `Allow`.
     pub fn method_not_allowed(message: impl Into<String>) -> Self {
         Self::new(
@@ -221,6 +225,7 @@ impl From<Error> for ApiError {
             Error::NotFound(what) => Self::not_found(what),
             Error::Invalid { .. } => Self::invalid(error.to_string()),
             Error::TooLarge(_) => Self::too_large(error.to_string()),
+            Error::Unsupported(_) => Self::unsupported(error.to_string()),
             Error::Busy(_) => Self::busy(error.to_string(), 1),
             _ if error.is_outage() => {
                 // The engine being down is an outage, not a bug: 503, and the log says why.
@@ -267,6 +272,7 @@ mod tests {
             (Error::NotFound("file"), 404, "not_found"),
             (Error::invalid("code", "empty"), 422, "invalid"),
             (Error::TooLarge("big".into()), 413, "too_large"),
+            (Error::Unsupported("exe".into()), 415, "unsupported"),
             (Error::Busy("full".into()), 503, "busy"),
         ];
         for (error, status, code) in cases {

@@ -1,7 +1,7 @@
 //! The domain error every public operation of the supervisor returns.
 //!
 //! Its variants are the outcomes a caller must tell apart (not found, invalid, too large,
-//! busy) plus the internal failures of each part the supervisor drives. Only `api/` turns
+//! unsupported, busy) plus the internal failures of each part the supervisor drives. Only `api/` turns
 //! them into statuses, in one place; here they carry enough context for a log line, and
 //! nothing a user should not see is put into the messages of the user-facing variants. It
 //! lives with the supervisor, above the parts it wraps, so that no part depends on another
@@ -30,6 +30,10 @@ pub enum Error {
     /// The request or one of its parts is over a configured cap.
     #[error("too large: {0}")]
     TooLarge(String),
+    /// The file's type is not one this operation takes (an upload's extension, a text view
+    /// of a binary); the message says which and why.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
     /// The service is at capacity; try again later.
     #[error("busy: {0}")]
     Busy(String),

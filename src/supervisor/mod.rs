@@ -10,6 +10,7 @@
 //! - `uploads.rs`: a user's file stored and recorded, in two halves;
 //! - `files.rs`: lookups, listings, rendering, deletion;
 //! - `downloads.rs`: a file's bytes back out, and the parts' health;
+//! - `text.rs`: a file's bounded text for a model (text, xlsx, PDF), parsed under caps;
 //! - `sandboxes.rs`: start-up, shutdown, removing a workspace, the operators' overview;
 //! - `reap.rs`: the reaper, which applies the retention policy;
 //! - `pool.rs`: the warm pool;
@@ -50,6 +51,7 @@ mod reap;
 mod register;
 mod run;
 mod sandboxes;
+mod text;
 mod uploads;
 
 /// The records the supervisor's operations take and give: its vocabulary, which callers use
@@ -61,6 +63,7 @@ pub use downloads::ByteStream;
 pub use error::{Error, Result};
 pub use pool::WarmPool;
 pub use reap::ReapReport;
+pub use text::{DEFAULT_TEXT_BYTES, FileText, MAX_TEXT_BYTES};
 pub use uploads::{StoredUpload, UploadMeta};
 
 /// The languages codebox runs.

@@ -1,12 +1,13 @@
 //! What a model reads, over HTTP on a server on port 0 and the real engine: the upload type
 //! allowlist (a refused type leaves no row and no bytes), a file's bounded text view (text,
-//! xlsx, PDF; other types and broken files 415).
+//! xlsx, PDF; other types and broken files 415), and a message's files as context.
 
 mod common;
 
 use common::web::{CSV, XLSX_FROM_CSV, files_below, text_of};
 use common::{ALICE, BOB, TestServer, assert_error, json_of};
 use reqwest::Method;
+use serde_json::Value;
 
 /// A one-page PDF that says `text` (ASCII, no parentheses), with a correct cross-reference
 /// table.
@@ -232,7 +233,7 @@ async fn text_views_are_bounded_decoded_and_the_owners() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn xlsx_sheets_read_as_csv() {
+async fn xlsx_sheets_read_as_csv_and_a_message_context_lists_its_files() {
     let server = TestServer::new().await;
     let csv = server
         .upload_ok(ALICE, "sales.csv", CSV, Some(("chat-1", "msg-1")))
@@ -262,4 +263,47 @@ async fn xlsx_sheets_read_as_csv() {
     .await;
     assert_eq!(cut["text"], "# sheet: Sheet\nregio");
     assert_eq!(cut["truncated"], true);
+
+    let context = json_of(
+        server
+            .get(ALICE, "/v1/messages/msg-1/context")
+            .send()
+            .await
+            .expect("send"),
+        200,
+    )
+    .await;
+    let files = context["files"].as_array().expect("files");
+    let by_name = |name: &str| -> &Value {
+        files
+            .iter()
+            .find(|file| file["name"] == name)
+            .unwrap_or_else(|| panic!("no {name}: {context:#}"))
+    };
+    let sales = by_name("sales.csv");
+    assert_eq!(sales["path"], "/mnt/data/sales.csv");
+    assert_eq!(sales["size"], CSV.len());
+    assert_eq!(sales["preview"], "region,units\nnorth,3\nsouth,5\n");
+    let report = by_name("report.xlsx");
+    assert_eq!(report["path"], "/mnt/data/report.xlsx");
+    assert_eq!(report["preview"], "region,units\nnorth,3\nsouth,5\n");
+    let text = text_of(&context["text"]);
+    let line = format!("/mnt/data/sales.csv (text/csv, {} B)", CSV.len());
+    assert!(text.contains(&line), "{text}");
+    assert!(text.contains("/mnt/data/report.xlsx"), "{text}");
+    assert!(text.contains("    north,3\n"), "{text}");
+
+    // Another user's message, and one that does not exist, are not found.
+    let response = server
+        .get(BOB, "/v1/messages/msg-1/context")
+        .send()
+        .await
+        .expect("send");
+    assert_error(response, 404, "not_found").await;
+    let response = server
+        .get(ALICE, "/v1/messages/msg-none/context")
+        .send()
+        .await
+        .expect("send");
+    assert_error(response, 404, "not_found").await;
 }

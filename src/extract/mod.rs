@@ -1,5 +1,5 @@
 //! Text a model can read, pulled out of a file's bytes: plain text decoded as UTF-8, an
-//! xlsx workbook's sheets as CSV, a PDF's text.
+//! xlsx workbook's sheets as CSV, a PDF's text, and the first rows of a table as a preview.
 //!
 //! A part beside `translate`: pure functions over bytes already in memory, unaware of where
 //! they came from. The supervisor reads the bytes (capped) and runs these parsers off the
@@ -11,7 +11,7 @@ mod pdf;
 mod sheets;
 
 pub use pdf::pdf_text;
-pub use sheets::sheets_as_csv;
+pub use sheets::{sheet_preview, sheets_as_csv};
 
 /// How a file's text is reached, judged by its name's extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +35,15 @@ impl Format {
             "pdf" => Some(Self::Pdf),
             _ => None,
         }
+    }
+
+    /// Whether a file of this name is a table whose first rows make a preview.
+    pub fn is_table(name: &str) -> bool {
+        name.rsplit_once('.').is_some_and(|(_, extension)| {
+            ["csv", "tsv", "xlsx", "xlsm"]
+                .iter()
+                .any(|table| table.eq_ignore_ascii_case(extension))
+        })
     }
 }
 
@@ -156,6 +165,25 @@ fn without_partial_char(bytes: &[u8]) -> &[u8] {
     }
 }
 
+/// The first `rows` lines of a delimited text (its header and first rows), each cut to a
+/// sane length, at most `max_bytes` in all.
+pub fn first_lines(text: &str, rows: usize, max_bytes: usize) -> Extracted {
+    const MAX_LINE_BYTES: usize = 1024;
+    let mut preview = Bounded::new(max_bytes);
+    for (index, line) in text.lines().enumerate() {
+        if index == rows {
+            preview.cut();
+            break;
+        }
+        let line = line.trim_end_matches('\r');
+        let cut = &line[..floor_char_boundary(line, MAX_LINE_BYTES)];
+        if !preview.push(cut) || !preview.push("\n") {
+            break;
+        }
+    }
+    preview.finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,6 +195,7 @@ mod tests {
         assert_eq!(Format::of("paper.pdf"), Some(Format::Pdf));
         assert_eq!(Format::of("image.png"), None);
         assert_eq!(Format::of("csv"), None);
+        assert!(Format::is_table("a.tsv") && !Format::is_table("a.txt"));
     }
 
     #[test]
@@ -188,5 +217,15 @@ mod tests {
         assert_eq!(cut.text, "a");
         assert!(cut.truncated);
         assert_eq!(decode_text("aé".as_bytes(), 100, true).text, "aé");
+    }
+
+    #[test]
+    fn first_lines_stop_at_the_rows_asked_for() {
+        let preview = first_lines("h1,h2\r\n1,2\n3,4\n", 2, 100);
+        assert_eq!(preview.text, "h1,h2\n1,2\n");
+        assert!(preview.truncated);
+        let whole = first_lines("h\n1\n", 5, 100);
+        assert_eq!((whole.text.as_str(), whole.truncated), ("h\n1\n", false));
+        assert!(first_lines(&"x".repeat(5000), 5, 100).text.len() <= 100);
     }
 }

@@ -11,6 +11,7 @@
 //! - `files.rs`: lookups, listings, rendering, deletion;
 //! - `downloads.rs`: a file's bytes back out, and the parts' health;
 //! - `text.rs`: a file's bounded text for a model (text, xlsx, PDF), parsed under caps;
+//! - `context.rs`: a message's files as a model should be told of them, with previews;
 //! - `sandboxes.rs`: start-up, shutdown, removing a workspace, the operators' overview;
 //! - `reap.rs`: the reaper, which applies the retention policy;
 //! - `pool.rs`: the warm pool;
@@ -41,6 +42,7 @@ use crate::workspace::disk::DiskPolicy;
 use crate::workspace::{self, Workspace, Workspaces};
 
 mod attach;
+mod context;
 mod downloads;
 mod error;
 mod figures;
@@ -59,6 +61,7 @@ mod uploads;
 pub use crate::catalog::{
     FileRecord, FileSource, KernelState, MessageRecord, Owner, RunOutput, RunRecord, RunStatus, now,
 };
+pub use context::{ContextFile, MessageContext};
 pub use downloads::ByteStream;
 pub use error::{Error, Result};
 pub use pool::WarmPool;

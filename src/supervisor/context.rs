@@ -2,7 +2,7 @@
 //! Its attachments and the files its runs wrote, each with the path the code reads it by,
 //! its size and type and, for a table, its header and first rows; and one paragraph that
 //! says all of it, ready to put in a prompt. Every part is bounded: the files listed, each
-//! preview, and the paragraph.
+//! preview, the time all previews take, and the paragraph.
 
 use super::*;
 use crate::extract::{self, Extracted, Format};
@@ -15,6 +15,9 @@ const PREVIEW_ROWS: usize = 6;
 const PREVIEW_BYTES: usize = 4 * 1024;
 /// The most bytes of a delimited file read for its preview.
 const PREVIEW_READ_BYTES: usize = 16 * 1024;
+/// How long all previews of one message may take together: past it, the files left are
+/// listed without one (each workbook may take the text view's whole deadline to parse).
+const PREVIEWS_DEADLINE: Duration = Duration::from_secs(15);
 /// Past this length of the paragraph, previews are left out of it (they stay in `files`).
 const MAX_TEXT_PREVIEWS_BYTES: usize = 16 * 1024;
 
@@ -53,14 +56,16 @@ impl Supervisor {
     ) -> Result<MessageContext> {
         let files = self.message_files(owner, message_id, true).await?;
         let left_out = files.len().saturating_sub(MAX_CONTEXT_FILES);
+        let deadline = tokio::time::Instant::now() + PREVIEWS_DEADLINE;
         let mut described = Vec::new();
         for file in files.iter().take(MAX_CONTEXT_FILES) {
+            let preview = tokio::time::timeout_at(deadline, self.preview(file)).await;
             described.push(ContextFile {
                 path: file.path.clone(),
                 name: file.name.clone(),
                 size: u64::try_from(file.size).unwrap_or(0),
                 content_type: file.content_type.clone(),
-                preview: self.preview(file).await,
+                preview: preview.ok().flatten(),
             });
         }
         Ok(MessageContext {

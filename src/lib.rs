@@ -10,6 +10,7 @@ pub mod blobs;
 pub mod catalog;
 pub mod config;
 pub mod error;
+pub mod extract;
 pub mod ids;
 pub mod runtime;
 pub mod safe_fs;

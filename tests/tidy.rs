@@ -133,6 +133,7 @@ const LAYERS: [&[&str]; 5] = [
     &[
         "blobs",
         "catalog",
+        "extract",
         "runtime",
         "snapshot",
         "translate",

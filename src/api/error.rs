@@ -31,7 +31,8 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// One of `not_found`, `invalid`, `unauthorized`, `forbidden`, `too_large`,
     /// `name_taken` (409: a file of the user's own workspace already has the name),
-    /// `method_not_allowed`, `timeout` (408: the request body arrived too slowly), `busy`,
+    /// `unsupported` (415), `method_not_allowed`, `timeout` (408: the request body arrived
+    /// too slowly), `busy`,
     /// `internal`.
     pub code: &'static str,
     /// A sentence for people.
@@ -93,6 +94,10 @@ impl ApiError {
         Self::new(StatusCode::CONFLICT, "name_taken", message)
     }
 
+    /// 415: a file whose type this operation does not take.
+    pub fn unsupported(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported", message)
+    }
     /// 405, for a route that exists with other methods; the caller adds `Allow`.
     pub fn method_not_allowed(message: impl Into<String>) -> Self {
         Self::new(
@@ -228,6 +233,7 @@ impl From<Error> for ApiError {
             Error::Invalid { .. } => Self::invalid(error.to_string()),
             Error::TooLarge(_) => Self::too_large(error.to_string()),
             Error::NameTaken(_) => Self::name_taken(error.to_string()),
+            Error::Unsupported(_) => Self::unsupported(error.to_string()),
             Error::Busy(_) => Self::busy(error.to_string(), 1),
             _ if error.is_outage() => {
                 // The engine being down is an outage, not a bug: 503, and the log says why.
@@ -275,6 +281,7 @@ mod tests {
             (Error::invalid("code", "empty"), 422, "invalid"),
             (Error::TooLarge("big".into()), 413, "too_large"),
             (Error::NameTaken("report.csv".into()), 409, "name_taken"),
+            (Error::Unsupported("exe".into()), 415, "unsupported"),
             (Error::Busy("full".into()), 503, "busy"),
         ];
         for (error, status, code) in cases {

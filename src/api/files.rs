@@ -67,7 +67,9 @@ struct UploadForm {
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, description = "The message belongs to someone else", body = ErrorBody),
         (status = 409, description = "The name is taken in the user's own workspace", body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 413, body = ErrorBody),
+        (status = 415, description = "The name's extension is not in `uploads.allowed_extensions`", body = ErrorBody),
+        (status = 422, body = ErrorBody),
     )
 )]
 pub async fn upload_file(
@@ -106,6 +108,8 @@ async fn receive_form(state: &AppState, mut form: Multipart) -> ApiResult<(Uploa
             match field.name() {
                 Some("file") if staged.is_none() => {
                     meta.name = field.file_name().unwrap_or("upload").to_owned();
+                    // A type that is refused is refused before a byte of it is stored.
+                    supervisor.check_upload_name(&meta.name)?;
                     let reader = StreamReader::new(field.map_err(std::io::Error::other));
                     let upload = supervisor.store_upload(reader).await;
                     let stored = upload.map_err(|error| match form_failure(&error) {

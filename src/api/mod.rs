@@ -6,6 +6,7 @@
 //! | `files.rs` | uploads, the user's listing, file metadata, renaming, deletion, downloads (token or signed link) |
 //! | `runs.rs` | runs, as JSON or as server-sent events, and run lookup |
 //! | `messages.rs` | per-message and per-chat listings, link rendering, workspace deletion |
+//! | `text.rs` | what a model reads: a file's bounded text, a message's files as context |
 //! | `admin.rs` | operators: workspaces, garbage collection, retention policy |
 //! | `service.rs` | `/healthz`, `/readyz`, `/metrics`, `/openapi.json` |
 //! | `jupyter/` | `/jupyter/api/...`: the Jupyter Server kernels API and its WebSocket |
@@ -27,6 +28,7 @@ pub mod request_log;
 mod runs;
 mod service;
 pub mod signing;
+mod text;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -175,6 +177,8 @@ pub fn router(state: AppState) -> Router {
             files::delete_file
         ))
         .routes(routes!(files::download))
+        .routes(routes!(text::file_text))
+        .routes(routes!(text::message_context))
         .routes(routes!(runs::create_run))
         .routes(routes!(runs::get_run))
         .routes(routes!(messages::message_files))

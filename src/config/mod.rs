@@ -6,7 +6,7 @@
 //!
 //! This file holds the whole `Config` and what it resolves from `data_dir`. Each section of
 //! the file has a module of its own with its types and defaults (`runtime`, `storage`,
-//! `sandbox`, `limits`, `outputs`, `server`, `retention`); `load` reads the layers,
+//! `sandbox`, `limits`, `outputs`, `uploads`, `server`, `retention`); `load` reads the layers,
 //! `validate` checks what serde cannot, and `user` parses the sandbox user. Everything is
 //! re-exported here, so callers name `crate::config::X` whatever file `X` is in.
 
@@ -22,6 +22,7 @@ mod runtime;
 mod sandbox;
 mod server;
 mod storage;
+mod uploads;
 mod user;
 mod validate;
 
@@ -35,6 +36,7 @@ pub use sandbox::{
 };
 pub use server::{ALL_TENANTS, Role, ServerConfig, TokenConfig};
 pub use storage::{BlobsConfig, CatalogConfig};
+pub use uploads::UploadsConfig;
 pub use user::parse_user;
 
 /// Everything an operator can tune.
@@ -53,6 +55,8 @@ pub struct Config {
     pub limits: Limits,
     /// Which outputs are registered.
     pub outputs: OutputsConfig,
+    /// Which uploads are accepted.
+    pub uploads: UploadsConfig,
     /// The HTTP server.
     pub server: ServerConfig,
     /// How long containers, workspaces and files are kept.
@@ -70,6 +74,7 @@ impl Default for Config {
             sandbox: SandboxConfig::default(),
             limits: Limits::default(),
             outputs: OutputsConfig::default(),
+            uploads: UploadsConfig::default(),
             server: ServerConfig::default(),
             retention: RetentionConfig::default(),
             runtime: RuntimeConfig::default(),

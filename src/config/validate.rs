@@ -1,6 +1,7 @@
 //! The cross-field rules that serde cannot express: a default timeout within the maximum,
 //! limits above zero, tokens that can be used, a gateway runtime that names its gateway, a
-//! sandbox user that is not root, preloaded names that are Python modules. `Config::load`
+//! sandbox user that is not root, preloaded names that are Python modules, an upload allowlist
+//! that admits something. `Config::load`
 //! runs them; a caller that builds a `Config` in code runs them itself.
 
 use bytesize::ByteSize;
@@ -28,6 +29,9 @@ impl Config {
         }
         if self.sandbox.disk_files < 64 {
             return bad("sandbox.disk_files must be at least 64");
+        }
+        if self.uploads.allowed_extensions.is_empty() {
+            return bad("uploads.allowed_extensions must name at least one extension");
         }
         if self.limits.max_depth == 0 {
             return bad("limits.max_depth must be at least 1");

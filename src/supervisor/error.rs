@@ -1,7 +1,7 @@
 //! The domain error every public operation of the supervisor returns.
 //!
 //! Its variants are the outcomes a caller must tell apart (not found, invalid, too large,
-//! name taken, busy) plus the internal failures of each part the supervisor drives. Only `api/` turns
+//! name taken, unsupported, busy) plus the internal failures of each part the supervisor drives. Only `api/` turns
 //! them into statuses, in one place; here they carry enough context for a log line, and
 //! nothing a user should not see is put into the messages of the user-facing variants. It
 //! lives with the supervisor, above the parts it wraps, so that no part depends on another
@@ -33,6 +33,10 @@ pub enum Error {
     /// A live file of the user's own workspace already has this name.
     #[error("a file named {0:?} already exists in your files")]
     NameTaken(String),
+    /// The file's type is not one this operation takes (an upload's extension, a text view
+    /// of a binary); the message says which and why.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
     /// The service is at capacity; try again later.
     #[error("busy: {0}")]
     Busy(String),

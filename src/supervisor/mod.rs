@@ -11,6 +11,8 @@
 //! - `files.rs`: lookups, listings per message and chat, rendering, renaming, deletion;
 //! - `listing.rs`: all of a user's files, filtered, a page at a time;
 //! - `downloads.rs`: a file's bytes back out, and the parts' health;
+//! - `text.rs`: a file's bounded text for a model (text, xlsx, PDF), parsed under caps;
+//! - `context.rs`: a message's files as a model should be told of them, with previews;
 //! - `sandboxes.rs`: start-up, shutdown, removing a workspace, the operators' overview;
 //! - `reap.rs`: the reaper, which applies the retention policy;
 //! - `pool.rs`: the warm pool;
@@ -41,6 +43,7 @@ use crate::workspace::disk::DiskPolicy;
 use crate::workspace::{self, Workspace, Workspaces};
 
 mod attach;
+mod context;
 mod downloads;
 mod error;
 mod figures;
@@ -52,6 +55,7 @@ mod reap;
 mod register;
 mod run;
 mod sandboxes;
+mod text;
 mod uploads;
 
 /// The records the supervisor's operations take and give: its vocabulary, which callers use
@@ -60,11 +64,13 @@ pub use crate::catalog::{
     FileRecord, FileSource, FileUsage, KernelState, MessageRecord, Owner, RunOutput, RunRecord,
     RunStatus, now,
 };
+pub use context::{ContextFile, MessageContext};
 pub use downloads::ByteStream;
 pub use error::{Error, Result};
 pub use listing::{FileListing, FilePage};
 pub use pool::WarmPool;
 pub use reap::ReapReport;
+pub use text::{DEFAULT_TEXT_BYTES, FileText, MAX_TEXT_BYTES};
 pub use uploads::{StoredUpload, UploadMeta};
 
 /// The languages codebox runs.

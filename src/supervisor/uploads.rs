@@ -82,8 +82,23 @@ impl Supervisor {
         body: impl AsyncRead + Unpin,
     ) -> Result<FileRecord> {
         upload.check()?;
+        self.check_upload_name(&upload.name)?;
         let stored = self.store_upload(body).await?;
         self.register_upload(owner, upload, stored).await
+    }
+
+    /// Refuses an upload whose kept name (its last part) does not end in an allowed
+    /// extension (`uploads.allowed_extensions`). Callers that read a form check the name
+    /// before its bytes; recording checks it again, so that nothing refused is ever kept.
+    pub fn check_upload_name(&self, name: &str) -> Result<()> {
+        let kept = workspace::base_name(name).unwrap_or_default();
+        if self.config.uploads.is_allowed(kept) {
+            return Ok(());
+        }
+        Err(Error::Unsupported(format!(
+            "{kept:?} is not a file type that can be uploaded; allowed extensions: {}",
+            self.config.uploads.allowed_extensions.join(", ")
+        )))
     }
 
     /// First half of an upload whose metadata may arrive after its bytes (a multipart form):
@@ -133,6 +148,7 @@ impl Supervisor {
         stored: StoredUpload,
     ) -> Result<FileRecord> {
         let (mut chat_id, message_id, on_conflict) = upload.check()?;
+        self.check_upload_name(&upload.name)?;
         let message = match (&chat_id, &message_id) {
             (Some(chat_id), Some(message_id)) => {
                 Some(self.claim(owner, chat_id, message_id).await?)

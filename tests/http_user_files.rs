@@ -41,9 +41,9 @@ async fn files_carry_their_format_ref_link_state_and_modification_time() {
     assert_eq!(own["modified_at"], own["created_at"]);
 
     let in_chat = server
-        .upload_ok(ALICE, "notes", b"hello", Some(("chat-1", "msg-1")))
+        .upload_ok(ALICE, "Notes.TXT", b"hello", Some(("chat-1", "msg-1")))
         .await;
-    assert_eq!(in_chat["format"], "");
+    assert_eq!(in_chat["format"], "txt", "the extension, in lower case");
     assert_eq!(in_chat["link_state"], "linked");
 
     let run = server

@@ -45,12 +45,7 @@ impl UploadMeta {
     /// Checks what the user said, and gives the chat and message ids it names and what a
     /// taken name does.
     fn check(&self) -> Result<(Option<ChatId>, Option<MessageId>, OnConflict)> {
-        if self.name.trim().is_empty() || self.name.len() > 1024 {
-            return Err(Error::invalid(
-                "name",
-                "must be 1 to 1024 bytes and not blank",
-            ));
-        }
+        check_name(&self.name)?;
         let chat_id = self.chat_id.clone().map(ChatId::parse).transpose()?;
         let message_id = self.message_id.clone().map(MessageId::parse).transpose()?;
         let on_conflict = match self.on_conflict.as_deref() {
@@ -91,6 +86,8 @@ impl Supervisor {
     /// extension (`uploads.allowed_extensions`). Callers that read a form check the name
     /// before its bytes; recording checks it again, so that nothing refused is ever kept.
     pub fn check_upload_name(&self, name: &str) -> Result<()> {
+        // A name that is no name at all is the caller's mistake (422) before it is a type.
+        check_name(name)?;
         let kept = workspace::base_name(name).unwrap_or_default();
         if self.config.uploads.is_allowed(kept) {
             return Ok(());
@@ -263,4 +260,15 @@ impl Supervisor {
             }
         }
     }
+}
+
+/// The rule every uploaded file's name meets before anything else is looked at.
+fn check_name(name: &str) -> Result<()> {
+    if name.trim().is_empty() || name.len() > 1024 {
+        return Err(Error::invalid(
+            "name",
+            "must be 1 to 1024 bytes and not blank",
+        ));
+    }
+    Ok(())
 }

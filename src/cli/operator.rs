@@ -54,23 +54,21 @@ pub async fn gc(
             .reap_within(args.dry_run, tenant.as_ref())
             .await?,
     );
-    if args.scope.json {
-        return print_json(&report);
-    }
-    let verb = if report.dry_run {
-        "would remove"
-    } else {
-        "removed"
-    };
-    println!(
-        "{verb}: {} containers, {} workspaces, {} expired files, {} purged files; {} freed",
-        report.containers.len(),
-        report.workspaces.len(),
-        report.files_expired.len(),
-        report.files_purged.len(),
-        ByteSize::b(report.bytes_freed).display().iec()
-    );
-    Ok(ExitCode::SUCCESS)
+    show(args.scope.json, &report, |report| {
+        let verb = if report.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        };
+        println!(
+            "{verb}: {} containers, {} workspaces, {} expired files, {} purged files; {} freed",
+            report.containers.len(),
+            report.workspaces.len(),
+            report.files_expired.len(),
+            report.files_purged.len(),
+            ByteSize::b(report.bytes_freed).display().iec()
+        );
+    })
 }
 
 /// `codebox workspaces`: every workspace with its owner, bytes and container.
@@ -82,23 +80,21 @@ pub async fn workspaces(
     let supervisor = open(config_file, overrides).await?;
     let tenant = scope.tenant();
     let list = WorkspaceList::from(supervisor.workspace_overview(tenant.as_ref()).await?);
-    if scope.json {
-        return print_json(&list);
-    }
-    println!("TENANT\tUSER\tCHAT\tMESSAGE\tBYTES\tCONTAINER\tLAST USED");
-    for workspace in &list.workspaces {
-        println!(
-            "{}\t{}\t{}\t{}\t{}\t{}\t{}",
-            workspace.tenant,
-            workspace.user_id,
-            workspace.chat_id,
-            workspace.message_id,
-            ByteSize::b(workspace.bytes).display().iec(),
-            workspace.container,
-            workspace.last_used_at
-        );
-    }
-    Ok(ExitCode::SUCCESS)
+    show(scope.json, &list, |list| {
+        println!("TENANT\tUSER\tCHAT\tMESSAGE\tBYTES\tCONTAINER\tLAST USED");
+        for workspace in &list.workspaces {
+            println!(
+                "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                workspace.tenant,
+                workspace.user_id,
+                workspace.chat_id,
+                workspace.message_id,
+                ByteSize::b(workspace.bytes).display().iec(),
+                workspace.container,
+                workspace.last_used_at
+            );
+        }
+    })
 }
 
 /// `codebox files`: live files and their bytes per tenant and user.
@@ -110,25 +106,23 @@ pub async fn files(
     let supervisor = open(config_file, overrides).await?;
     let tenant = scope.tenant();
     let usage = FileUsageList::from(supervisor.file_usage(tenant.as_ref()).await?);
-    if scope.json {
-        return print_json(&usage);
-    }
-    println!("TENANT\tUSER\tFILES\tBYTES");
-    for user in &usage.users {
+    show(scope.json, &usage, |usage| {
+        println!("TENANT\tUSER\tFILES\tBYTES");
+        for user in &usage.users {
+            println!(
+                "{}\t{}\t{}\t{}",
+                user.tenant,
+                user.user_id,
+                user.files,
+                ByteSize::b(user.bytes).display().iec()
+            );
+        }
         println!(
-            "{}\t{}\t{}\t{}",
-            user.tenant,
-            user.user_id,
-            user.files,
-            ByteSize::b(user.bytes).display().iec()
+            "total\t\t{}\t{}",
+            usage.total_files,
+            ByteSize::b(usage.total_bytes).display().iec()
         );
-    }
-    println!(
-        "total\t\t{}\t{}",
-        usage.total_files,
-        ByteSize::b(usage.total_bytes).display().iec()
-    );
-    Ok(ExitCode::SUCCESS)
+    })
 }
 
 /// The supervisor over the configured data folder, without starting anything: a running
@@ -139,7 +133,12 @@ async fn open(config_file: Option<&Path>, overrides: &Overrides) -> anyhow::Resu
     Ok(Supervisor::open(config).await?)
 }
 
-fn print_json(value: &impl Serialize) -> anyhow::Result<ExitCode> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+/// Prints `value` as the admin route's JSON, or as the `table` people read.
+fn show<T: Serialize>(json: bool, value: &T, table: impl FnOnce(&T)) -> anyhow::Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        table(value);
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -16,6 +16,7 @@
 
 mod admin;
 pub mod auth;
+mod chats;
 pub mod connections;
 pub mod download;
 pub mod dto;
@@ -184,6 +185,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(messages::message_files))
         .routes(routes!(messages::message_attachments))
         .routes(routes!(messages::chat_files))
+        .routes(routes!(chats::get_chat, chats::delete_chat))
         .routes(routes!(messages::render))
         .routes(routes!(messages::delete_workspace))
         .routes(routes!(admin::workspaces))

@@ -33,6 +33,21 @@ impl<'a> Attachments<'a> {
         Self { pool }
     }
 
+    /// Forgets every attachment of message `message_id` of `tenant` (its chat was deleted),
+    /// so that a later message of the same id starts with none.
+    pub async fn forget_message(
+        &self,
+        tenant: &TenantId,
+        message_id: &MessageId,
+    ) -> Result<(), CatalogError> {
+        sqlx::query("DELETE FROM attachments WHERE tenant = $1 AND message_id = $2")
+            .bind(tenant)
+            .bind(message_id)
+            .execute(self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Reserves `record.name` for `record.file_id` in the message, unless that name is held by
     /// another attachment whose file is live, or the file is attached already. Returns whether
     /// the row was written. The check and the write are one statement, so two callers that

@@ -359,6 +359,48 @@ impl<'a> Files<'a> {
             .await?)
     }
 
+    /// The uploads of `owner` still linked to chat `chat_id` (live, not unlinked), oldest
+    /// first: what a chat's delete dialog offers.
+    pub async fn linked_uploads(
+        &self,
+        owner: &Owner,
+        chat_id: &ChatId,
+    ) -> Result<Vec<FileRecord>, CatalogError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM files WHERE tenant = $1 AND user_id = $2 AND chat_id = $3 \
+             AND source = 'upload' AND deleted_at IS NULL AND unlinked_at IS NULL \
+             ORDER BY created_at, id"
+        );
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(&owner.tenant)
+            .bind(&owner.user)
+            .bind(chat_id)
+            .fetch_all(self.pool)
+            .await?)
+    }
+
+    /// Marks the uploads of `owner` in chat `chat_id` unlinked (their chat is gone; they stay
+    /// the user's files); returns how many.
+    pub async fn unlink_chat_uploads(
+        &self,
+        owner: &Owner,
+        chat_id: &ChatId,
+        now: &str,
+    ) -> Result<u64, CatalogError> {
+        let result = sqlx::query(
+            "UPDATE files SET unlinked_at = $4 WHERE tenant = $1 AND user_id = $2 \
+             AND chat_id = $3 AND source = 'upload' AND deleted_at IS NULL \
+             AND unlinked_at IS NULL",
+        )
+        .bind(&owner.tenant)
+        .bind(&owner.user)
+        .bind(chat_id)
+        .bind(now)
+        .execute(self.pool)
+        .await?;
+        Ok(result.rows_affected())
+    }
+
     /// Live files and the bytes they hold per (tenant, user), of `tenant` or of every tenant,
     /// ordered by tenant and user: what operators see of stored files.
     pub async fn usage(&self, tenant: Option<&TenantId>) -> Result<Vec<FileUsage>, CatalogError> {

@@ -145,6 +145,39 @@ impl<'a> Messages<'a> {
         Ok(row.is_some())
     }
 
+    /// The messages of `owner` in chat `chat_id`, oldest first.
+    pub async fn of_chat(
+        &self,
+        owner: &Owner,
+        chat_id: &ChatId,
+    ) -> Result<Vec<MessageRecord>, CatalogError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM messages WHERE tenant = $1 AND user_id = $2 AND chat_id = $3 \
+             ORDER BY created_at, message_id"
+        );
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(&owner.tenant)
+            .bind(&owner.user)
+            .bind(chat_id)
+            .fetch_all(self.pool)
+            .await?)
+    }
+
+    /// Forgets message `message_id` of `tenant` (its chat was deleted): the same id used
+    /// again later is a new message with a new workspace. Its runs stay, as history.
+    pub async fn forget(
+        &self,
+        tenant: &TenantId,
+        message_id: &MessageId,
+    ) -> Result<(), CatalogError> {
+        sqlx::query("DELETE FROM messages WHERE tenant = $1 AND message_id = $2")
+            .bind(tenant)
+            .bind(message_id)
+            .execute(self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// The message that uses `workspace_id`, if any.
     pub async fn by_workspace(
         &self,

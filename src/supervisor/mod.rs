@@ -43,6 +43,7 @@ use crate::workspace::disk::DiskPolicy;
 use crate::workspace::{self, Workspace, Workspaces};
 
 mod attach;
+mod chats;
 mod context;
 mod downloads;
 mod error;
@@ -64,6 +65,7 @@ pub use crate::catalog::{
     FileRecord, FileSource, FileUsage, KernelState, MessageRecord, Owner, RunOutput, RunRecord,
     RunStatus, now,
 };
+pub use chats::{ChatDeleted, ChatDeletion, ChatOverview};
 pub use context::{ContextFile, MessageContext};
 pub use downloads::ByteStream;
 pub use error::{Error, Result};

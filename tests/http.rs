@@ -63,8 +63,29 @@ async fn files_are_uploaded_described_downloaded_and_deleted() {
     let by_link = server.client.get(&link).send().await.expect("get");
     assert_eq!(bytes_of(by_link, 200).await, CSV);
 
-    let deleted = server
+    // Message msg-1 of chat-1, which still exists, attaches the file: deleting it needs the
+    // user's confirmation, and the refusal names what would lose it. Nothing is deleted yet.
+    let unconfirmed = server
         .request(ALICE, Method::DELETE, &path)
+        .send()
+        .await
+        .expect("delete");
+    let refusal = json_of(unconfirmed, 409).await;
+    assert_eq!(
+        refusal["error"]["code"], "confirmation_required",
+        "{refusal:#}"
+    );
+    assert_eq!(refusal["error"]["chat_id"], "chat-1", "{refusal:#}");
+    assert_eq!(
+        refusal["error"]["message_ids"],
+        json!(["msg-1"]),
+        "{refusal:#}"
+    );
+    assert_eq!(refusal["error"]["file_id"], id.as_str(), "{refusal:#}");
+    let still = server.get(ALICE, &path).send().await.expect("get");
+    assert_eq!(still.status(), 200);
+    let deleted = server
+        .request(ALICE, Method::DELETE, &format!("{path}?confirm=true"))
         .send()
         .await
         .expect("delete");
@@ -80,7 +101,7 @@ async fn files_are_uploaded_described_downloaded_and_deleted() {
     let response = server.client.get(&link).send().await.expect("get");
     assert_error(response, 403, "forbidden").await;
     let response = server
-        .request(ALICE, Method::DELETE, &path)
+        .request(ALICE, Method::DELETE, &format!("{path}?confirm=true"))
         .send()
         .await
         .expect("delete");

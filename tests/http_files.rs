@@ -124,8 +124,13 @@ async fn a_deleted_attachment_is_gone_from_every_workspace_and_its_purge_counts_
         "the blob is hard-linked into both workspaces"
     );
 
+    // Two messages of a live chat attach it: the user confirms.
     let response = server
-        .request(ALICE, Method::DELETE, &format!("/v1/files/{id}"))
+        .request(
+            ALICE,
+            Method::DELETE,
+            &format!("/v1/files/{id}?confirm=true"),
+        )
         .send()
         .await
         .expect("delete");

@@ -31,12 +31,30 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// One of `not_found`, `invalid`, `unauthorized`, `forbidden`, `too_large`,
     /// `name_taken` (409: a file of the user's own workspace already has the name),
+    /// `confirmation_required` (409: deleting a file that messages of a live chat attach),
     /// `unsupported` (415), `method_not_allowed`, `timeout` (408: the request body arrived
     /// too slowly), `busy`,
     /// `internal`.
     pub code: &'static str,
     /// A sentence for people.
     pub message: String,
+    /// With `confirmation_required`: the chat whose messages attach the file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chat_id: Option<String>,
+    /// With `confirmation_required`: the messages that attach the file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_ids: Option<Vec<String>>,
+    /// With `confirmation_required`: the file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file_id: Option<String>,
+}
+
+/// What a `confirmation_required` refusal names, so that a dialog can ask the user.
+#[derive(Debug, Clone)]
+struct ConfirmationDetail {
+    chat_id: String,
+    message_ids: Vec<String>,
+    file_id: String,
 }
 
 /// An error on its way to becoming a response.
@@ -47,6 +65,8 @@ pub struct ApiError {
     message: String,
     retry_after: Option<u64>,
     close_connection: bool,
+    /// Boxed: it is rare, and every handler's `Result` carries an `ApiError`.
+    confirmation: Option<Box<ConfirmationDetail>>,
 }
 
 impl ApiError {
@@ -57,6 +77,7 @@ impl ApiError {
             message: message.into(),
             retry_after: None,
             close_connection: false,
+            confirmation: None,
         }
     }
 
@@ -204,10 +225,16 @@ impl ApiError {
 
     /// The body it answers with.
     pub fn body(&self) -> ErrorBody {
+        let confirmation = self.confirmation.as_deref().cloned();
         ErrorBody {
             error: ErrorDetail {
                 code: self.code,
                 message: self.message.clone(),
+                chat_id: confirmation.as_ref().map(|detail| detail.chat_id.clone()),
+                message_ids: confirmation
+                    .as_ref()
+                    .map(|detail| detail.message_ids.clone()),
+                file_id: confirmation.map(|detail| detail.file_id),
             },
         }
     }
@@ -233,6 +260,23 @@ impl From<Error> for ApiError {
             Error::Invalid { .. } => Self::invalid(error.to_string()),
             Error::TooLarge(_) => Self::too_large(error.to_string()),
             Error::NameTaken(_) => Self::name_taken(error.to_string()),
+            Error::ConfirmationRequired {
+                ref file_id,
+                ref chat_id,
+                ref message_ids,
+            } => {
+                let mut refusal = Self::new(
+                    StatusCode::CONFLICT,
+                    "confirmation_required",
+                    error.to_string(),
+                );
+                refusal.confirmation = Some(Box::new(ConfirmationDetail {
+                    chat_id: chat_id.to_string(),
+                    message_ids: message_ids.iter().map(ToString::to_string).collect(),
+                    file_id: file_id.to_string(),
+                }));
+                refusal
+            }
             Error::Unsupported(_) => Self::unsupported(error.to_string()),
             Error::Busy(_) => Self::busy(error.to_string(), 1),
             _ if error.is_outage() => {

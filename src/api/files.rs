@@ -340,20 +340,35 @@ pub async fn rename_file(
     params(
         ("file_id" = String, Path, description = "The file"),
         ("X-User-Id" = String, Header, description = "The end user", pattern = "^[!-~]{1,256}$"),
+        DeleteQuery,
     ),
     responses(
         (status = 204, description = "Deleted"),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "Messages of a live chat attach the file: `confirmation_required`", body = ErrorBody),
+        (status = 422, body = ErrorBody),
     )
 )]
 pub async fn delete_file(
     State(state): State<AppState>,
     UserCaller(owner): UserCaller,
     Path(file_id): Path<FileId>,
+    Query(query): Query<DeleteQuery>,
 ) -> ApiResult<StatusCode> {
-    state.supervisor.delete_file(&owner, &file_id).await?;
+    state
+        .supervisor
+        .delete_file_confirmed(&owner, &file_id, query.confirm.unwrap_or(false))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The query of `DELETE /v1/files/{file_id}`.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct DeleteQuery {
+    /// Delete even when messages of a live chat attach the file (they then list it as
+    /// `file_deleted`); without it such a file answers 409 `confirmation_required`.
+    confirm: Option<bool>,
 }
 
 /// The query of a signed link.

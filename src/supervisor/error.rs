@@ -10,7 +10,7 @@
 use crate::blobs::BlobError;
 use crate::catalog::CatalogError;
 use crate::error::IoError;
-use crate::ids::InvalidId;
+use crate::ids::{ChatId, FileId, InvalidId, MessageId};
 use crate::runtime::RuntimeError;
 
 /// What went wrong, as far as a caller needs to know.
@@ -37,6 +37,19 @@ pub enum Error {
     /// of a binary); the message says which and why.
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// Deleting the file needs the caller's confirmation: it is attached to messages of a
+    /// chat that still exists, whose runs would lose it.
+    #[error(
+        "the file is attached to messages of chat {chat_id}; delete it with confirm=true, and those messages list it as file_deleted"
+    )]
+    ConfirmationRequired {
+        /// The file.
+        file_id: FileId,
+        /// The chat of the first message that attaches it.
+        chat_id: ChatId,
+        /// Every message that still attaches it.
+        message_ids: Vec<MessageId>,
+    },
     /// The service is at capacity; try again later.
     #[error("busy: {0}")]
     Busy(String),

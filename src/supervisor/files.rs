@@ -162,9 +162,50 @@ impl Supervisor {
         self.file(owner, file_id).await
     }
 
-    /// Soft-deletes one of `owner`'s files: gone from listings and downloads at once, and
-    /// from every workspace it was placed in (see `Supervisor::unplace`); its bytes are
-    /// purged by the reaper after the grace period.
+    /// Soft-deletes one of `owner`'s files as `DELETE /v1/files/{id}` does: a file attached
+    /// to a message of a chat that still exists needs `confirmed` (else
+    /// [`Error::ConfirmationRequired`] names the chat and messages); then see
+    /// [`Supervisor::delete_file`].
+    pub async fn delete_file_confirmed(
+        &self,
+        owner: &Owner,
+        file_id: &FileId,
+        confirmed: bool,
+    ) -> Result<()> {
+        if !confirmed {
+            let file = self.file(owner, file_id).await?;
+            let mut chat_id = None;
+            let mut message_ids = Vec::new();
+            for attachment in self
+                .catalog
+                .attachments()
+                .of_file(&owner.tenant, &file.id)
+                .await?
+            {
+                let message = self
+                    .catalog
+                    .messages()
+                    .get(&owner.tenant, &attachment.message_id)
+                    .await?;
+                if let Some(message) = message {
+                    chat_id.get_or_insert(message.chat_id);
+                    message_ids.push(message.message_id);
+                }
+            }
+            if let Some(chat_id) = chat_id {
+                return Err(Error::ConfirmationRequired {
+                    file_id: file.id,
+                    chat_id,
+                    message_ids,
+                });
+            }
+        }
+        self.delete_file(owner, file_id).await
+    }
+
+    /// Soft-deletes one of `owner`'s files whatever uses it: gone from listings and downloads
+    /// at once, and from every workspace it was placed in (see `Supervisor::unplace`); its
+    /// bytes are purged by the reaper after the grace period.
     pub async fn delete_file(&self, owner: &Owner, file_id: &FileId) -> Result<()> {
         if !self
             .catalog

@@ -85,7 +85,11 @@ pub async fn get_chat(
     let chat = state.supervisor.chat(&owner, &chat_id).await?;
     Ok(Json(Chat {
         chat_id: chat_id.into(),
-        messages: chat.messages.into_iter().map(String::from).collect(),
+        messages: chat
+            .messages
+            .into_iter()
+            .map(|message| message.message_id.into())
+            .collect(),
         linked_files: chat
             .linked_files
             .iter()

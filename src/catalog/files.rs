@@ -340,23 +340,14 @@ impl<'a> Files<'a> {
             .await?)
     }
 
-    /// The live generated files of one chat of `owner`, oldest first.
+    /// Live files of `owner` in chat `chat_id` that the code generated, oldest first.
     pub async fn of_chat(
         &self,
         owner: &Owner,
         chat_id: &ChatId,
     ) -> Result<Vec<FileRecord>, CatalogError> {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM files \
-             WHERE tenant = $1 AND user_id = $2 AND chat_id = $3 AND deleted_at IS NULL \
-             AND source <> 'upload' ORDER BY created_at, id"
-        );
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(&owner.tenant)
-            .bind(&owner.user)
-            .bind(chat_id)
-            .fetch_all(self.pool)
-            .await?)
+        self.of_chat_where(owner, chat_id, "source <> 'upload'")
+            .await
     }
 
     /// The uploads of `owner` still linked to chat `chat_id` (live, not unlinked), oldest
@@ -366,10 +357,22 @@ impl<'a> Files<'a> {
         owner: &Owner,
         chat_id: &ChatId,
     ) -> Result<Vec<FileRecord>, CatalogError> {
+        self.of_chat_where(owner, chat_id, "source = 'upload' AND unlinked_at IS NULL")
+            .await
+    }
+
+    /// Live files of `owner` in chat `chat_id` that also meet `condition` (a constant of this
+    /// module, never input), oldest first.
+    async fn of_chat_where(
+        &self,
+        owner: &Owner,
+        chat_id: &ChatId,
+        condition: &'static str,
+    ) -> Result<Vec<FileRecord>, CatalogError> {
         let sql = format!(
-            "SELECT {COLUMNS} FROM files WHERE tenant = $1 AND user_id = $2 AND chat_id = $3 \
-             AND source = 'upload' AND deleted_at IS NULL AND unlinked_at IS NULL \
-             ORDER BY created_at, id"
+            "SELECT {COLUMNS} FROM files \
+             WHERE tenant = $1 AND user_id = $2 AND chat_id = $3 AND deleted_at IS NULL \
+             AND {condition} ORDER BY created_at, id"
         );
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(&owner.tenant)

@@ -15,7 +15,7 @@ use super::*;
 #[derive(Debug, Clone)]
 pub struct ChatOverview {
     /// Its messages, oldest first.
-    pub messages: Vec<MessageId>,
+    pub messages: Vec<MessageRecord>,
     /// The uploads still linked to it.
     pub linked_files: Vec<FileRecord>,
 }
@@ -50,10 +50,7 @@ impl Supervisor {
             return Err(Error::NotFound("chat"));
         }
         Ok(ChatOverview {
-            messages: messages
-                .into_iter()
-                .map(|message| message.message_id)
-                .collect(),
+            messages,
             linked_files,
         })
     }
@@ -80,8 +77,8 @@ impl Supervisor {
             ));
         }
         let mut deleted = ChatDeleted::default();
-        for message_id in &overview.messages {
-            if self.remove_message_workspace(owner, message_id).await? {
+        for message in &overview.messages {
+            if self.remove_message_workspace(message).await? {
                 deleted.workspaces_removed += 1;
             }
         }
@@ -104,7 +101,8 @@ impl Supervisor {
             .files()
             .unlink_chat_uploads(owner, chat_id, &catalog::now())
             .await?;
-        for message_id in &overview.messages {
+        for message in &overview.messages {
+            let message_id = &message.message_id;
             self.catalog
                 .attachments()
                 .forget_message(&owner.tenant, message_id)
@@ -119,12 +117,7 @@ impl Supervisor {
 
     /// Removes the sandbox and workspace folder of one message of a chat being deleted,
     /// under its lock; returns whether there was a folder to remove.
-    async fn remove_message_workspace(
-        &self,
-        owner: &Owner,
-        message_id: &MessageId,
-    ) -> Result<bool> {
-        let message = self.message(owner, message_id).await?;
+    async fn remove_message_workspace(&self, message: &MessageRecord) -> Result<bool> {
         let workspace = self.workspaces.get(message.workspace_id.as_str())?;
         let _lock = lock(&workspace).await?;
         let existed = workspace.exists();

@@ -1,5 +1,5 @@
 //! Operators' routes (admin tokens): the workspaces on this instance, a reaper pass on demand,
-//! and the retention policy in force. An admin token acts within its own tenant: it lists and
+//! and the retention policy and quotas in force. An admin token acts within its own tenant: it lists and
 //! reaps that tenant's workspaces and files alone. Only a token of tenant `*` is global.
 
 use axum::Json;
@@ -79,6 +79,8 @@ pub async fn files(
     Ok(Json(usage.into()))
 }
 
+/// The retention times and quotas in force: for a tenant's operator, those of their tenant;
+/// for a global operator, the defaults and every tenant's overrides.
 #[utoipa::path(
     get,
     path = "/v1/admin/retention",
@@ -91,15 +93,8 @@ pub async fn files(
 )]
 pub async fn retention(
     State(state): State<AppState>,
-    _admin: AdminCaller,
+    AdminCaller(admin): AdminCaller,
 ) -> Json<RetentionPolicy> {
-    let policy = &state.supervisor.config().retention;
-    Json(RetentionPolicy {
-        container_idle_secs: policy.container_idle.as_secs(),
-        workspace_idle_secs: policy.workspace_idle.as_secs(),
-        file_ttl_secs: policy.file_ttl.map(|ttl| ttl.as_secs()),
-        deleted_file_grace_secs: policy.deleted_file_grace.as_secs(),
-        max_workspace_bytes: policy.max_workspace_bytes.map(|bytes| bytes.as_u64()),
-        reap_interval_secs: policy.reap_interval.as_secs(),
-    })
+    let tenant = admin.tenant_scope().map(|tenant| tenant.as_str());
+    Json(RetentionPolicy::of(state.supervisor.config(), tenant))
 }

@@ -110,6 +110,11 @@ impl ApiError {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
     }
 
+    /// 413 `quota_exceeded`: storing this would take the user or their tenant past a quota.
+    pub fn quota_exceeded(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "quota_exceeded", message)
+    }
+
     /// 409 `name_taken`: a live file of the user's own workspace already has the name.
     pub fn name_taken(message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "name_taken", message)
@@ -260,6 +265,7 @@ impl From<Error> for ApiError {
             Error::Invalid { .. } => Self::invalid(error.to_string()),
             Error::TooLarge(_) => Self::too_large(error.to_string()),
             Error::NameTaken(_) => Self::name_taken(error.to_string()),
+            Error::QuotaExceeded(_) => Self::quota_exceeded(error.to_string()),
             Error::ConfirmationRequired {
                 ref file_id,
                 ref chat_id,
@@ -325,6 +331,7 @@ mod tests {
             (Error::invalid("code", "empty"), 422, "invalid"),
             (Error::TooLarge("big".into()), 413, "too_large"),
             (Error::NameTaken("report.csv".into()), 409, "name_taken"),
+            (Error::QuotaExceeded("full".into()), 413, "quota_exceeded"),
             (Error::Unsupported("exe".into()), 415, "unsupported"),
             (Error::Busy("full".into()), 503, "busy"),
         ];

@@ -27,7 +27,7 @@ use super::signing::LinkError;
 use super::{AppState, unix_now};
 use crate::ids::FileId;
 use crate::supervisor::FileRecord;
-use crate::supervisor::{FileListing, StoredUpload, UploadMeta};
+use crate::supervisor::{FileListing, Owner, StoredUpload, UploadMeta};
 
 /// The multipart form of an upload (for the OpenAPI document).
 #[derive(Deserialize, ToSchema)]
@@ -67,7 +67,7 @@ struct UploadForm {
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, description = "The message belongs to someone else", body = ErrorBody),
         (status = 409, description = "The name is taken in the user's own workspace", body = ErrorBody),
-        (status = 413, body = ErrorBody),
+        (status = 413, description = "Over the upload limit (`too_large`) or the user's or tenant's stored quota (`quota_exceeded`); nothing is stored", body = ErrorBody),
         (status = 415, description = "The name's extension is not in `uploads.allowed_extensions`", body = ErrorBody),
         (status = 422, body = ErrorBody),
     )
@@ -77,7 +77,7 @@ pub async fn upload_file(
     UserCaller(owner): UserCaller,
     form: Multipart,
 ) -> ApiResult<(StatusCode, Json<File>)> {
-    let (meta, staged) = receive_form(&state, form).await?;
+    let (meta, staged) = receive_form(&state, &owner, form).await?;
     // Recording runs in a task of its own: once the bytes are stored, a client that goes away
     // (hyper then drops this handler) must not cut the recording in half and leave a blob
     // without its row. The bytes are handed over with no await in between.
@@ -95,7 +95,11 @@ pub async fn upload_file(
 
 /// Reads the upload form and streams its file into the store (staging it in the back end
 /// until it is complete). Whatever is refused or broken on the way leaves no bytes behind.
-async fn receive_form(state: &AppState, mut form: Multipart) -> ApiResult<(UploadMeta, Staged)> {
+async fn receive_form(
+    state: &AppState,
+    owner: &Owner,
+    mut form: Multipart,
+) -> ApiResult<(UploadMeta, Staged)> {
     let supervisor = &state.supervisor;
     let mut meta = UploadMeta::default();
     let mut staged: Option<Staged> = None;
@@ -111,7 +115,7 @@ async fn receive_form(state: &AppState, mut form: Multipart) -> ApiResult<(Uploa
                     // A type that is refused is refused before a byte of it is stored.
                     supervisor.check_upload_name(&meta.name)?;
                     let reader = StreamReader::new(field.map_err(std::io::Error::other));
-                    let upload = supervisor.store_upload(reader).await;
+                    let upload = supervisor.store_upload(owner, reader).await;
                     let stored = upload.map_err(|error| match form_failure(&error) {
                         Some(failure) => ApiError::from_body_error("form", failure),
                         None => ApiError::from(error),

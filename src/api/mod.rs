@@ -7,7 +7,8 @@
 //! | `runs.rs` | runs, as JSON or as server-sent events, and run lookup |
 //! | `messages.rs` | per-message and per-chat listings, link rendering, workspace deletion |
 //! | `text.rs` | what a model reads: a file's bounded text, a message's files as context |
-//! | `admin.rs` | operators: workspaces, garbage collection, retention policy |
+//! | `usage.rs` | a user's stored and on-disk bytes against their quotas |
+//! | `admin.rs` | operators: workspaces, garbage collection, retention policy and quotas |
 //! | `service.rs` | `/healthz`, `/readyz`, `/metrics`, `/openapi.json` |
 //! | `jupyter/` | `/jupyter/api/...`: the Jupyter Server kernels API and its WebSocket |
 //!
@@ -30,6 +31,7 @@ mod runs;
 mod service;
 pub mod signing;
 mod text;
+mod usage;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -188,6 +190,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(chats::get_chat, chats::delete_chat))
         .routes(routes!(messages::render))
         .routes(routes!(messages::delete_workspace))
+        .routes(routes!(usage::usage))
         .routes(routes!(admin::workspaces))
         .routes(routes!(admin::gc))
         .routes(routes!(admin::files))

@@ -147,19 +147,67 @@ const COLUMNS: &str = "id, tenant, user_id, chat_id, message_id, run_id, name, p
     content_type, sha256, source, derived_from, blob_key, created_at, deleted_at, modified_at, \
     unlinked_at";
 
+/// The bytes of the live files of the user `$2`/`$3` name, and of their tenant: parts of
+/// [`Files::insert`]'s statement, which binds the tenant and the user as `$2` and `$3`.
+const USER_BYTES: &str = "(SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM files \
+    WHERE tenant = $2 AND user_id = $3 AND deleted_at IS NULL)";
+const TENANT_BYTES: &str = "(SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM files \
+    WHERE tenant = $2 AND deleted_at IS NULL)";
+
+/// How many bytes of live files an insert may bring its owner and their tenant to; `None`
+/// is no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoredQuota {
+    /// The most one user may keep.
+    pub user: Option<u64>,
+    /// The most one tenant's users may keep together.
+    pub tenant: Option<u64>,
+}
+
+/// Whose quota refused a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaScope {
+    /// The user's own.
+    User,
+    /// Their tenant's, shared by its users.
+    Tenant,
+}
+
+/// The bytes of live files a user keeps, and their whole tenant keeps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoredBytes {
+    /// The user's.
+    pub user: u64,
+    /// The tenant's, the user's included.
+    pub tenant: u64,
+}
+
+/// A quota as the database compares it.
+fn clamp(bytes: u64) -> i64 {
+    i64::try_from(bytes).unwrap_or(i64::MAX)
+}
+
 impl<'a> Files<'a> {
     pub(super) fn new(pool: &'a AnyPool) -> Self {
         Self { pool }
     }
 
-    /// Records a stored file. A file without a chat whose name a live file of the owner's
-    /// workspace already has is refused with [`CatalogError::NameTaken`].
-    pub async fn insert(&self, file: &FileRecord) -> Result<(), CatalogError> {
+    /// Records a stored file within `quota`. A file without a chat whose name a live file of
+    /// the owner's workspace already has is refused with [`CatalogError::NameTaken`]; one that
+    /// would take its owner's or their tenant's live files past the quota, with
+    /// [`CatalogError::QuotaExceeded`]. The sums and the insert are one statement, so that on
+    /// SQLite, which runs one writer at a time, two concurrent inserts cannot both fit in
+    /// the room only one has.
+    pub async fn insert(&self, file: &FileRecord, quota: StoredQuota) -> Result<(), CatalogError> {
+        // Casts give every database a 64-bit integer to compare (Postgres sums BIGINT into
+        // NUMERIC, and an untyped NULL parameter needs a type).
         let sql = format!(
-            "INSERT INTO files ({COLUMNS}) VALUES \
-             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+            "INSERT INTO files ({COLUMNS}) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+             $18 WHERE (CAST($19 AS BIGINT) IS NULL OR {USER_BYTES} + $9 <= CAST($19 AS BIGINT)) \
+             AND (CAST($20 AS BIGINT) IS NULL OR {TENANT_BYTES} + $9 <= CAST($20 AS BIGINT))"
         );
-        sqlx::query(sqlx::AssertSqlSafe(sql))
+        let result = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(&file.id)
             .bind(&file.tenant)
             .bind(&file.user_id)
@@ -178,10 +226,52 @@ impl<'a> Files<'a> {
             .bind(&file.deleted_at)
             .bind(&file.modified_at)
             .bind(&file.unlinked_at)
+            .bind(quota.user.map(clamp))
+            .bind(quota.tenant.map(clamp))
             .execute(self.pool)
             .await
             .map_err(|error| name_taken(error, &file.name))?;
-        Ok(())
+        if result.rows_affected() > 0 {
+            return Ok(());
+        }
+        // Which quota refused it, for a message that says so.
+        let used = self.stored_bytes(&file.tenant, &file.user_id).await?;
+        let (scope, used, limit) = match (quota.user, quota.tenant) {
+            (Some(limit), _) if used.user + file.size.max(0) as u64 > limit => {
+                (QuotaScope::User, used.user, limit)
+            }
+            (_, Some(limit)) => (QuotaScope::Tenant, used.tenant, limit),
+            (Some(limit), None) => (QuotaScope::User, used.user, limit),
+            (None, None) => {
+                return Err(CatalogError::Corrupt {
+                    table: "files",
+                    id: file.id.to_string(),
+                    reason: "an insert without a quota inserted nothing".to_owned(),
+                });
+            }
+        };
+        Err(CatalogError::QuotaExceeded { scope, used, limit })
+    }
+
+    /// The bytes of live files `user` of `tenant` keeps, and their whole tenant keeps.
+    pub async fn stored_bytes(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+    ) -> Result<StoredBytes, CatalogError> {
+        let (user, tenant): (i64, i64) = sqlx::query_as(
+            "SELECT CAST(COALESCE(SUM(CASE WHEN user_id = $2 THEN size ELSE 0 END), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(size), 0) AS BIGINT) \
+             FROM files WHERE tenant = $1 AND deleted_at IS NULL",
+        )
+        .bind(tenant)
+        .bind(user)
+        .fetch_one(self.pool)
+        .await?;
+        Ok(StoredBytes {
+            user: u64::try_from(user).unwrap_or(0),
+            tenant: u64::try_from(tenant).unwrap_or(0),
+        })
     }
 
     /// Renames the live file `id` of `owner` (its display name and the path the code sees),

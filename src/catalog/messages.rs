@@ -132,6 +132,17 @@ impl<'a> Messages<'a> {
             .await?)
     }
 
+    /// The messages of `tenant`, least recently used first.
+    pub async fn of_tenant(&self, tenant: &TenantId) -> Result<Vec<MessageRecord>, CatalogError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM messages WHERE tenant = $1 ORDER BY last_used_at, message_id"
+        );
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(tenant)
+            .fetch_all(self.pool)
+            .await?)
+    }
+
     /// Whether `owner` has any message in chat `chat_id`: a chat exists for its user only.
     pub async fn chat_exists(&self, owner: &Owner, chat_id: &ChatId) -> Result<bool, CatalogError> {
         let row = sqlx::query(

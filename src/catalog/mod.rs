@@ -21,7 +21,9 @@ use time::format_description::well_known::iso8601::{Config, EncodedConfig, TimeP
 use crate::ids::{BlobKey, ChatId, FileId, MessageId, RunId, TenantId, UserId, WorkspaceId};
 
 pub use attachments::{AttachmentRecord, Attachments};
-pub use files::{FileQuery, FileRecord, FileSource, FileUsage, Files};
+pub use files::{
+    FileQuery, FileRecord, FileSource, FileUsage, Files, QuotaScope, StoredBytes, StoredQuota,
+};
 pub use messages::{Claim, MessageRecord, Messages};
 pub use runs::{KernelState, RunOutput, RunRecord, RunStatus, Runs, Truncation};
 
@@ -98,6 +100,16 @@ pub enum CatalogError {
     /// there, by a unique index, so that two concurrent uploads cannot both take one).
     #[error("a file named {0:?} already exists")]
     NameTaken(String),
+    /// Recording a file would take its owner's or their tenant's live files past a quota.
+    #[error("over the {scope:?} quota: {used} bytes used of {limit}")]
+    QuotaExceeded {
+        /// Whose quota.
+        scope: QuotaScope,
+        /// The bytes of live files already kept.
+        used: u64,
+        /// The quota.
+        limit: u64,
+    },
     /// A row holds a value this version does not understand.
     #[error("catalog row {table}/{id}: {reason}")]
     Corrupt {

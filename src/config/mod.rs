@@ -6,10 +6,12 @@
 //!
 //! This file holds the whole `Config` and what it resolves from `data_dir`. Each section of
 //! the file has a module of its own with its types and defaults (`runtime`, `storage`,
-//! `sandbox`, `limits`, `outputs`, `uploads`, `server`, `retention`); `load` reads the layers,
+//! `sandbox`, `limits`, `outputs`, `uploads`, `server`, `retention`, `quotas` with the
+//! per-tenant overrides); `load` reads the layers,
 //! `validate` checks what serde cannot, and `user` parses the sandbox user. Everything is
 //! re-exported here, so callers name `crate::config::X` whatever file `X` is in.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -17,6 +19,7 @@ use serde::{Deserialize, Serialize};
 mod limits;
 mod load;
 mod outputs;
+mod quotas;
 mod retention;
 mod runtime;
 mod sandbox;
@@ -29,6 +32,7 @@ mod validate;
 pub use limits::Limits;
 pub use load::{ConfigError, ENV_PREFIX};
 pub use outputs::OutputsConfig;
+pub use quotas::{QuotaConfig, TenantConfig, TenantRetention};
 pub use retention::RetentionConfig;
 pub use runtime::{GatewayConfig, RuntimeConfig, RuntimeKind};
 pub use sandbox::{
@@ -63,6 +67,10 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// Which back end runs the code.
     pub runtime: RuntimeConfig,
+    /// How many bytes a user and a tenant may keep and hold on disk.
+    pub quotas: QuotaConfig,
+    /// Per tenant, retention times and quotas in place of the defaults.
+    pub tenants: BTreeMap<String, TenantConfig>,
 }
 
 impl Default for Config {
@@ -78,6 +86,8 @@ impl Default for Config {
             server: ServerConfig::default(),
             retention: RetentionConfig::default(),
             runtime: RuntimeConfig::default(),
+            quotas: QuotaConfig::default(),
+            tenants: BTreeMap::new(),
         }
     }
 }

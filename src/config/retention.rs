@@ -1,5 +1,5 @@
 //! The `[retention]` section: how long idle containers, idle workspaces and files are kept,
-//! and how much disk all workspaces together may use. The reaper (the supervisor's `reap`) reads it.
+//! how much disk all workspaces together may use, and how much the disk must keep free. The reaper (the supervisor's `reap`) reads it.
 
 use std::time::Duration;
 
@@ -26,6 +26,10 @@ pub struct RetentionConfig {
     /// Disk all workspaces together may use; past it the least recently used idle ones are
     /// removed first. Unset means no limit.
     pub max_workspace_bytes: Option<ByteSize>,
+    /// The disk watermark: when the file system that holds the workspaces has less free
+    /// space than this, idle workspaces are removed early, least recently used first, until
+    /// it has this much again (or no idle one is left). Unset means no watermark.
+    pub min_free_disk: Option<ByteSize>,
     /// How often the reaper runs inside `codebox serve`.
     #[serde(with = "humantime_serde")]
     pub reap_interval: Duration,
@@ -39,6 +43,7 @@ impl Default for RetentionConfig {
             file_ttl: None,
             deleted_file_grace: Duration::from_secs(24 * 3600),
             max_workspace_bytes: None,
+            min_free_disk: None,
             reap_interval: Duration::from_secs(60),
         }
     }

@@ -1,7 +1,7 @@
 //! The cross-field rules that serde cannot express: a default timeout within the maximum,
 //! limits above zero, tokens that can be used, a gateway runtime that names its gateway, a
 //! sandbox user that is not root, preloaded names that are Python modules, an upload allowlist
-//! that admits something. `Config::load`
+//! that admits something, tenant overrides that name a tenant. `Config::load`
 //! runs them; a caller that builds a `Config` in code runs them itself.
 
 use bytesize::ByteSize;
@@ -76,6 +76,16 @@ impl Config {
             }
             if self.runtime.gateway.kernel.is_empty() {
                 return bad("runtime.gateway.kernel must name a kernelspec");
+            }
+        }
+        for (tenant, overrides) in &self.tenants {
+            if tenant.is_empty() || tenant == super::ALL_TENANTS {
+                return bad("tenants: a tenant's name must not be empty or \"*\"");
+            }
+            if overrides.workspace_idle.is_some_and(|idle| idle.is_zero()) {
+                return Err(ConfigError::Inconsistent(format!(
+                    "tenants.{tenant}.workspace_idle must be above zero"
+                )));
             }
         }
         parse_user(&self.sandbox.user)

@@ -1,14 +1,15 @@
 //! The domain error every public operation of the supervisor returns.
 //!
 //! Its variants are the outcomes a caller must tell apart (not found, invalid, too large,
-//! name taken, unsupported, busy) plus the internal failures of each part the supervisor drives. Only `api/` turns
-//! them into statuses, in one place; here they carry enough context for a log line, and
+//! over a quota, name taken, unsupported, busy) plus the internal failures of each part the
+//! supervisor drives. Only `api/` turns them into statuses, in one place; here they carry
+//! enough context for a log line, and
 //! nothing a user should not see is put into the messages of the user-facing variants. It
 //! lives with the supervisor, above the parts it wraps, so that no part depends on another
 //! through it.
 
 use crate::blobs::BlobError;
-use crate::catalog::CatalogError;
+use crate::catalog::{CatalogError, QuotaScope};
 use crate::error::IoError;
 use crate::ids::{ChatId, FileId, InvalidId, MessageId};
 use crate::runtime::RuntimeError;
@@ -30,6 +31,11 @@ pub enum Error {
     /// The request or one of its parts is over a configured cap.
     #[error("too large: {0}")]
     TooLarge(String),
+    /// Storing this would take the user or their tenant past a quota (stored bytes, or
+    /// workspaces' bytes on disk); the message says which, how much is used, and what frees
+    /// room. Nothing was stored.
+    #[error("quota exceeded: {0}")]
+    QuotaExceeded(String),
     /// A live file of the user's own workspace already has this name.
     #[error("a file named {0:?} already exists in your files")]
     NameTaken(String),
@@ -97,6 +103,9 @@ impl From<CatalogError> for Error {
     fn from(error: CatalogError) -> Self {
         match error {
             CatalogError::NameTaken(name) => Self::NameTaken(name),
+            CatalogError::QuotaExceeded { scope, used, limit } => {
+                Self::QuotaExceeded(quota_message(scope, used, limit))
+            }
             other => Self::Catalog(other),
         }
     }
@@ -109,6 +118,19 @@ impl From<InvalidId> for Error {
             reason: invalid.reason,
         }
     }
+}
+
+/// A refusal by a stored-bytes quota, in words a user can act on.
+fn quota_message(scope: QuotaScope, used: u64, limit: u64) -> String {
+    let whose = match scope {
+        QuotaScope::User => "your files",
+        QuotaScope::Tenant => "your organisation's files",
+    };
+    format!(
+        "{whose} already take {} of the {} they may keep; delete files to make room",
+        bytesize::ByteSize::b(used).display().iec(),
+        bytesize::ByteSize::b(limit).display().iec()
+    )
 }
 
 /// The result type of the supervisor's operations.

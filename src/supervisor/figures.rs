@@ -26,7 +26,7 @@ impl Supervisor {
         let mut drawn = 0;
         for output in &outcome.outputs {
             let RichOutput::Image { png } = output else {
-                outputs.extend(super::run::stored_output(output.clone(), &paths));
+                outputs.extend(stored_output(output.clone(), &paths));
                 continue;
             };
             drawn += 1;
@@ -41,7 +41,18 @@ impl Supervisor {
                 });
                 continue;
             }
-            let record = self.store_figure(registering, name, png).await?;
+            let record = match self.store_figure(registering, &name, png).await {
+                Ok(record) => record,
+                // Past the stored quota the figure is left out, and the run says why.
+                Err(Error::QuotaExceeded(reason)) => {
+                    truncated.push(Truncation {
+                        path: name,
+                        reason: format!("{QUOTA_EXCEEDED}: {reason}"),
+                    });
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
             let output = RunOutput::Image {
                 file_id: record.id.clone(),
             };
@@ -60,7 +71,7 @@ impl Supervisor {
     async fn store_figure(
         &self,
         registering: &Registering<'_>,
-        name: String,
+        name: &str,
         png: &bytes::Bytes,
     ) -> Result<FileRecord> {
         let Registering {
@@ -83,8 +94,8 @@ impl Supervisor {
             chat_id: Some(message.chat_id.clone()),
             message_id: Some(message.message_id.clone()),
             run_id: Some(run.id.clone()),
-            content_type: content_type_of(&name),
-            name,
+            content_type: content_type_of(name),
+            name: name.to_owned(),
             path: String::new(),
             size: i64::try_from(stored.size).unwrap_or(i64::MAX),
             sha256: stored.sha256,
@@ -96,10 +107,34 @@ impl Supervisor {
             modified_at: now,
             unlinked_at: None,
         };
-        if let Err(error) = self.catalog.files().insert(&record).await {
+        if let Err(error) = self.record_file(&record).await {
             self.delete_orphan_blob(&record.blob_key).await;
-            return Err(error.into());
+            return Err(error);
         }
         Ok(record)
+    }
+}
+
+/// A result or error as stored, its text with host paths translated; `None` for a figure,
+/// which is stored once registered.
+pub(super) fn stored_output(output: RichOutput, paths: &PathMap) -> Option<RunOutput> {
+    let text = |text: String| translate::to_sandbox_paths(&text, paths);
+    match output {
+        RichOutput::Result { data } => Some(RunOutput::Result {
+            data: data
+                .into_iter()
+                .map(|(kind, value)| (kind, text(value)))
+                .collect(),
+        }),
+        RichOutput::Error {
+            ename,
+            evalue,
+            traceback,
+        } => Some(RunOutput::Error {
+            ename,
+            evalue: text(evalue),
+            traceback: traceback.into_iter().map(text).collect(),
+        }),
+        RichOutput::Image { .. } => None,
     }
 }

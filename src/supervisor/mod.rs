@@ -15,6 +15,7 @@
 //! - `context.rs`: a message's files as a model should be told of them, with previews;
 //! - `sandboxes.rs`: start-up, shutdown, removing a workspace, the operators' overview;
 //! - `reap.rs`: the reaper, which applies the retention policy;
+//! - `quotas.rs`: how much a user and a tenant may store and hold on disk;
 //! - `pool.rs`: the warm pool;
 //! - `kernels.rs`: a message's interpreter between runs, for notebook clients;
 //! - `error.rs`: the domain error every operation returns.
@@ -52,6 +53,7 @@ mod files;
 mod kernels;
 mod listing;
 mod pool;
+mod quotas;
 mod reap;
 mod register;
 mod run;
@@ -71,6 +73,7 @@ pub use downloads::ByteStream;
 pub use error::{Error, Result};
 pub use listing::{FileListing, FilePage};
 pub use pool::WarmPool;
+pub use quotas::Usage;
 pub use reap::ReapReport;
 pub use text::{DEFAULT_TEXT_BYTES, FileText, MAX_TEXT_BYTES};
 pub use uploads::{StoredUpload, UploadMeta};
@@ -272,6 +275,10 @@ type Inputs = HashMap<String, FileId>;
 
 /// The `reason` of a run killed because `/mnt/data` reached its cap.
 pub const DISK_QUOTA: &str = "disk_quota";
+
+/// The word a truncation's reason starts with when a stored quota left an output out: the
+/// API's error code for the same refusal.
+pub const QUOTA_EXCEEDED: &str = "quota_exceeded";
 
 /// The `uid:gid` code runs as, and the owner to give `data/` folders. A supervisor running as
 /// root runs code as the configured user and hands it `data/`; any other supervisor runs code

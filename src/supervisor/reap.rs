@@ -5,9 +5,14 @@
 //! 1. containers: a message's container goes after `container_idle` without a run, and any
 //!    container of this instance that no message owns goes at once;
 //! 2. workspaces: a message's folder goes after `workspace_idle` without a run, then the least
-//!    recently used ones go until all of them fit in `max_workspace_bytes`;
+//!    recently used ones go until all of them fit in `max_workspace_bytes`, then, while the
+//!    disk has less free space than `min_free_disk` (the watermark), the least recently used
+//!    idle ones go early;
 //! 3. files: files older than `file_ttl` are deleted, and the bytes of files deleted more than
 //!    `deleted_file_grace` ago are purged with their rows.
+//!
+//! `workspace_idle` and `file_ttl` are each tenant's own where `[tenants.<tenant>]` overrides
+//! them.
 //!
 //! A workspace some run holds (its lock is taken) is never touched: the pass skips it and the
 //! next pass looks again. With `dry_run` the pass reports what it would remove and changes
@@ -20,7 +25,9 @@ use serde::Serialize;
 
 use super::{Result, Supervisor};
 use crate::catalog::{self, MessageRecord};
+use crate::error::IoError;
 use crate::ids::{FileId, TenantId};
+use crate::workspace::Workspace;
 
 /// What one pass removed (or, dry, would remove).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -151,8 +158,10 @@ async fn reap_workspaces(
     quota_too: bool,
     report: &mut ReapReport,
 ) -> Result<()> {
-    let policy = &supervisor.config().retention;
-    let idle_before = ago(policy.workspace_idle);
+    let config = supervisor.config();
+    let policy = &config.retention;
+    // Each tenant's own idle time, which `[tenants.<tenant>]` may override.
+    let mut idle_before: HashMap<&TenantId, String> = HashMap::new();
     // Least recently used first: `messages` comes sorted that way. Sizes are walked only when
     // a quota needs them, or for a workspace that goes anyway.
     let limit = policy
@@ -168,27 +177,94 @@ async fn reap_workspaces(
         }
     }
     let mut total: u64 = present.iter().filter_map(|(_, _, bytes)| *bytes).sum();
+    let mut kept = Vec::new();
     for (message, workspace, bytes) in present {
-        let expired = message.last_used_at < idle_before;
+        let cutoff = idle_before
+            .entry(&message.tenant)
+            .or_insert_with(|| ago(config.retention_for(message.tenant.as_str()).workspace_idle));
+        let expired = message.last_used_at < *cutoff;
         let over_quota = limit.is_some_and(|limit| total > limit);
         if !expired && !over_quota {
+            kept.push(workspace);
             continue;
         }
         let Some(_lock) = workspace.try_lock()? else {
             continue;
         };
         let bytes = bytes.unwrap_or_else(|| workspace.bytes());
-        if !report.dry_run {
-            supervisor.remove_workspace_locked(&workspace).await?;
-        }
-        if running.contains(&workspace.id) {
-            report.containers.push(workspace.id.clone());
-        }
-        report.workspaces.push(workspace.id.clone());
+        remove_workspace(supervisor, &workspace, running, report).await?;
         report.bytes_freed += bytes;
         total = total.saturating_sub(bytes);
     }
+    if quota_too {
+        reap_below_watermark(supervisor, kept, running, report).await?;
+    }
     Ok(())
+}
+
+/// Removes a workspace the pass holds the lock of (or, dry, only reports it).
+async fn remove_workspace(
+    supervisor: &Supervisor,
+    workspace: &Workspace,
+    running: &HashSet<String>,
+    report: &mut ReapReport,
+) -> Result<()> {
+    if !report.dry_run {
+        supervisor.remove_workspace_locked(workspace).await?;
+    }
+    if running.contains(&workspace.id) {
+        report.containers.push(workspace.id.clone());
+    }
+    report.workspaces.push(workspace.id.clone());
+    Ok(())
+}
+
+/// The disk watermark (`min_free_disk`): while the file system that holds the workspaces has
+/// less free space than that, idle workspaces go, least recently used first (`kept` comes in
+/// that order). Free space is measured again after each removal, since what a removal frees
+/// depends on what else holds the blocks; a dry pass counts each workspace's bytes instead.
+async fn reap_below_watermark(
+    supervisor: &Supervisor,
+    kept: Vec<Workspace>,
+    running: &HashSet<String>,
+    report: &mut ReapReport,
+) -> Result<()> {
+    let Some(watermark) = supervisor.config().retention.min_free_disk else {
+        return Ok(());
+    };
+    let folder = supervisor.config().workspaces_dir();
+    let mut free = free_bytes(&folder)?;
+    for workspace in kept {
+        if free >= watermark.as_u64() {
+            break;
+        }
+        let Some(_lock) = workspace.try_lock()? else {
+            continue;
+        };
+        let bytes = workspace.bytes();
+        remove_workspace(supervisor, &workspace, running, report).await?;
+        report.bytes_freed += bytes;
+        free = if report.dry_run {
+            free.saturating_add(bytes)
+        } else {
+            free_bytes(&folder)?
+        };
+    }
+    if free < watermark.as_u64() {
+        tracing::warn!(free, watermark = watermark.as_u64(), folder = %folder.display(),
+            "the workspaces' disk is below its watermark and no idle workspace is left to remove");
+    }
+    Ok(())
+}
+
+/// The bytes an unprivileged writer could still put on the file system that holds `folder`.
+fn free_bytes(folder: &std::path::Path) -> Result<u64> {
+    let stats = rustix::fs::statvfs(folder).map_err(|errno| IoError {
+        action: "measure the free space of",
+        path: folder.to_path_buf(),
+        source: errno.into(),
+    })?;
+    Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
 }
 
 async fn reap_files(
@@ -196,12 +272,26 @@ async fn reap_files(
     in_scope: &impl Fn(&TenantId) -> bool,
     report: &mut ReapReport,
 ) -> Result<()> {
-    let policy = &supervisor.config().retention;
+    let config = supervisor.config();
+    let policy = &config.retention;
     let files = supervisor.catalog().files();
-    if let Some(ttl) = policy.file_ttl {
+    // Files older than the shortest time to live any tenant has are looked at, and each is
+    // judged by its own tenant's (`[tenants.<tenant>] file_ttl` may override the default).
+    if let Some(shortest) = config.shortest_file_ttl() {
         let now = catalog::now();
-        for file in files.created_before(&ago(ttl)).await? {
+        let mut expired_before: HashMap<TenantId, Option<String>> = HashMap::new();
+        for file in files.created_before(&ago(shortest)).await? {
             if !in_scope(&file.tenant) {
+                continue;
+            }
+            let cutoff = expired_before
+                .entry(file.tenant.clone())
+                .or_insert_with(|| config.retention_for(file.tenant.as_str()).file_ttl.map(ago));
+            // A tenant that keeps its files for good has no cutoff.
+            if cutoff
+                .as_ref()
+                .is_none_or(|cutoff| file.created_at >= *cutoff)
+            {
                 continue;
             }
             if report.dry_run {

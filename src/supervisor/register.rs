@@ -48,6 +48,9 @@ impl Supervisor {
             .collect();
         candidates.sort();
         let mut files = Vec::new();
+        // The stored quota's room, to leave out what cannot fit before its bytes are copied;
+        // recording checks the quota again, and that check is the one that holds.
+        let mut room = self.stored_room(owner).await?;
         for relative in candidates {
             // Only an untracked extension lets a file go unreported; the check reads bytes, so
             // a name that is not valid UTF-8 is reported below rather than skipped here.
@@ -94,6 +97,13 @@ impl Supervisor {
                 skip(too_big(limits.max_file_bytes));
                 continue;
             }
+            if room.is_some_and(|room| entry.size > room) {
+                skip(format!(
+                    "{QUOTA_EXCEEDED}: it would take your stored files past their quota; \
+                     delete files to make room"
+                ));
+                continue;
+            }
             if files.len() >= limits.max_files_per_run {
                 skip(format!(
                     "over the limit of {} files per run",
@@ -115,6 +125,7 @@ impl Supervisor {
                 Err(Stored::Failed(error)) => return Err(error),
             };
             let now = catalog::now();
+            let stored_size = stored.1.size;
             let record = FileRecord {
                 id: stored.0,
                 tenant: owner.tenant.clone(),
@@ -135,10 +146,17 @@ impl Supervisor {
                 modified_at: now,
                 unlinked_at: None,
             };
-            if let Err(error) = self.catalog.files().insert(&record).await {
+            if let Err(error) = self.record_file(&record).await {
                 self.delete_orphan_blob(&record.blob_key).await;
-                return Err(error.into());
+                match error {
+                    Error::QuotaExceeded(reason) => {
+                        skip(format!("{QUOTA_EXCEEDED}: {reason}"));
+                        continue;
+                    }
+                    error => return Err(error),
+                }
             }
+            room = room.map(|room| room.saturating_sub(stored_size));
             if let Some(events) = events {
                 let event = RunEvent::File(Box::new(record.clone()));
                 let _ = tokio::time::timeout(EVENT_WAIT, events.send(event)).await;

@@ -36,6 +36,7 @@ impl Supervisor {
         let message = self
             .claim(owner, &request.chat_id, &request.message_id)
             .await?;
+        self.make_workspace_room(&message).await?;
         Ok(AcceptedRun {
             owner: owner.clone(),
             request,
@@ -360,10 +361,12 @@ impl Supervisor {
                     OutputChunk::Stderr(bytes) => RunEvent::Stderr(text(&bytes)),
                     // Figures go out once registered, with their file.
                     OutputChunk::Output(RichOutput::Image { .. }) => continue,
-                    OutputChunk::Output(output) => match stored_output(output, &paths) {
-                        Some(output) => RunEvent::Output(Box::new(output), None),
-                        None => continue,
-                    },
+                    OutputChunk::Output(output) => {
+                        match super::figures::stored_output(output, &paths) {
+                            Some(output) => RunEvent::Output(Box::new(output), None),
+                            None => continue,
+                        }
+                    }
                 };
                 let _ = events.send(event).await;
             }
@@ -543,30 +546,6 @@ struct Answer {
     kernel: KernelState,
     /// The run's wall-clock limit, named in a timed-out run's reason.
     timeout: Duration,
-}
-
-/// A result or error as stored, its text with host paths translated; `None` for a figure,
-/// which is stored once registered.
-pub(super) fn stored_output(output: RichOutput, paths: &PathMap) -> Option<RunOutput> {
-    let text = |text: String| translate::to_sandbox_paths(&text, paths);
-    match output {
-        RichOutput::Result { data } => Some(RunOutput::Result {
-            data: data
-                .into_iter()
-                .map(|(kind, value)| (kind, text(value)))
-                .collect(),
-        }),
-        RichOutput::Error {
-            ename,
-            evalue,
-            traceback,
-        } => Some(RunOutput::Error {
-            ename,
-            evalue: text(evalue),
-            traceback: traceback.into_iter().map(text).collect(),
-        }),
-        RichOutput::Image { .. } => None,
-    }
 }
 
 /// Resolves, with a sentence saying which cap, once the run fills the workspace's `data/`

@@ -78,7 +78,7 @@ impl Supervisor {
     ) -> Result<FileRecord> {
         upload.check()?;
         self.check_upload_name(&upload.name)?;
-        let stored = self.store_upload(body).await?;
+        let stored = self.store_upload(owner, body).await?;
         self.register_upload(owner, upload, stored).await
     }
 
@@ -99,13 +99,27 @@ impl Supervisor {
     }
 
     /// First half of an upload whose metadata may arrive after its bytes (a multipart form):
-    /// streams the bytes into the blob store, capped at the upload limit.
-    pub async fn store_upload(&self, body: impl AsyncRead + Unpin) -> Result<StoredUpload> {
+    /// streams the bytes into the blob store, capped at the upload limit and at the room
+    /// `owner`'s stored quota leaves, so that a file past the quota is cut off as it arrives.
+    pub async fn store_upload(
+        &self,
+        owner: &Owner,
+        body: impl AsyncRead + Unpin,
+    ) -> Result<StoredUpload> {
         let id = FileId::new();
         let key = BlobKey::for_file(&id);
-        let limit = self.config.limits.max_upload_bytes.as_u64();
+        let upload_limit = self.config.limits.max_upload_bytes.as_u64();
+        let room = self.stored_room(owner).await?;
+        let limit = room.map_or(upload_limit, |room| room.min(upload_limit));
         match self.blobs.put_stream(&key, body, limit).await {
             Ok(stored) => Ok(StoredUpload { id, stored }),
+            Err(BlobError::TooLarge { .. }) if limit < upload_limit => {
+                Err(Error::QuotaExceeded(format!(
+                    "the upload is larger than the {} left of your storage quota; delete \
+                     files to make room",
+                    ByteSize::b(limit).display().iec()
+                )))
+            }
             Err(BlobError::TooLarge { limit }) => Err(Error::TooLarge(format!(
                 "the upload is larger than {}",
                 ByteSize::b(limit).display().iec()
@@ -186,7 +200,7 @@ impl Supervisor {
             unlinked_at: None,
         };
         if record.chat_id.is_some() {
-            self.catalog.files().insert(&record).await?;
+            self.record_file(&record).await?;
         } else {
             self.insert_in_workspace(owner, &mut record, on_conflict)
                 .await?;
@@ -226,13 +240,7 @@ impl Supervisor {
         let wanted = record.name.clone();
         let mut tries = 0u64;
         loop {
-            match self
-                .catalog
-                .files()
-                .insert(record)
-                .await
-                .map_err(Error::from)
-            {
+            match self.record_file(record).await {
                 Err(Error::NameTaken(_)) => {}
                 done => return done,
             }

@@ -1,5 +1,13 @@
 //! The JSON objects of the API (`shared/API.md`): `File` and `Run`. Their field names are a
-//! contract with chat backends and never change; fields may be added.
+//! contract with chat backends and never change; fields may be added. The operators' objects
+//! are in `operators.rs`.
+
+mod operators;
+
+pub use operators::{
+    FileUsageInfo, FileUsageList, GcReport, GcRequest, Quotas, RetentionPolicy, TenantPolicy,
+    UsageReport, WorkspaceInfo, WorkspaceList,
+};
 
 use std::collections::BTreeMap;
 
@@ -7,10 +15,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::ids::FileId;
-use crate::supervisor::{
-    FileRecord, FileSource, FileUsage, KernelState, ReapReport, RunOutput, RunRecord, RunReport,
-    WorkspaceOverview,
-};
+use crate::supervisor::{FileRecord, FileSource, KernelState, RunOutput, RunRecord, RunReport};
 
 /// A stored file, as the API shows it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -395,157 +400,6 @@ pub struct RenderText {
 pub struct OutputEvent {
     /// The output, host paths translated.
     pub text: String,
-}
-
-/// One workspace in `GET /v1/admin/workspaces`.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct WorkspaceInfo {
-    /// The workspace id.
-    pub workspace_id: String,
-    /// The tenant.
-    pub tenant: String,
-    /// The user.
-    pub user_id: String,
-    /// The chat.
-    pub chat_id: String,
-    /// The message.
-    pub message_id: String,
-    /// Bytes the folder takes.
-    pub bytes: u64,
-    /// Whether the folder exists.
-    pub exists: bool,
-    /// When a run last used it.
-    pub last_used_at: String,
-    /// `running`, `stopped` or `none`.
-    #[schema(value_type = String)]
-    pub container: &'static str,
-}
-
-/// `GET /v1/admin/workspaces`.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct WorkspaceList {
-    /// Every workspace, least recently used first.
-    pub workspaces: Vec<WorkspaceInfo>,
-}
-
-/// `POST /v1/admin/gc`.
-#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct GcRequest {
-    /// Report what would be removed, remove nothing.
-    #[serde(default)]
-    pub dry_run: bool,
-}
-
-/// What a reaper pass removed (or would remove).
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct GcReport {
-    /// Whether nothing was changed.
-    pub dry_run: bool,
-    /// Workspaces whose containers were removed.
-    pub containers: Vec<String>,
-    /// Workspaces whose folders were removed.
-    pub workspaces: Vec<String>,
-    /// Files deleted for outliving the file retention.
-    pub files_expired: Vec<String>,
-    /// Deleted files whose bytes were purged.
-    pub files_purged: Vec<String>,
-    /// Bytes freed.
-    pub bytes_freed: u64,
-}
-
-impl From<Vec<WorkspaceOverview>> for WorkspaceList {
-    fn from(overview: Vec<WorkspaceOverview>) -> Self {
-        Self {
-            workspaces: overview
-                .into_iter()
-                .map(|workspace| WorkspaceInfo {
-                    workspace_id: workspace.message.workspace_id.into(),
-                    tenant: workspace.message.tenant.into(),
-                    user_id: workspace.message.user_id.into(),
-                    chat_id: workspace.message.chat_id.into(),
-                    message_id: workspace.message.message_id.into(),
-                    bytes: workspace.bytes,
-                    exists: workspace.exists,
-                    last_used_at: workspace.message.last_used_at,
-                    container: workspace.container.into(),
-                })
-                .collect(),
-        }
-    }
-}
-
-impl From<ReapReport> for GcReport {
-    fn from(report: ReapReport) -> Self {
-        Self {
-            dry_run: report.dry_run,
-            containers: report.containers,
-            workspaces: report.workspaces,
-            files_expired: report.files_expired.into_iter().map(String::from).collect(),
-            files_purged: report.files_purged.into_iter().map(String::from).collect(),
-            bytes_freed: report.bytes_freed,
-        }
-    }
-}
-
-/// One user's stored files in `GET /v1/admin/files`.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct FileUsageInfo {
-    /// The tenant.
-    pub tenant: String,
-    /// The user.
-    pub user_id: String,
-    /// How many live files the user has.
-    pub files: u64,
-    /// The bytes they hold together.
-    pub bytes: u64,
-}
-
-/// `GET /v1/admin/files`: live files and their bytes per user.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct FileUsageList {
-    /// One entry per (tenant, user) with live files, ordered by tenant and user.
-    pub users: Vec<FileUsageInfo>,
-    /// Live files of them all.
-    pub total_files: u64,
-    /// Bytes of them all.
-    pub total_bytes: u64,
-}
-
-impl From<Vec<FileUsage>> for FileUsageList {
-    fn from(usage: Vec<FileUsage>) -> Self {
-        let users: Vec<FileUsageInfo> = usage
-            .into_iter()
-            .map(|user| FileUsageInfo {
-                tenant: user.tenant.into(),
-                user_id: user.user_id.into(),
-                files: u64::try_from(user.files).unwrap_or(0),
-                bytes: u64::try_from(user.bytes).unwrap_or(0),
-            })
-            .collect();
-        Self {
-            total_files: users.iter().map(|user| user.files).sum(),
-            total_bytes: users.iter().map(|user| user.bytes).sum(),
-            users,
-        }
-    }
-}
-
-/// `GET /v1/admin/retention`: the policy in force.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct RetentionPolicy {
-    /// Seconds a container may sit idle.
-    pub container_idle_secs: u64,
-    /// Seconds a workspace folder may sit idle.
-    pub workspace_idle_secs: u64,
-    /// Seconds files are kept; `null` keeps them for good.
-    pub file_ttl_secs: Option<u64>,
-    /// Seconds between deleting a file and purging its bytes.
-    pub deleted_file_grace_secs: u64,
-    /// Bytes all workspaces may take; `null` is no limit.
-    pub max_workspace_bytes: Option<u64>,
-    /// Seconds between reaper passes.
-    pub reap_interval_secs: u64,
 }
 
 #[cfg(test)]

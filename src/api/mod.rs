@@ -7,6 +7,7 @@
 //! | `runs.rs` | runs, as JSON or as server-sent events, and run lookup |
 //! | `messages.rs` | per-message and per-chat listings, link rendering, workspace deletion |
 //! | `text.rs` | what a model reads: a file's bounded text, a message's files as context |
+//! | `tools.rs` | tools for a model: their definitions, and a model's call of one |
 //! | `admin.rs` | operators: workspaces, garbage collection, retention policy |
 //! | `service.rs` | `/healthz`, `/readyz`, `/metrics`, `/openapi.json` |
 //! | `jupyter/` | `/jupyter/api/...`: the Jupyter Server kernels API and its WebSocket |
@@ -30,6 +31,7 @@ mod runs;
 mod service;
 pub mod signing;
 mod text;
+mod tools;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -138,6 +140,7 @@ fn metrics_handle() -> PrometheusHandle {
         (name = "files", description = "Uploads and downloads"),
         (name = "runs", description = "Code execution"),
         (name = "listings", description = "Files per message and per chat"),
+        (name = "tools", description = "Tools a chat model calls"),
         (name = "admin", description = "Operators"),
         (name = "service", description = "Health and metrics"),
     )
@@ -188,6 +191,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(chats::get_chat, chats::delete_chat))
         .routes(routes!(messages::render))
         .routes(routes!(messages::delete_workspace))
+        .routes(routes!(tools::list_tools))
+        .routes(routes!(tools::call_tool))
         .routes(routes!(admin::workspaces))
         .routes(routes!(admin::gc))
         .routes(routes!(admin::files))

@@ -194,6 +194,11 @@ async fn bad_calls_are_errors_and_bad_arguments_are_content() {
     }
     let answer = call(&server, ALICE, "read_file", "m1", json!({"name": "a.csv"})).await;
     assert!(
+        content(&answer).contains("unknown field `name`"),
+        "{answer}"
+    );
+    let answer = call(&server, ALICE, "read_file", "m1", json!({})).await;
+    assert!(
         content(&answer).contains("missing field `path`"),
         "{answer}"
     );
@@ -386,7 +391,7 @@ total
     );
     // Another message of the chat sees them as the chat's files.
     let answer = call(&server, ALICE, "list_files", "m2", json!(null)).await;
-    assert!(content(&answer).contains("earlier messages"), "{answer}");
+    assert!(content(&answer).contains("other messages"), "{answer}");
 
     // A generated file is deleted without a question.
     let answer = call(
@@ -490,13 +495,24 @@ async fn write_file_is_an_upload_the_next_run_reads() {
 #[tokio::test]
 async fn tools_never_reach_another_users_files() {
     let server = TestServer::new().await;
-    call(&server, ALICE, "list_files", "m1", json!({})).await;
-    // Another user's (or tenant's) chat and message are not found, as on every route.
-    for caller in [BOB, ALICE_OF_B] {
-        let body = json!({"chat_id": CHAT, "message_id": "m1", "arguments": {"path": "a.csv"}});
-        let response = call_raw(&server, caller, "read_file", &body).await;
-        assert_error(response, 404, "not_found").await;
-    }
+    server
+        .upload_ok(ALICE, "alice.csv", b"mine,only\n", Some((CHAT, "m1")))
+        .await;
+    // Another user's chat and message are not found, as on every route.
+    let body = json!({"chat_id": CHAT, "message_id": "m1", "arguments": {"path": "alice.csv"}});
+    let response = call_raw(&server, BOB, "read_file", &body).await;
+    assert_error(response, 404, "not_found").await;
+    // Another tenant's message of the same id is a message of its own, with none of the files.
+    let answer = call(
+        &server,
+        ALICE_OF_B,
+        "read_file",
+        "m1",
+        json!({"path": "alice.csv"}),
+    )
+    .await;
+    assert!(content(&answer).contains("no file"), "{answer}");
+    assert!(!content(&answer).contains("mine"), "{answer}");
     let body = json!({"chat_id": "other-chat", "message_id": "m1", "arguments": {}});
     assert_error(
         call_raw(&server, ALICE, "list_files", &body).await,
@@ -560,6 +576,7 @@ async fn the_tool_chat_example_runs_against_a_server() {
         output.status.success(),
         "stdout:\n{stdout}\nstderr:\n{stderr}"
     );
+    println!("{stdout}");
     for step in [
         "list_files",
         "run_code",

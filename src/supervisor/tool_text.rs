@@ -36,21 +36,32 @@ pub(super) fn write_listing(
         (
             "Files in /mnt/data for this message (the code reads and writes them there):",
             here,
+            true,
         ),
         (
-            "Files of earlier messages of this chat (not in /mnt/data here; read_file takes \
+            "Files of other messages of this chat (not in /mnt/data here; read_file takes \
              their workspace:// reference):",
             elsewhere,
+            false,
         ),
     ];
     let budget = max_bytes.saturating_sub(64);
-    for (heading, files) in sections {
+    for (heading, files, in_data) in sections {
         if files.is_empty() {
             continue;
         }
         let _ = writeln!(content, "{heading}");
         for (index, file) in files.iter().enumerate() {
-            let line = format!("- {}\n", describe(file));
+            // A file of another message is named by its name, since its path is not this
+            // message's.
+            let line = if in_data {
+                format!("- {}\n", describe(file))
+            } else {
+                format!(
+                    "- {} ({}, {} bytes, workspace://{})\n",
+                    file.name, file.content_type, file.size, file.id
+                )
+            };
             if content.len() + line.len() > budget {
                 let _ = writeln!(content, "... and {} more", files.len() - index);
                 break;

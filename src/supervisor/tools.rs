@@ -372,8 +372,16 @@ impl Supervisor {
             .delete_file_confirmed(owner, &file.id, args.confirm)
             .await
         {
+            // Deletion takes an attachment out of the workspaces, but leaves the bytes the
+            // code wrote where it wrote them; the model should know, not find out.
+            Ok(()) if file.source == FileSource::Upload => format!(
+                "Deleted {}. It is gone from the user's files and downloads, and from \
+                 /mnt/data.",
+                describe(&file)
+            ),
             Ok(()) => format!(
-                "Deleted {}. It is gone from the user's files and downloads.",
+                "Deleted {}. It is gone from the user's files and downloads; the copy the \
+                 code wrote stays in /mnt/data of its message until code removes it.",
                 describe(&file)
             ),
             Err(Error::ConfirmationRequired { message_ids, .. }) => format!(

@@ -550,6 +550,33 @@ async fn tools_never_reach_another_users_files() {
 }
 
 #[tokio::test]
+async fn a_run_refused_for_load_is_content_the_model_can_act_on() {
+    let server = TestServer::with_config(|config| {
+        config.server.max_runs_in_flight = 1;
+        config.server.max_queued_runs = 0;
+    })
+    .await;
+    // The test holds the only slot, so the tool's run is refused for load.
+    let _slot = server.state.limiter.admit().await.expect("the only slot");
+    let answer = call(
+        &server,
+        ALICE,
+        "run_code",
+        "m1",
+        json!({"code": "print(1)"}),
+    )
+    .await;
+    let text = content(&answer);
+    assert!(
+        text.contains("not run") && text.contains("call run_code again"),
+        "{text}"
+    );
+    // Tools that run no code need no slot.
+    let answer = call(&server, ALICE, "list_files", "m1", json!({})).await;
+    assert!(content(&answer).contains("no files"), "{answer}");
+}
+
+#[tokio::test]
 async fn the_tool_chat_example_runs_against_a_server() {
     let server = TestServer::new().await;
     // Test binaries live in <target>/debug/deps; cargo builds the examples beside them.

@@ -262,6 +262,9 @@ impl From<Error> for ApiError {
     fn from(error: Error) -> Self {
         match error {
             Error::NotFound(what) => Self::not_found(what),
+            Error::NoSuchTool(_) => {
+                Self::new(StatusCode::NOT_FOUND, "not_found", error.to_string())
+            }
             Error::Invalid { .. } => Self::invalid(error.to_string()),
             Error::TooLarge(_) => Self::too_large(error.to_string()),
             Error::NameTaken(_) => Self::name_taken(error.to_string()),

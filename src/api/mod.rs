@@ -8,6 +8,7 @@
 //! | `messages.rs` | per-message and per-chat listings, link rendering, workspace deletion |
 //! | `text.rs` | what a model reads: a file's bounded text, a message's files as context |
 //! | `usage.rs` | a user's stored and on-disk bytes against their quotas |
+//! | `tools.rs` | tools for a model: their definitions, and a model's call of one |
 //! | `admin.rs` | operators: workspaces, garbage collection, retention policy and quotas |
 //! | `service.rs` | `/healthz`, `/readyz`, `/metrics`, `/openapi.json` |
 //! | `jupyter/` | `/jupyter/api/...`: the Jupyter Server kernels API and its WebSocket |
@@ -31,6 +32,7 @@ mod runs;
 mod service;
 pub mod signing;
 mod text;
+mod tools;
 mod usage;
 
 use std::future::Future;
@@ -140,6 +142,7 @@ fn metrics_handle() -> PrometheusHandle {
         (name = "files", description = "Uploads and downloads"),
         (name = "runs", description = "Code execution"),
         (name = "listings", description = "Files per message and per chat"),
+        (name = "tools", description = "Tools a chat model calls"),
         (name = "admin", description = "Operators"),
         (name = "service", description = "Health and metrics"),
     )
@@ -191,6 +194,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(messages::render))
         .routes(routes!(messages::delete_workspace))
         .routes(routes!(usage::usage))
+        .routes(routes!(tools::list_tools))
+        .routes(routes!(tools::call_tool))
         .routes(routes!(admin::workspaces))
         .routes(routes!(admin::gc))
         .routes(routes!(admin::files))

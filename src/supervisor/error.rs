@@ -56,6 +56,11 @@ pub enum Error {
         /// Every message that still attaches it.
         message_ids: Vec<MessageId>,
     },
+    /// No tool has this name (`POST /v1/tools/{name}`); the message lists the tools.
+    #[error(
+        "tool {0:?} not found; the tools are run_code, list_files, read_file, write_file and delete_file"
+    )]
+    NoSuchTool(String),
     /// The service is at capacity; try again later.
     #[error("busy: {0}")]
     Busy(String),

@@ -13,6 +13,9 @@
 //! - `downloads.rs`: a file's bytes back out, and the parts' health;
 //! - `text.rs`: a file's bounded text for a model (text, xlsx, PDF), parsed under caps;
 //! - `context.rs`: a message's files as a model should be told of them, with previews;
+//! - `tools.rs`: tools a model calls (run code, list, read, write and delete files), answered
+//!   as bounded text for the model; `tool_defs.rs`: their definitions and JSON Schemas;
+//!   `tool_text.rs`: how their answers are written, within the content limit;
 //! - `sandboxes.rs`: start-up, shutdown, removing a workspace, the operators' overview;
 //! - `reap.rs`: the reaper, which applies the retention policy;
 //! - `quotas.rs`: how much a user and a tenant may store and hold on disk;
@@ -59,6 +62,9 @@ mod register;
 mod run;
 mod sandboxes;
 mod text;
+mod tool_defs;
+mod tool_text;
+mod tools;
 mod uploads;
 
 /// The records the supervisor's operations take and give: its vocabulary, which callers use
@@ -76,6 +82,11 @@ pub use pool::WarmPool;
 pub use quotas::Usage;
 pub use reap::ReapReport;
 pub use text::{DEFAULT_TEXT_BYTES, FileText, MAX_TEXT_BYTES};
+pub use tool_defs::{
+    DEFAULT_CONTENT_BYTES, MAX_CONTENT_BYTES, MIN_CONTENT_BYTES, Tool, content_limit,
+    definitions as tool_definitions,
+};
+pub use tools::{ToolAnswer, ToolCall};
 pub use uploads::{StoredUpload, UploadMeta};
 
 /// The languages codebox runs.

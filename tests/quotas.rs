@@ -363,3 +363,24 @@ async fn a_tenants_retention_overrides_apply_to_it_alone() {
         "{global:#}"
     );
 }
+
+#[tokio::test]
+async fn a_models_write_past_the_quota_is_explained_to_it_and_nothing_is_kept() {
+    let server = TestServer::with_config(|config| {
+        config.quotas.user_stored_bytes = Some(ByteSize::kib(1));
+    })
+    .await;
+    let body = json!({"chat_id": "chat-m", "message_id": "msg-m",
+                      "arguments": {"path": "notes.txt", "content": "x".repeat(4096)}});
+    let answer = server
+        .request(ALICE, reqwest::Method::POST, "/v1/tools/write_file")
+        .json(&body)
+        .send()
+        .await
+        .expect("call the tool");
+    let answer = json_of(answer, 200).await;
+    let content = answer["content"].as_str().expect("content");
+    assert!(content.contains("quota"), "{content}");
+    assert_eq!(answer["files"], json!([]), "{answer:#}");
+    assert_eq!(blob_count(&server), 0);
+}

@@ -443,18 +443,21 @@ fn kind_of(value: &Value) -> &'static str {
 }
 
 /// Whether an operation's error is a refusal the model can act on (told as content), rather
-/// than a failure of the service (answered as an error).
+/// than a failure of the service (answered as an error). Every variant is named, so that a
+/// new one must be placed on one side or the other.
 fn is_refusal(error: &Error) -> bool {
-    matches!(
-        error,
+    match error {
         Error::NotFound(_)
-            | Error::Invalid { .. }
-            | Error::TooLarge(_)
-            | Error::NameTaken(_)
-            | Error::Unsupported(_)
-            | Error::Busy(_)
-            | Error::ConfirmationRequired { .. }
-    )
+        | Error::Invalid { .. }
+        | Error::TooLarge(_)
+        | Error::QuotaExceeded(_)
+        | Error::NameTaken(_)
+        | Error::Unsupported(_)
+        | Error::Busy(_)
+        | Error::ConfirmationRequired { .. }
+        | Error::NoSuchTool(_) => true,
+        Error::Catalog(_) | Error::Blobs(_) | Error::Runtime(_) | Error::Io(_) => false,
+    }
 }
 
 /// The part of a model's path below `/mnt/data`: `/mnt/data/a.csv`, `sandbox:/mnt/data/a.csv`

@@ -1,9 +1,11 @@
 //! The `[catalog]` and `[blobs]` sections: where codebox keeps what outlives a run, the records
-//! (a sqlx database) and the bytes of registered files (an object store). Both default to a
+//! (a sqlx database: SQLite or PostgreSQL) and the bytes of registered files (an object
+//! store: a local folder or S3). Both default to a
 //! place inside `data_dir`, which `Config` resolves.
 
 use std::path::PathBuf;
 
+use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 
 /// The catalog database.
@@ -24,8 +26,33 @@ pub enum BlobsConfig {
         #[serde(default)]
         path: Option<PathBuf>,
     },
+    /// An S3 bucket (or an S3-compatible server: MinIO, Ceph, moto). Credentials come from the
+    /// usual AWS environment variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_SESSION_TOKEN`), or the instance's role where there are none.
+    S3 {
+        /// The bucket; it must exist.
+        bucket: String,
+        /// The server, for an S3-compatible one (`http://127.0.0.1:9000`); unset means AWS.
+        #[serde(default)]
+        endpoint: Option<String>,
+        /// The region; unset means `AWS_REGION` or `us-east-1`.
+        #[serde(default)]
+        region: Option<String>,
+        /// Whether a plain `http://` endpoint is allowed (a server on loopback).
+        #[serde(default)]
+        allow_http: bool,
+        /// The most this node's cache of attachments (`<data_dir>/blob-cache`) may hold; the
+        /// least recently used copies go past it.
+        #[serde(default = "default_cache_max_bytes")]
+        cache_max_bytes: ByteSize,
+    },
     /// Process memory: for tests only, everything is lost at exit.
     Memory,
+}
+
+/// 10 GiB of attachments fetched from a remote store, per node.
+fn default_cache_max_bytes() -> ByteSize {
+    ByteSize::gib(10)
 }
 
 impl Default for BlobsConfig {

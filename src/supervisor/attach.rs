@@ -134,7 +134,7 @@ impl Supervisor {
         name: &str,
         file: &FileRecord,
     ) -> Result<()> {
-        if let Some(source) = self.blobs.local_path(&file.blob_key)
+        if let Some(source) = self.blobs.local_copy(&file.blob_key, &file.sha256).await?
             && workspace.place_input_by_link(name, &source)?
         {
             return Ok(());

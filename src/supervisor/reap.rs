@@ -106,6 +106,11 @@ async fn reap_pass(
     )
     .await?;
     reap_files(supervisor, &in_scope, &mut report).await?;
+    if tenant.is_none() && !dry_run {
+        // This node's copies of a remote store's attachments: no tenant's alone.
+        let cache = supervisor.blobs().reap_cache().await?;
+        report.bytes_freed += cache.bytes_freed;
+    }
     Ok(report)
 }
 

@@ -1,13 +1,22 @@
-//! The bytes of stored files, in any `object_store` back end.
+//! The bytes of stored files, in any `object_store` back end: a local folder, S3 (or an
+//! S3-compatible server), or memory for tests.
 //!
 //! One type, [`Blobs`], wraps an `Arc<dyn ObjectStore>`; every object key is a [`BlobKey`],
 //! built by [`BlobKey::for_file`] and nowhere else. Writes are streamed (constant memory for any size)
 //! and hashed on the way, with a byte cap so that nothing the sandbox wrote can fill the store.
+//! A remote store's attachments are fetched once per node into a bounded, content-addressed
+//! cache (`cache.rs`) and linked into workspaces from there.
+
+mod cache;
+
+use cache::BlobCache;
+pub use cache::CacheReaped;
 
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 
 use futures::StreamExt;
+use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
@@ -59,6 +68,8 @@ pub struct Blobs {
     /// For the local back end: the folder the keys live under, so that attachments can be
     /// hard-linked into workspaces instead of copied.
     local_root: Option<PathBuf>,
+    /// For a remote back end: this node's copies of attachments.
+    cache: Option<BlobCache>,
 }
 
 impl Blobs {
@@ -73,11 +84,36 @@ impl Blobs {
                 Ok(Self {
                     store: Arc::new(store),
                     local_root: Some(root),
+                    cache: None,
+                })
+            }
+            BlobsConfig::S3 {
+                bucket,
+                endpoint,
+                region,
+                allow_http,
+                cache_max_bytes,
+            } => {
+                let mut builder = AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_allow_http(*allow_http);
+                if let Some(endpoint) = endpoint {
+                    builder = builder.with_endpoint(endpoint);
+                }
+                if let Some(region) = region {
+                    builder = builder.with_region(region);
+                }
+                let cache = BlobCache::open(data_dir.join("blob-cache"), cache_max_bytes.as_u64())?;
+                Ok(Self {
+                    store: Arc::new(builder.build()?),
+                    local_root: None,
+                    cache: Some(cache),
                 })
             }
             BlobsConfig::Memory => Ok(Self {
                 store: Arc::new(InMemory::new()),
                 local_root: None,
+                cache: None,
             }),
         }
     }
@@ -205,6 +241,35 @@ impl Blobs {
     pub fn local_path(&self, key: &BlobKey) -> Option<PathBuf> {
         let root = self.local_root.as_ref()?;
         crate::safe_fs::join_safely(root, FsPath::new(key.as_str())).ok()
+    }
+
+    /// A file on this machine with the bytes of object `key` (whose sha256 is `sha256`), to be
+    /// linked into a workspace: the local back end's own file, or this node's cached copy of
+    /// a remote object, fetched now if it has none. `None` where there is no such file (the
+    /// memory back end): the caller copies the bytes instead.
+    pub async fn local_copy(
+        &self,
+        key: &BlobKey,
+        sha256: &str,
+    ) -> Result<Option<PathBuf>, BlobError> {
+        if let Some(path) = self.local_path(key) {
+            return Ok(Some(path));
+        }
+        let Some(cache) = &self.cache else {
+            return Ok(None);
+        };
+        let stream = self.get(key, None).await?.into_stream();
+        Ok(Some(cache.copy_of(sha256, stream).await?))
+    }
+
+    /// Removes this node's least recently used cached copies past the cache's bound.
+    pub async fn reap_cache(&self) -> Result<CacheReaped, BlobError> {
+        let Some(cache) = self.cache.clone() else {
+            return Ok(CacheReaped::default());
+        };
+        tokio::task::spawn_blocking(move || cache.reap())
+            .await
+            .map_err(|error| BlobError::Read(std::io::Error::other(error)))?
     }
 
     /// Checks that the store answers, for readiness probes.

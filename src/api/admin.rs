@@ -101,5 +101,6 @@ pub async fn retention(
         deleted_file_grace_secs: policy.deleted_file_grace.as_secs(),
         max_workspace_bytes: policy.max_workspace_bytes.map(|bytes| bytes.as_u64()),
         reap_interval_secs: policy.reap_interval.as_secs(),
+        orphan_blob_grace_secs: policy.orphan_blob_grace.as_secs(),
     })
 }

@@ -463,6 +463,26 @@ impl<'a> Files<'a> {
         Ok(result.rows_affected() > 0)
     }
 
+    /// The blob keys that the rows of `ids` name, deleted files' rows included (their bytes
+    /// are the purge's to remove): what the orphan sweep checks a page of keys against, in
+    /// one query by primary key.
+    pub async fn blob_keys_of(&self, ids: &[FileId]) -> Result<Vec<BlobKey>, CatalogError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let placeholders: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
+        let sql = format!(
+            "SELECT blob_key FROM files WHERE id IN ({})",
+            placeholders.join(", ")
+        );
+        let mut statement = sqlx::query_scalar(sqlx::AssertSqlSafe(sql));
+        for id in ids {
+            statement = statement.bind(id);
+        }
+        let keys: Vec<String> = statement.fetch_all(self.pool).await?;
+        Ok(keys.into_iter().map(BlobKey::from_stored).collect())
+    }
+
     /// Removes the row of a deleted file, once its bytes are purged.
     pub async fn purge(&self, id: &FileId) -> Result<(), CatalogError> {
         sqlx::query("DELETE FROM files WHERE id = $1 AND deleted_at IS NOT NULL")

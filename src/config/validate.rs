@@ -8,6 +8,10 @@ use bytesize::ByteSize;
 
 use super::{Config, ConfigError, RuntimeKind, parse_user};
 
+/// The longest `retention.orphan_blob_grace`: a hundred years.
+const MAX_ORPHAN_BLOB_GRACE: std::time::Duration =
+    std::time::Duration::from_secs(100 * 365 * 24 * 3600);
+
 impl Config {
     /// Checks the cross-field rules that serde cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -35,6 +39,10 @@ impl Config {
         }
         if self.limits.max_depth == 0 {
             return bad("limits.max_depth must be at least 1");
+        }
+        // The sweep compares blobs' times with now minus the grace, which must be a time.
+        if self.retention.orphan_blob_grace > MAX_ORPHAN_BLOB_GRACE {
+            return bad("retention.orphan_blob_grace must be at most 100 years");
         }
         if self.server.max_runs_in_flight == 0 {
             return bad("server.max_runs_in_flight must be at least 1");

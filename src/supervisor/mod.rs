@@ -15,6 +15,7 @@
 //! - `context.rs`: a message's files as a model should be told of them, with previews;
 //! - `sandboxes.rs`: start-up, shutdown, removing a workspace, the operators' overview;
 //! - `reap.rs`: the reaper, which applies the retention policy;
+//! - `orphans.rs`: the reaper's sweep of blobs no catalog row names (left by a crash);
 //! - `pool.rs`: the warm pool;
 //! - `kernels.rs`: a message's interpreter between runs, for notebook clients;
 //! - `error.rs`: the domain error every operation returns.
@@ -51,6 +52,7 @@ mod figures;
 mod files;
 mod kernels;
 mod listing;
+mod orphans;
 mod pool;
 mod reap;
 mod register;

@@ -53,12 +53,10 @@ impl Supervisor {
                 if !listed.is_partial() && named.contains(&listed.key) {
                     continue;
                 }
-                if !dry_run {
-                    if let Err(error) = self.blobs.delete_listed(&listed).await {
-                        tracing::warn!(location = %listed.location, %error,
-                            "could not sweep a blob no file names; the next pass retries");
-                        continue;
-                    }
+                if !dry_run && let Err(error) = self.blobs.delete_listed(&listed).await {
+                    tracing::warn!(location = %listed.location, %error,
+                        "could not sweep a blob no file names; the next pass retries");
+                    continue;
                 }
                 swept.bytes += listed.bytes;
                 swept.locations.push(listed.location);

@@ -111,23 +111,38 @@ impl Site {
             .expect("read the catalog")
     }
 
+    /// The warm slots' markers (`workspaces/.pool/<id>`).
+    fn slots(&self) -> BTreeSet<String> {
+        std::fs::read_dir(self.data_dir.join("workspaces").join(".pool"))
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Kills the server, as a crash would, and starts a new one on the same folder; returns
-    /// the new server and the containers there were at the crash.
-    async fn crash_and_restart(&mut self, server: Child) -> (Child, BTreeSet<String>) {
-        let containers = process::containers_of(&self.instance)
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect();
+    /// the new server and what the killed one left.
+    async fn crash_and_restart(&mut self, server: Child) -> (Child, Killed) {
+        let killed = Killed {
+            containers: process::containers_of(&self.instance)
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect(),
+            slots: self.slots(),
+        };
         kill(server).await;
         let (server, url, _) = start(&self.config, "text").await;
         self.url = url;
-        (server, containers)
+        (server, killed)
     }
 
     /// The invariants that must hold after a crash, once the restarted server has made one
     /// reaper pass: see the module's doc. Files in `registered` were recorded before the
-    /// crash and must all be there; `killed` are the containers there were at the crash.
-    async fn check(&self, killed: &BTreeSet<String>, registered: &[String]) -> serde_json::Value {
+    /// crash and must all be there.
+    async fn check(&self, killed: &Killed, registered: &[String]) -> serde_json::Value {
         let report = self.gc().await;
         let rows: Vec<(String, i64, String, String, Option<String>)> =
             sqlx::query_as("SELECT id, size, sha256, blob_key, deleted_at FROM files")
@@ -183,19 +198,33 @@ impl Site {
             .expect("read the catalog")
             .into_iter()
             .collect();
-        let slots = self.data_dir.join("workspaces").join(".pool");
+        let live_slots = self.slots();
         for (container, workspace) in process::containers_of(&self.instance) {
             assert!(
-                !killed.contains(&container),
+                !killed.containers.contains(&container),
                 "the container of {workspace} outlived the process that ran it"
             );
             assert!(
-                owned.contains(&workspace) || slots.join(&workspace).exists(),
+                owned.contains(&workspace) || live_slots.contains(&workspace),
                 "the container of {workspace} belongs to no message"
+            );
+        }
+        // The killed process's warm slots are gone, or became the message's that claimed one.
+        let slots = self.slots();
+        for slot in &killed.slots {
+            assert!(
+                !slots.contains(slot) || owned.contains(slot),
+                "the warm slot {slot} outlived the process that made it"
             );
         }
         report
     }
+}
+
+/// What a killed server left: its containers and its warm slots.
+struct Killed {
+    containers: BTreeSet<String>,
+    slots: BTreeSet<String>,
 }
 
 async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {

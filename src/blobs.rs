@@ -329,6 +329,7 @@ fn list_local(folder: PathBuf) -> BoxStream<'static, Result<Listed, BlobError>> 
 /// A directory entry of the local files folder as a [`Listed`], if it is a regular file
 /// whose name is a key of the scheme, or such a key's staging file.
 async fn local_entry(entry: &tokio::fs::DirEntry) -> Option<Listed> {
+    use std::os::unix::fs::MetadataExt;
     let name = entry.file_name();
     let name = name.to_str()?;
     let base = match name.split_once('#') {
@@ -341,7 +342,6 @@ async fn local_entry(entry: &tokio::fs::DirEntry) -> Option<Listed> {
         None => name,
     };
     let key = BlobKey::parse_file_key(&format!("{FILES_PREFIX}/{base}"))?;
-    use std::os::unix::fs::MetadataExt;
     // Not followed: a link or a folder here is not something codebox wrote.
     let metadata = entry.metadata().await.ok()?;
     if !metadata.is_file() {

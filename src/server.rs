@@ -2,9 +2,8 @@
 //! in the background and at the end. Start-up checks that the engine sees the workspaces folder
 //! (bind mounts need a shared file system), marks runs interrupted by the last stop as failed,
 //! removes orphaned sandboxes, warm slots and whatever sandbox a crash left running, loads
-//! tokens and the link-signing secret, then
-//! serves; a reaper pass runs every `retention.reap_interval`, and the warm pool is kept full
-//! in the background. A graceful stop removes the warm slots and every sandbox this instance
+//! tokens and the link-signing secret, then serves; a reaper pass runs every
+//! `retention.reap_interval`, and the warm pool is kept full in the background. A graceful stop removes the warm slots and every sandbox this instance
 //! started (the messages' workspaces stay).
 
 use std::path::Path;

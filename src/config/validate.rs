@@ -1,7 +1,7 @@
 //! The cross-field rules that serde cannot express: a default timeout within the maximum,
 //! limits above zero, tokens that can be used, a gateway runtime that names its gateway, a
 //! sandbox user that is not root, preloaded names that are Python modules, an upload allowlist
-//! that admits something. `Config::load`
+//! that admits something, an orphan blob grace that can be subtracted from now. `Config::load`
 //! runs them; a caller that builds a `Config` in code runs them itself.
 
 use bytesize::ByteSize;

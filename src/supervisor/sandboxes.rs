@@ -1,6 +1,6 @@
 //! Housekeeping of sandboxes and workspaces outside the run pipeline: start-up (interrupted
-//! runs, orphan sandboxes), shutdown, removal of a message's workspace or sandbox, and the
-//! operators' overview.
+//! runs, orphan sandboxes, sandboxes a crashed process left), shutdown, removal of a
+//! message's workspace or sandbox, and the operators' overview.
 
 use super::*;
 use crate::ids::TenantId;

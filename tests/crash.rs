@@ -310,7 +310,19 @@ async fn a_kill_9_at_each_step_loses_nothing_and_leaks_nothing() {
     })
     .await;
     let waiting = tokio::spawn(site.run("m-waiting", "print(1)").send());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for("the second run to wait for the slot", async || {
+        site.client
+            .get(format!("{}/metrics", site.url))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+            .lines()
+            .any(|line| line == "codebox_runs_queued 1")
+    })
+    .await;
     let (server, killed) = site.crash_and_restart(server).await;
     assert!(sleeper.await.expect("task").is_err(), "the server died");
     assert!(waiting.await.expect("task").is_err(), "the server died");

@@ -371,7 +371,8 @@ async fn a_kill_9_at_each_step_loses_nothing_and_leaks_nothing() {
         let mut seen = Vec::new();
         while !writer.is_finished() {
             seen = site.file_ids_of(&message).await;
-            if (10..FILES).contains(&seen.len()) {
+            // A third or more recorded, not all: well inside the registration.
+            if (FILES / 3..FILES).contains(&seen.len()) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -382,6 +383,7 @@ async fn a_kill_9_at_each_step_loses_nothing_and_leaks_nothing() {
             assert_eq!(run["status"], "succeeded", "{run:#}");
             continue;
         }
+        eprintln!("killed while registering: {} of {FILES} rows", seen.len());
         let (restarted, killed) = site.crash_and_restart(server).await;
         server = restarted;
         registered.extend(seen.iter().cloned());
@@ -414,7 +416,9 @@ async fn a_kill_9_at_each_step_loses_nothing_and_leaks_nothing() {
     let mut purging = false;
     while !purge.is_finished() {
         let left = site.blob_names().len();
-        if left < before && left > before - doomed.len() {
+        // A third or more purged, not all: well inside the purge.
+        if left <= before - doomed.len() / 3 && left > before - doomed.len() {
+            eprintln!("killed while purging: {left} of {before} blobs left");
             purging = true;
             break;
         }

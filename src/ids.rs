@@ -213,6 +213,24 @@ impl BlobKey {
     pub fn for_file(file_id: &FileId) -> Self {
         Self(format!("files/{file_id}"))
     }
+
+    /// The key `text` names, when it is one [`BlobKey::for_file`] could have made for a
+    /// minted file id (`files/file_<32 lower-case hex digits>`); anything else in the store
+    /// (written by someone else, or by an older scheme) is `None`, so that nothing codebox
+    /// did not name is ever taken for one of its blobs.
+    pub fn parse_file_key(text: &str) -> Option<Self> {
+        let id = text.strip_prefix("files/")?.strip_prefix("file_")?;
+        let minted = id.len() == 32
+            && id
+                .bytes()
+                .all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte));
+        minted.then(|| Self(text.to_owned()))
+    }
+
+    /// The id of the file whose bytes this key holds, for a key of the files scheme.
+    pub fn file_id(&self) -> Option<FileId> {
+        self.0.strip_prefix("files/").map(FileId::from_stored)
+    }
 }
 
 #[cfg(test)]
@@ -235,6 +253,19 @@ mod tests {
         assert!(RunId::new().as_str().starts_with("run_"));
         assert!(WorkspaceId::new().as_str().starts_with("ws_"));
         assert_eq!(BlobKey::for_file(&file), format!("files/{file}").as_str());
+        let key = BlobKey::for_file(&file);
+        assert_eq!(BlobKey::parse_file_key(key.as_str()), Some(key.clone()));
+        assert_eq!(key.file_id(), Some(file.clone()));
+        for foreign in [
+            "files/file_x",
+            "files/report.csv",
+            "other/file_0123456789abcdef0123456789abcdef",
+            "files/file_0123456789ABCDEF0123456789abcdef",
+            "files/file_0123456789abcdef0123456789abcdef#1",
+            "files/file_0123456789abcdef0123456789abcdef/x",
+        ] {
+            assert_eq!(BlobKey::parse_file_key(foreign), None, "{foreign}");
+        }
         let json = serde_json::to_string(&file).expect("JSON");
         assert_eq!(json, format!("\"{file}\""));
         assert_eq!(serde_json::from_str::<FileId>(&json).expect("JSON"), file);

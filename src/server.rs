@@ -1,9 +1,9 @@
 //! `codebox serve`: everything around the HTTP API that a long-running server does at start,
 //! in the background and at the end. Start-up checks that the engine sees the workspaces folder
 //! (bind mounts need a shared file system), marks runs interrupted by the last stop as failed,
-//! removes orphaned sandboxes and warm slots, loads tokens and the link-signing secret, then
-//! serves; a reaper pass runs every `retention.reap_interval`, and the warm pool is kept full
-//! in the background. A graceful stop removes the warm slots and every sandbox this instance
+//! removes orphaned sandboxes, warm slots and whatever sandbox a crash left running, loads
+//! tokens and the link-signing secret, then serves; a reaper pass runs every
+//! `retention.reap_interval`, and the warm pool is kept full in the background. A graceful stop removes the warm slots and every sandbox this instance
 //! started (the messages' workspaces stay).
 
 use std::path::Path;
@@ -45,6 +45,12 @@ pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
     let stale = supervisor.clear_pool().await?;
     if stale > 0 {
         tracing::info!(stale, "removed warm sandboxes left by the last stop");
+    }
+    // After a crash (kill -9, a lost host) the messages' sandboxes are still there, with
+    // interpreters no process can talk to: they go, as a graceful stop would have removed them.
+    let left = supervisor.release_stale_sandboxes().await?;
+    if left > 0 {
+        tracing::info!(left, "removed sandboxes the last process left running");
     }
     let config = supervisor.config();
     let tokens = if config.server.tokens.is_empty() {
@@ -111,7 +117,8 @@ async fn reap_forever(supervisor: Arc<Supervisor>) {
                 if !(report.containers.is_empty()
                     && report.workspaces.is_empty()
                     && report.files_purged.is_empty()
-                    && report.files_expired.is_empty())
+                    && report.files_expired.is_empty()
+                    && report.blobs_swept.is_empty())
                 {
                     tracing::info!(?report, "reaper pass");
                 }

@@ -259,7 +259,8 @@ async fn admin_tokens_act_within_their_tenant() {
     // Tenant A's operator reaps tenant A alone, dry or not.
     let expected_a = json!({
         "dry_run": true, "containers": [ws_a], "workspaces": [ws_a],
-        "files_expired": [], "files_purged": [file_a], "bytes_freed": blob_bytes,
+        "files_expired": [], "files_purged": [file_a], "blobs_swept": [],
+        "bytes_freed": blob_bytes,
     });
     assert_eq!(gc(&server, ADMIN_A_TOKEN, true).await, expected_a);
     let mut expected = expected_a.clone();
@@ -277,7 +278,8 @@ async fn admin_tokens_act_within_their_tenant() {
     // Then tenant B's, and the global operator finds nothing left.
     let expected_b = json!({
         "dry_run": false, "containers": [ws_b], "workspaces": [ws_b],
-        "files_expired": [], "files_purged": [file_b], "bytes_freed": blob_bytes,
+        "files_expired": [], "files_purged": [file_b], "blobs_swept": [],
+        "bytes_freed": blob_bytes,
     });
     assert_eq!(gc(&server, ADMIN_B_TOKEN, false).await, expected_b);
     let rest = gc(&server, ADMIN_TOKEN, false).await;
@@ -285,7 +287,8 @@ async fn admin_tokens_act_within_their_tenant() {
         rest,
         json!({
             "dry_run": false, "containers": [], "workspaces": [],
-            "files_expired": [], "files_purged": [], "bytes_freed": 0,
+            "files_expired": [], "files_purged": [], "blobs_swept": [],
+            "bytes_freed": 0,
         })
     );
 }

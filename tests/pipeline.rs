@@ -1040,6 +1040,62 @@ async fn reconcile_removes_only_this_instances_orphans() {
 }
 
 #[tokio::test]
+async fn a_restart_removes_the_sandboxes_the_last_process_left_unless_one_is_in_use() {
+    let env = TestEnv::new().await;
+    for message in ["m-left", "m-busy"] {
+        assert_status(&env.run(message, "x = 1", &[]).await, RunStatus::Succeeded);
+    }
+    let workspace_of = |message: &'static str| {
+        let env = &env;
+        async move {
+            let data = env.data_dir_of(message).await;
+            let id = data.parent().and_then(|p| p.file_name()).expect("id");
+            id.to_string_lossy().into_owned()
+        }
+    };
+    let left = workspace_of("m-left").await;
+    let busy = workspace_of("m-busy").await;
+    let sandboxes = |supervisor: &codebox::Supervisor| {
+        let runtime = supervisor.runtime().clone();
+        async move {
+            runtime
+                .list()
+                .await
+                .expect("list")
+                .into_iter()
+                .map(|sandbox| sandbox.workspace_id)
+                .collect::<Vec<_>>()
+        }
+    };
+
+    // A new process on the same folder: the interpreters of the old one's sandboxes are out
+    // of its reach, so they go; one whose workspace another process holds stays.
+    let restarted = env.reopen().await;
+    let held = restarted.workspaces().get(&busy).expect("workspace");
+    let lock = held.lock().expect("lock");
+    assert_eq!(
+        restarted.release_stale_sandboxes().await.expect("release"),
+        1
+    );
+    let now = sandboxes(&restarted).await;
+    assert!(!now.contains(&left), "{now:?}");
+    assert!(now.contains(&busy), "{now:?}");
+    drop(lock);
+    assert_eq!(
+        restarted.release_stale_sandboxes().await.expect("release"),
+        1
+    );
+    assert!(!sandboxes(&restarted).await.contains(&busy));
+
+    // The workspaces stayed: the message runs again on its files, in a new sandbox.
+    let again = restarted
+        .run(&env.owner, request("m-left", "print(1)", &[]), None)
+        .await
+        .expect("run");
+    assert_status(&again, RunStatus::Succeeded);
+}
+
+#[tokio::test]
 async fn process_limit_holds_and_the_run_still_ends() {
     let env = TestEnv::with_config(|config| {
         config.sandbox.pids_limit = 32;

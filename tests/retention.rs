@@ -1,6 +1,7 @@
 //! The reaper on the real engine: idle containers and workspaces go, files expire and are
 //! purged after their grace period, the disk quota evicts the least recently used workspace,
-//! a dry run changes nothing, and a workspace in use is never touched.
+//! a dry run changes nothing, a workspace in use is never touched, and bytes no file names
+//! are swept by a pass over every tenant.
 
 mod common;
 
@@ -174,4 +175,100 @@ async fn quota_evicts_least_recently_used_and_skips_busy_workspaces() {
         vec![old.clone(), third.clone()],
         "{report:?}"
     );
+}
+
+#[tokio::test]
+async fn orphan_blobs_are_swept_by_a_pass_over_every_tenant_only() {
+    let env = TestEnv::with_config(|config| {
+        config.retention.orphan_blob_grace = Duration::ZERO;
+    })
+    .await;
+    let kept = env.upload("kept.csv", b"kept").await;
+    let deleted = env.upload("deleted.csv", b"deleted").await;
+    env.supervisor
+        .delete_file(&env.owner, &deleted.id)
+        .await
+        .expect("delete");
+    // Bytes stored without a row, as a crash between the two steps leaves them; an
+    // interrupted upload's staging file; and things codebox never names.
+    let orphan = codebox::ids::BlobKey::for_file(&codebox::ids::FileId::new());
+    env.supervisor
+        .blobs()
+        .put_stream(&orphan, &b"orphan"[..], 1024)
+        .await
+        .expect("orphan");
+    let orphan_path = env.supervisor.blobs().local_path(&orphan).expect("local");
+    let files = orphan_path.parent().expect("files folder").to_path_buf();
+    let staging_key = codebox::ids::BlobKey::for_file(&codebox::ids::FileId::new());
+    let staging = files.join(format!(
+        "{}#3",
+        staging_key.file_id().expect("file id").as_str()
+    ));
+    std::fs::write(&staging, b"half").expect("staging");
+    let foreign = [files.join("notes.txt"), files.join("file_x")];
+    for path in &foreign {
+        std::fs::write(path, b"not ours").expect("foreign");
+    }
+    let shown = |path: &std::path::Path| {
+        format!(
+            "files/{}",
+            path.file_name().expect("name").to_string_lossy()
+        )
+    };
+    let mut expected = vec![orphan.to_string(), shown(&staging)];
+    expected.sort();
+
+    // A tenant's operator cannot know whose bytes they were: nothing is swept.
+    let scoped = env
+        .supervisor
+        .reap_within(false, Some(&env.owner.tenant))
+        .await
+        .expect("scoped pass");
+    assert!(scoped.blobs_swept.is_empty(), "{scoped:?}");
+    assert!(orphan_path.exists() && staging.exists());
+
+    let dry = env.supervisor.reap(true).await.expect("dry pass");
+    let mut swept = dry.blobs_swept.clone();
+    swept.sort();
+    assert_eq!(swept, expected, "{dry:?}");
+    assert!(
+        orphan_path.exists() && staging.exists(),
+        "a dry pass deletes nothing"
+    );
+
+    let done = env.supervisor.reap(false).await.expect("pass");
+    let mut swept = done.blobs_swept.clone();
+    swept.sort();
+    assert_eq!(swept, expected, "{done:?}");
+    assert!(done.bytes_freed > 0, "{done:?}");
+    assert!(!orphan_path.exists() && !staging.exists());
+    for path in &foreign {
+        assert!(path.exists(), "{} is not codebox's", path.display());
+    }
+    // The files with rows keep their bytes, a deleted one's until its purge.
+    assert_eq!(env.bytes_of(&kept).await, b"kept");
+    let deleted_blob = env
+        .supervisor
+        .blobs()
+        .local_path(&deleted.blob_key)
+        .expect("local");
+    assert!(
+        deleted_blob.exists(),
+        "a deleted file's bytes are the purge's"
+    );
+
+    // With the default grace, fresh orphans are left for later: they may be in flight.
+    let patient = {
+        let mut config = env.config.clone();
+        config.retention.orphan_blob_grace = Duration::from_secs(3600);
+        codebox::Supervisor::open(config).await.expect("open")
+    };
+    patient
+        .blobs()
+        .put_stream(&orphan, &b"again"[..], 1024)
+        .await
+        .expect("orphan again");
+    let report = patient.reap(false).await.expect("patient pass");
+    assert!(report.blobs_swept.is_empty(), "{report:?}");
+    assert!(orphan_path.exists());
 }

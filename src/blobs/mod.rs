@@ -14,8 +14,10 @@ pub use cache::CacheReaped;
 
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
@@ -59,6 +61,28 @@ pub struct Stored {
     pub size: u64,
     /// Lower-case hex sha256 of the bytes.
     pub sha256: String,
+}
+
+/// One entry of the store under codebox's key scheme, as the orphan sweep sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// The key whose bytes the entry holds, or (an unfinished upload) was to hold.
+    pub key: BlobKey,
+    /// Where the entry is: the key itself, or, for the local back end, the staging file
+    /// (`<key>#<n>`) of an upload that never completed, which the store's own listing hides.
+    pub location: String,
+    /// When it was last written.
+    pub modified: SystemTime,
+    /// What deleting it frees: for the local back end the blocks its file holds, unless
+    /// another link holds them too (then nothing), like a purge counts; otherwise its size.
+    pub bytes: u64,
+}
+
+impl Listed {
+    /// Whether the entry is an unfinished upload's staging file rather than an object.
+    pub fn is_partial(&self) -> bool {
+        self.location != self.key.as_str()
+    }
 }
 
 /// The blob store.
@@ -237,6 +261,51 @@ impl Blobs {
         }
     }
 
+    /// Every entry under the files scheme ([`BlobKey::parse_file_key`]), streamed so that a
+    /// large store is never held in memory at once; anything else in the store is skipped.
+    /// The local back end also yields the staging files of uploads a crash interrupted.
+    pub fn list_files(&self) -> BoxStream<'static, Result<Listed, BlobError>> {
+        match &self.local_root {
+            Some(root) => list_local(root.join(FILES_PREFIX)),
+            None => self
+                .store
+                .list(Some(&Path::from(FILES_PREFIX)))
+                .filter_map(|meta| async move {
+                    let meta = match meta {
+                        Ok(meta) => meta,
+                        Err(error) => return Some(Err(error.into())),
+                    };
+                    let key = BlobKey::parse_file_key(meta.location.as_ref())?;
+                    Some(Ok(Listed {
+                        location: key.to_string(),
+                        key,
+                        modified: meta.last_modified.into(),
+                        bytes: meta.size,
+                    }))
+                })
+                .boxed(),
+        }
+    }
+
+    /// Deletes a listed entry: its object, or an unfinished upload's staging file. An entry
+    /// that is already gone is not an error.
+    pub async fn delete_listed(&self, listed: &Listed) -> Result<(), BlobError> {
+        if !listed.is_partial() {
+            return self.delete(&listed.key).await;
+        }
+        let Some(root) = &self.local_root else {
+            return Ok(());
+        };
+        let Ok(path) = crate::safe_fs::join_safely(root, FsPath::new(&listed.location)) else {
+            return Ok(());
+        };
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(error.into()),
+        }
+    }
+
     /// The object's file on this machine, for the local back end.
     pub fn local_path(&self, key: &BlobKey) -> Option<PathBuf> {
         let root = self.local_root.as_ref()?;
@@ -280,6 +349,80 @@ impl Blobs {
             Some(Err(error)) => Err(error.into()),
         }
     }
+}
+
+/// The folder (and key prefix) every stored file's bytes live under: see [`BlobKey::for_file`].
+const FILES_PREFIX: &str = "files";
+
+/// Where a walk of the local files folder is.
+enum Walk {
+    /// The folder is not open yet.
+    Start(PathBuf),
+    /// Reading its entries.
+    Reading(tokio::fs::ReadDir),
+    /// Every entry was read, or reading failed (the error was the last item).
+    Done,
+}
+
+/// The local back end's entries under `folder`, read a directory entry at a time: objects,
+/// and the staging files (`<name>#<digits>`) that the store's own listing hides.
+fn list_local(folder: PathBuf) -> BoxStream<'static, Result<Listed, BlobError>> {
+    futures::stream::unfold(Walk::Start(folder), |walk| async move {
+        let mut entries = match walk {
+            Walk::Start(folder) => match tokio::fs::read_dir(&folder).await {
+                Ok(entries) => entries,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => return None,
+                Err(error) => return Some((Err(BlobError::Read(error)), Walk::Done)),
+            },
+            Walk::Reading(entries) => entries,
+            Walk::Done => return None,
+        };
+        loop {
+            let entry = match entries.next_entry().await {
+                Ok(Some(entry)) => entry,
+                Ok(None) => return None,
+                Err(error) => return Some((Err(BlobError::Read(error)), Walk::Done)),
+            };
+            if let Some(listed) = local_entry(&entry).await {
+                return Some((Ok(listed), Walk::Reading(entries)));
+            }
+        }
+    })
+    .boxed()
+}
+
+/// A directory entry of the local files folder as a [`Listed`], if it is a regular file
+/// whose name is a key of the scheme, or such a key's staging file.
+async fn local_entry(entry: &tokio::fs::DirEntry) -> Option<Listed> {
+    use std::os::unix::fs::MetadataExt;
+    let name = entry.file_name();
+    let name = name.to_str()?;
+    let base = match name.split_once('#') {
+        Some((base, suffix))
+            if !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            base
+        }
+        Some(_) => return None,
+        None => name,
+    };
+    let key = BlobKey::parse_file_key(&format!("{FILES_PREFIX}/{base}"))?;
+    // Not followed: a link or a folder here is not something codebox wrote.
+    let metadata = entry.metadata().await.ok()?;
+    if !metadata.is_file() {
+        return None;
+    }
+    let bytes = if metadata.nlink() <= 1 {
+        metadata.blocks() * 512
+    } else {
+        0
+    };
+    Some(Listed {
+        key,
+        location: format!("{FILES_PREFIX}/{name}"),
+        modified: metadata.modified().ok()?,
+        bytes,
+    })
 }
 
 #[cfg(test)]
@@ -344,6 +487,62 @@ mod tests {
         let path = blobs.local_path(&key("c")).expect("local");
         assert_eq!(std::fs::read(path).expect("read"), b"abc");
         assert_eq!(blobs.local_path(&key("../x")), None);
+    }
+
+    /// The locations `blobs` lists, sorted.
+    async fn listed(blobs: &Blobs) -> Vec<(String, bool)> {
+        let mut found: Vec<(String, bool)> = blobs
+            .list_files()
+            .map(|listed| {
+                let listed = listed.expect("listed");
+                (listed.location.clone(), listed.is_partial())
+            })
+            .collect()
+            .await;
+        found.sort();
+        found
+    }
+
+    #[tokio::test]
+    async fn listing_sees_the_scheme_and_staging_files_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blobs = Blobs::open(&BlobsConfig::Local { path: None }, dir.path()).expect("open");
+        assert_eq!(listed(&blobs).await, vec![], "no files folder yet");
+        let kept = BlobKey::for_file(&FileId::new());
+        blobs.put_stream(&kept, &b"abc"[..], 10).await.expect("put");
+        let files = dir.path().join("blobs").join("files");
+        let staging = format!("{}#2", kept.file_id().expect("id"));
+        std::fs::write(files.join(&staging), b"ab").expect("staging");
+        for foreign in ["notes.txt", "file_x", "file_x#1", "a#b"] {
+            std::fs::write(files.join(foreign), b"x").expect("foreign");
+        }
+        std::fs::create_dir(files.join(FileId::new().as_str())).expect("a folder");
+        assert_eq!(
+            listed(&blobs).await,
+            vec![
+                (kept.to_string(), false),
+                (format!("files/{staging}"), true)
+            ]
+        );
+        for entry in blobs.list_files().collect::<Vec<_>>().await {
+            blobs
+                .delete_listed(&entry.expect("listed"))
+                .await
+                .expect("delete");
+        }
+        assert_eq!(listed(&blobs).await, vec![]);
+        assert!(files.join("notes.txt").exists());
+
+        let memory = Blobs::open(&BlobsConfig::Memory, FsPath::new("/nonexistent")).expect("open");
+        memory
+            .put_stream(&kept, &b"abc"[..], 10)
+            .await
+            .expect("put");
+        memory
+            .put_stream(&key("other"), &b"abc"[..], 10)
+            .await
+            .expect("put");
+        assert_eq!(listed(&memory).await, vec![(kept.to_string(), false)]);
     }
 
     #[tokio::test]

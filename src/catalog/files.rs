@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 use sqlx::AnyPool;
 
+use super::usage::{QuotaScope, StoredQuota, TENANT_BYTES, USER_BYTES, clamp};
 use super::{CatalogError, Owner};
 use crate::ids::{BlobKey, ChatId, FileId, MessageId, RunId, TenantId, UserId};
 
@@ -44,19 +45,6 @@ impl TryFrom<String> for FileSource {
 }
 
 /// One stored file.
-/// The live files of one user and the bytes they hold (see [`Files::usage`]).
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct FileUsage {
-    /// The tenant.
-    pub tenant: TenantId,
-    /// The user within it.
-    pub user_id: UserId,
-    /// How many live files the user has.
-    pub files: i64,
-    /// The bytes they hold together.
-    pub bytes: i64,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct FileRecord {
     /// Opaque id (`file_...`).
@@ -140,52 +128,12 @@ fn escape_like(text: &str) -> String {
 
 /// Accessor for the `files` table.
 pub struct Files<'a> {
-    pool: &'a AnyPool,
+    pub(super) pool: &'a AnyPool,
 }
 
 const COLUMNS: &str = "id, tenant, user_id, chat_id, message_id, run_id, name, path, size, \
     content_type, sha256, source, derived_from, blob_key, created_at, deleted_at, modified_at, \
     unlinked_at";
-
-/// The bytes of the live files of the user `$2`/`$3` name, and of their tenant: parts of
-/// [`Files::insert`]'s statement, which binds the tenant and the user as `$2` and `$3`.
-const USER_BYTES: &str = "(SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM files \
-    WHERE tenant = $2 AND user_id = $3 AND deleted_at IS NULL)";
-const TENANT_BYTES: &str = "(SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM files \
-    WHERE tenant = $2 AND deleted_at IS NULL)";
-
-/// How many bytes of live files an insert may bring its owner and their tenant to; `None`
-/// is no limit.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StoredQuota {
-    /// The most one user may keep.
-    pub user: Option<u64>,
-    /// The most one tenant's users may keep together.
-    pub tenant: Option<u64>,
-}
-
-/// Whose quota refused a file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QuotaScope {
-    /// The user's own.
-    User,
-    /// Their tenant's, shared by its users.
-    Tenant,
-}
-
-/// The bytes of live files a user keeps, and their whole tenant keeps.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StoredBytes {
-    /// The user's.
-    pub user: u64,
-    /// The tenant's, the user's included.
-    pub tenant: u64,
-}
-
-/// A quota as the database compares it.
-fn clamp(bytes: u64) -> i64 {
-    i64::try_from(bytes).unwrap_or(i64::MAX)
-}
 
 impl<'a> Files<'a> {
     pub(super) fn new(pool: &'a AnyPool) -> Self {
@@ -251,27 +199,6 @@ impl<'a> Files<'a> {
             }
         };
         Err(CatalogError::QuotaExceeded { scope, used, limit })
-    }
-
-    /// The bytes of live files `user` of `tenant` keeps, and their whole tenant keeps.
-    pub async fn stored_bytes(
-        &self,
-        tenant: &TenantId,
-        user: &UserId,
-    ) -> Result<StoredBytes, CatalogError> {
-        let (user, tenant): (i64, i64) = sqlx::query_as(
-            "SELECT CAST(COALESCE(SUM(CASE WHEN user_id = $2 THEN size ELSE 0 END), 0) AS BIGINT), \
-             CAST(COALESCE(SUM(size), 0) AS BIGINT) \
-             FROM files WHERE tenant = $1 AND deleted_at IS NULL",
-        )
-        .bind(tenant)
-        .bind(user)
-        .fetch_one(self.pool)
-        .await?;
-        Ok(StoredBytes {
-            user: u64::try_from(user).unwrap_or(0),
-            tenant: u64::try_from(tenant).unwrap_or(0),
-        })
     }
 
     /// Renames the live file `id` of `owner` (its display name and the path the code sees),
@@ -494,30 +421,6 @@ impl<'a> Files<'a> {
         Ok(result.rows_affected())
     }
 
-    /// Live files and the bytes they hold per (tenant, user), of `tenant` or of every tenant,
-    /// ordered by tenant and user: what operators see of stored files.
-    pub async fn usage(&self, tenant: Option<&TenantId>) -> Result<Vec<FileUsage>, CatalogError> {
-        // The sum is cast so that every database returns a 64-bit integer (Postgres sums
-        // BIGINT into NUMERIC).
-        let scope = if tenant.is_some() {
-            "AND tenant = $1"
-        } else {
-            ""
-        };
-        let sql = format!(
-            "SELECT tenant, user_id, COUNT(*) AS files, \
-             CAST(COALESCE(SUM(size), 0) AS BIGINT) AS bytes \
-             FROM files WHERE deleted_at IS NULL {scope} \
-             GROUP BY tenant, user_id ORDER BY tenant, user_id"
-        );
-        let query = sqlx::query_as(sqlx::AssertSqlSafe(sql));
-        let query = match tenant {
-            Some(tenant) => query.bind(tenant),
-            None => query,
-        };
-        Ok(query.fetch_all(self.pool).await?)
-    }
-
     /// Live files stored before `cutoff`, for the retention reaper.
     pub async fn created_before(&self, cutoff: &str) -> Result<Vec<FileRecord>, CatalogError> {
         let sql = format!(
@@ -551,6 +454,26 @@ impl<'a> Files<'a> {
                 .execute(self.pool)
                 .await?;
         Ok(result.rows_affected() > 0)
+    }
+
+    /// The blob keys that the rows of `ids` name, deleted files' rows included (their bytes
+    /// are the purge's to remove): what the orphan sweep checks a page of keys against, in
+    /// one query by primary key.
+    pub async fn blob_keys_of(&self, ids: &[FileId]) -> Result<Vec<BlobKey>, CatalogError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let placeholders: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
+        let sql = format!(
+            "SELECT blob_key FROM files WHERE id IN ({})",
+            placeholders.join(", ")
+        );
+        let mut statement = sqlx::query_scalar(sqlx::AssertSqlSafe(sql));
+        for id in ids {
+            statement = statement.bind(id);
+        }
+        let keys: Vec<String> = statement.fetch_all(self.pool).await?;
+        Ok(keys.into_iter().map(BlobKey::from_stored).collect())
     }
 
     /// Removes the row of a deleted file, once its bytes are purged.

@@ -9,6 +9,7 @@ mod attachments;
 mod files;
 mod messages;
 mod runs;
+mod usage;
 
 use std::num::NonZeroU8;
 use std::str::FromStr;
@@ -21,11 +22,10 @@ use time::format_description::well_known::iso8601::{Config, EncodedConfig, TimeP
 use crate::ids::{BlobKey, ChatId, FileId, MessageId, RunId, TenantId, UserId, WorkspaceId};
 
 pub use attachments::{AttachmentRecord, Attachments};
-pub use files::{
-    FileQuery, FileRecord, FileSource, FileUsage, Files, QuotaScope, StoredBytes, StoredQuota,
-};
+pub use files::{FileQuery, FileRecord, FileSource, Files};
 pub use messages::{Claim, MessageRecord, Messages};
 pub use runs::{KernelState, RunOutput, RunRecord, RunStatus, Runs, Truncation};
+pub use usage::{FileUsage, QuotaScope, StoredBytes, StoredQuota};
 
 /// Who acts: a tenant (from the caller's token) and one of its end users.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

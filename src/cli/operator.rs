@@ -61,11 +61,12 @@ pub async fn gc(
             "removed"
         };
         println!(
-            "{verb}: {} containers, {} workspaces, {} expired files, {} purged files; {} freed",
+            "{verb}: {} containers, {} workspaces, {} expired files, {} purged files, {} orphan blobs; {} freed",
             report.containers.len(),
             report.workspaces.len(),
             report.files_expired.len(),
             report.files_purged.len(),
+            report.blobs_swept.len(),
             ByteSize::b(report.bytes_freed).display().iec()
         );
     })

@@ -117,6 +117,18 @@ mod tests {
             let error = Config::load(Some(Path::new("bad.toml")), serde_json::json!({}))
                 .expect_err("default above max must not pass");
             assert!(error.to_string().contains("max_timeout"), "{error}");
+
+            jail.create_file("grace.toml", "[retention]\norphan_blob_grace = \"0s\"\n")?;
+            let config = Config::load(Some(Path::new("grace.toml")), serde_json::json!({}))
+                .expect("no grace is allowed");
+            assert!(config.retention.orphan_blob_grace.is_zero());
+            jail.create_file(
+                "forever.toml",
+                "[retention]\norphan_blob_grace = \"1000years\"\n",
+            )?;
+            let error = Config::load(Some(Path::new("forever.toml")), serde_json::json!({}))
+                .expect_err("a grace past any date must not pass");
+            assert!(error.to_string().contains("orphan_blob_grace"), "{error}");
             Ok(())
         });
     }

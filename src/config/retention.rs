@@ -1,5 +1,7 @@
 //! The `[retention]` section: how long idle containers, idle workspaces and files are kept,
-//! how much disk all workspaces together may use, and how much the disk must keep free. The reaper (the supervisor's `reap`) reads it.
+//! how much disk all workspaces together may use, how much the disk must keep free, and how
+//! old a blob without a catalog row must be before it is swept. The reaper (the supervisor's
+//! `reap`) reads it.
 
 use std::time::Duration;
 
@@ -33,6 +35,11 @@ pub struct RetentionConfig {
     /// How often the reaper runs inside `codebox serve`.
     #[serde(with = "humantime_serde")]
     pub reap_interval: Duration,
+    /// A blob no catalog row names (left by a crash between storing the bytes and recording
+    /// them) is swept once it is this old. The bytes of an upload or a registration in
+    /// flight have no row yet: the grace must outlast the longest of them.
+    #[serde(with = "humantime_serde")]
+    pub orphan_blob_grace: Duration,
 }
 
 impl Default for RetentionConfig {
@@ -45,6 +52,7 @@ impl Default for RetentionConfig {
             max_workspace_bytes: None,
             min_free_disk: None,
             reap_interval: Duration::from_secs(60),
+            orphan_blob_grace: Duration::from_secs(3600),
         }
     }
 }

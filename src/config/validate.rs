@@ -1,12 +1,17 @@
 //! The cross-field rules that serde cannot express: a default timeout within the maximum,
 //! limits above zero, tokens that can be used, a gateway runtime that names its gateway, a
 //! sandbox user that is not root, preloaded names that are Python modules, an upload allowlist
-//! that admits something, tenant overrides that name a tenant. `Config::load`
+//! that admits something, tenant overrides that name a tenant, an orphan blob grace that can
+//! be subtracted from now. `Config::load`
 //! runs them; a caller that builds a `Config` in code runs them itself.
 
 use bytesize::ByteSize;
 
 use super::{Config, ConfigError, RuntimeKind, parse_user};
+
+/// The longest `retention.orphan_blob_grace`: a hundred years.
+const MAX_ORPHAN_BLOB_GRACE: std::time::Duration =
+    std::time::Duration::from_secs(100 * 365 * 24 * 3600);
 
 impl Config {
     /// Checks the cross-field rules that serde cannot express.
@@ -35,6 +40,10 @@ impl Config {
         }
         if self.limits.max_depth == 0 {
             return bad("limits.max_depth must be at least 1");
+        }
+        // The sweep compares blobs' times with now minus the grace, which must be a time.
+        if self.retention.orphan_blob_grace > MAX_ORPHAN_BLOB_GRACE {
+            return bad("retention.orphan_blob_grace must be at most 100 years");
         }
         if self.server.max_runs_in_flight == 0 {
             return bad("server.max_runs_in_flight must be at least 1");

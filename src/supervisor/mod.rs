@@ -19,6 +19,7 @@
 //! - `sandboxes.rs`: start-up, shutdown, removing a workspace, the operators' overview;
 //! - `reap.rs`: the reaper, which applies the retention policy;
 //! - `quotas.rs`: how much a user and a tenant may store and hold on disk;
+//! - `orphans.rs`: the reaper's sweep of blobs no catalog row names (left by a crash);
 //! - `pool.rs`: the warm pool;
 //! - `kernels.rs`: a message's interpreter between runs, for notebook clients;
 //! - `error.rs`: the domain error every operation returns.
@@ -55,6 +56,7 @@ mod figures;
 mod files;
 mod kernels;
 mod listing;
+mod orphans;
 mod pool;
 mod quotas;
 mod reap;

@@ -9,7 +9,11 @@
 //!    disk has less free space than `min_free_disk` (the watermark), the least recently used
 //!    idle ones go early;
 //! 3. files: files older than `file_ttl` are deleted, and the bytes of files deleted more than
-//!    `deleted_file_grace` ago are purged with their rows.
+//!    `deleted_file_grace` ago are purged with their rows (the bytes first: a purge a crash
+//!    cut off after them completes on the next pass);
+//! 4. orphan blobs: bytes no catalog row names, older than `orphan_blob_grace`, are swept
+//!    (see `orphans.rs`); only a pass over every tenant sweeps, since such bytes have no
+//!    known tenant.
 //!
 //! `workspace_idle` and `file_ttl` are each tenant's own where `[tenants.<tenant>]` overrides
 //! them.
@@ -42,9 +46,12 @@ pub struct ReapReport {
     pub files_expired: Vec<FileId>,
     /// Ids of deleted files whose bytes were purged.
     pub files_purged: Vec<FileId>,
+    /// Blobs no catalog row names that were swept: their keys, or the staging files
+    /// (`<key>#<n>`) of uploads that never completed.
+    pub blobs_swept: Vec<String>,
     /// Bytes freed on disk (or, for a remote blob store, the size of purged objects): what
     /// removing the workspace folders released (see `Workspace::bytes`) plus the purged
-    /// files whose last link went.
+    /// files whose last link went, plus the swept blobs.
     pub bytes_freed: u64,
 }
 
@@ -106,12 +113,24 @@ async fn reap_pass(
     )
     .await?;
     reap_files(supervisor, &in_scope, &mut report).await?;
+    if tenant.is_none() {
+        reap_orphan_blobs(supervisor, &mut report).await?;
+    }
     if tenant.is_none() && !dry_run {
         // This node's copies of a remote store's attachments: no tenant's alone.
         let cache = supervisor.blobs().reap_cache().await?;
         report.bytes_freed += cache.bytes_freed;
     }
     Ok(report)
+}
+
+/// Sweeps the blobs no catalog row names (see `orphans.rs`), after the purge of deleted
+/// files so that it never races the purge for the same bytes.
+async fn reap_orphan_blobs(supervisor: &Supervisor, report: &mut ReapReport) -> Result<()> {
+    let swept = supervisor.sweep_orphan_blobs(report.dry_run).await?;
+    report.blobs_swept = swept.locations;
+    report.bytes_freed += swept.bytes;
+    Ok(())
 }
 
 /// Removes idle and orphaned containers; returns the workspaces whose containers remain.

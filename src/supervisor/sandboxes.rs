@@ -1,6 +1,6 @@
 //! Housekeeping of sandboxes and workspaces outside the run pipeline: start-up (interrupted
-//! runs, orphan sandboxes), shutdown, removal of a message's workspace or sandbox, and the
-//! operators' overview.
+//! runs, orphan sandboxes, sandboxes a crashed process left), shutdown, removal of a
+//! message's workspace or sandbox, and the operators' overview.
 
 use super::*;
 use crate::ids::TenantId;
@@ -41,6 +41,31 @@ impl Supervisor {
                 self.runtime.release(&workspace_id).await?;
                 removed += 1;
             }
+        }
+        Ok(removed)
+    }
+
+    /// Removes this instance's sandboxes that a previous process left, whatever message owns
+    /// them, as a graceful stop would have: each one's interpreter answered the process that
+    /// started it alone (over the stdio it attached), and the code in it may still be running
+    /// and writing to the workspace, so none can serve a run again. The workspaces stay, and
+    /// the next run of each message starts a new sandbox on the same files. A sandbox whose
+    /// workspace lock is held (a `codebox run` on the same folder is using it) is left alone,
+    /// as are warm slots, which `clear_pool` handles. Call it at start-up, before accepting
+    /// runs, after `clear_pool` (which hands slots claimed just before a crash to their
+    /// messages). Returns how many were removed.
+    pub async fn release_stale_sandboxes(&self) -> Result<usize> {
+        let mut removed = 0;
+        for workspace_id in self.own_sandboxes().await? {
+            if self.workspaces.is_pool_slot(&workspace_id) {
+                continue;
+            }
+            let workspace = self.workspaces.get(&workspace_id)?;
+            let Some(_lock) = workspace.try_lock()? else {
+                continue;
+            };
+            self.runtime.release(&workspace_id).await?;
+            removed += 1;
         }
         Ok(removed)
     }

@@ -62,6 +62,9 @@ pub struct GcReport {
     pub files_expired: Vec<String>,
     /// Deleted files whose bytes were purged.
     pub files_purged: Vec<String>,
+    /// Blobs no file names (left by a crash) that were swept: their keys, or an unfinished
+    /// upload's staging file (`<key>#<n>`). Only a pass over every tenant sweeps.
+    pub blobs_swept: Vec<String>,
     /// Bytes freed.
     pub bytes_freed: u64,
 }
@@ -95,6 +98,7 @@ impl From<ReapReport> for GcReport {
             workspaces: report.workspaces,
             files_expired: report.files_expired.into_iter().map(String::from).collect(),
             files_purged: report.files_purged.into_iter().map(String::from).collect(),
+            blobs_swept: report.blobs_swept,
             bytes_freed: report.bytes_freed,
         }
     }
@@ -163,6 +167,8 @@ pub struct RetentionPolicy {
     pub min_free_disk_bytes: Option<u64>,
     /// Seconds between reaper passes.
     pub reap_interval_secs: u64,
+    /// Seconds a blob no file names is kept before the sweep deletes it.
+    pub orphan_blob_grace_secs: u64,
     /// The quotas in force.
     pub quotas: Quotas,
     /// Per tenant, the retention times and quotas in force where they differ from the
@@ -245,6 +251,7 @@ impl RetentionPolicy {
             max_workspace_bytes: policy.max_workspace_bytes.map(|bytes| bytes.as_u64()),
             min_free_disk_bytes: policy.min_free_disk.map(|bytes| bytes.as_u64()),
             reap_interval_secs: policy.reap_interval.as_secs(),
+            orphan_blob_grace_secs: policy.orphan_blob_grace.as_secs(),
             quotas: quotas.into(),
             tenants,
         }

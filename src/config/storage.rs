@@ -23,7 +23,9 @@ pub enum BlobsConfig {
     /// A folder on this machine; unset `path` means `blobs/` inside `data_dir`.
     Local {
         /// The folder that holds the blobs.
-        #[serde(default)]
+        // Left out when unset, so that the defaults' layer holds no field another kind lacks
+        // (`CODEBOX_BLOBS__KIND=s3` over the default local store).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         path: Option<PathBuf>,
     },
     /// An S3 bucket (or an S3-compatible server: MinIO, Ceph, moto). Credentials come from the

@@ -106,6 +106,36 @@ mod tests {
     }
 
     #[test]
+    fn postgres_and_s3_come_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "CODEBOX_CATALOG__URL",
+                "postgres://codebox@127.0.0.1:55432/codebox",
+            );
+            jail.set_env("CODEBOX_BLOBS__KIND", "s3");
+            jail.set_env("CODEBOX_BLOBS__BUCKET", "codebox");
+            jail.set_env("CODEBOX_BLOBS__ENDPOINT", "http://127.0.0.1:55433");
+            jail.set_env("CODEBOX_BLOBS__ALLOW_HTTP", "true");
+            let config = Config::load(None, serde_json::json!({})).map_err(|e| e.to_string())?;
+            assert!(config.catalog_url().starts_with("postgres://"));
+            match config.blobs {
+                crate::config::BlobsConfig::S3 {
+                    bucket,
+                    allow_http,
+                    cache_max_bytes,
+                    ..
+                } => {
+                    assert_eq!(bucket, "codebox");
+                    assert!(allow_http);
+                    assert_eq!(cache_max_bytes, bytesize::ByteSize::gib(10));
+                }
+                other => panic!("not S3: {other:?}"),
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_refused() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("typo.toml", "[sandbox]\nimgae = \"x\"\n")?;

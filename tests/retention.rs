@@ -272,3 +272,60 @@ async fn orphan_blobs_are_swept_by_a_pass_over_every_tenant_only() {
     assert!(report.blobs_swept.is_empty(), "{report:?}");
     assert!(orphan_path.exists());
 }
+
+#[tokio::test]
+async fn instances_sharing_a_catalog_reap_its_files_one_at_a_time() {
+    // Two instances (two data folders) on one catalog file: the first pass takes the
+    // reaper's lease, and while it holds it the other leaves expiry and purges to it.
+    let first = TestEnv::with_config(|config| {
+        config.retention.deleted_file_grace = std::time::Duration::ZERO;
+    })
+    .await;
+    let catalog_url = first.config.catalog_url();
+    let second = TestEnv::with_config(|config| {
+        config.catalog.url = Some(catalog_url.clone());
+        config.retention.deleted_file_grace = std::time::Duration::ZERO;
+    })
+    .await;
+    assert_ne!(first.supervisor.instance(), second.supervisor.instance());
+    let taken = first.supervisor.reap(false).await.expect("reap");
+    assert_eq!(taken.files_left_to, None);
+
+    let file = first.upload("gone.csv", b"a,b\n1,2\n").await;
+    first
+        .supervisor
+        .delete_file(&first.owner, &file.id)
+        .await
+        .expect("delete");
+    let left = second.supervisor.reap(false).await.expect("reap");
+    assert_eq!(
+        left.files_left_to.as_deref(),
+        Some(first.supervisor.instance())
+    );
+    assert!(left.files_purged.is_empty(), "{left:?}");
+    // A dry pass needs no lease: it reports what would go.
+    let dry = second.supervisor.reap(true).await.expect("dry reap");
+    assert_eq!(dry.files_purged, vec![file.id.clone()]);
+    // The holder purges.
+    let done = first.supervisor.reap(false).await.expect("reap");
+    assert_eq!(done.files_purged, vec![file.id]);
+
+    // Once the holder's lease lapses, the other instance takes it over.
+    let catalog = second.supervisor.catalog();
+    let lapsed =
+        codebox::catalog::format_time(time::OffsetDateTime::now_utc() - time::Duration::minutes(1));
+    assert!(
+        catalog
+            .leases()
+            .acquire("reaper", first.supervisor.instance(), (&lapsed, &lapsed))
+            .await
+            .expect("set the lease to lapse")
+    );
+    let taken_over = second.supervisor.reap(false).await.expect("reap");
+    assert_eq!(taken_over.files_left_to, None);
+    let held = catalog.leases().holder("reaper").await.expect("holder");
+    assert_eq!(
+        held.map(|(holder, _)| holder).as_deref(),
+        Some(second.supervisor.instance())
+    );
+}

@@ -1,12 +1,13 @@
 //! The catalog: what codebox remembers between processes, in SQL (sqlx).
 //!
 //! One accessor per table: [`Catalog::messages`], [`Catalog::runs`], [`Catalog::files`],
-//! [`Catalog::attachments`]. The queries are portable SQL behind sqlx's `Any` driver, so the
-//! default SQLite file and a shared PostgreSQL server run the same code; migrations are
-//! embedded in the binary and applied on connect.
+//! [`Catalog::attachments`], [`Catalog::leases`]. The queries are portable SQL behind sqlx's
+//! `Any` driver, so the default SQLite file and a shared PostgreSQL server run the same code;
+//! migrations are embedded in the binary and applied on connect.
 
 mod attachments;
 mod files;
+mod leases;
 mod messages;
 mod runs;
 mod usage;
@@ -23,6 +24,7 @@ use crate::ids::{BlobKey, ChatId, FileId, MessageId, RunId, TenantId, UserId, Wo
 
 pub use attachments::{AttachmentRecord, Attachments};
 pub use files::{FileQuery, FileRecord, FileSource, Files};
+pub use leases::Leases;
 pub use messages::{Claim, MessageRecord, Messages};
 pub use runs::{KernelState, RunOutput, RunRecord, RunStatus, Runs, Truncation};
 pub use usage::{FileUsage, QuotaScope, StoredBytes, StoredQuota};
@@ -177,6 +179,11 @@ impl Catalog {
     /// The `attachments` table: which stored file sits under which name in which workspace.
     pub fn attachments(&self) -> Attachments<'_> {
         Attachments::new(&self.pool)
+    }
+
+    /// The `leases` table: which instance holds a duty that must not run twice at once.
+    pub fn leases(&self) -> Leases<'_> {
+        Leases::new(&self.pool)
     }
 
     /// Checks that the database answers, for readiness probes.

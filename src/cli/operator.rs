@@ -69,6 +69,9 @@ pub async fn gc(
             report.blobs_swept.len(),
             ByteSize::b(report.bytes_freed).display().iec()
         );
+        if let Some(holder) = &report.files_left_to {
+            println!("files left to instance {holder}, which holds the reaper's lease");
+        }
     })
 }
 

@@ -49,6 +49,9 @@ pub struct ReapReport {
     /// Blobs no catalog row names that were swept: their keys, or the staging files
     /// (`<key>#<n>`) of uploads that never completed.
     pub blobs_swept: Vec<String>,
+    /// When another instance holds the reaper's lease: that instance, which expires, purges
+    /// and sweeps the catalog's files, so this pass left them alone.
+    pub files_left_to: Option<String>,
     /// Bytes freed on disk (or, for a remote blob store, the size of purged objects): what
     /// removing the workspace folders released (see `Workspace::bytes`) plus the purged
     /// files whose last link went, plus the swept blobs.
@@ -112,9 +115,21 @@ async fn reap_pass(
         &mut report,
     )
     .await?;
-    reap_files(supervisor, &in_scope, &mut report).await?;
-    if tenant.is_none() {
-        reap_orphan_blobs(supervisor, &mut report).await?;
+    // The catalog's files are every instance's. A pass over every tenant that changes things
+    // expires, purges and sweeps them only while this instance holds the reaper's lease, so
+    // that instances sharing one catalog never do it twice at once; a dry pass and one
+    // operator's pass over their own tenant (both idempotent) need no lease.
+    let holder = match tenant {
+        None if !dry_run => supervisor.take_reaper_lease().await?,
+        _ => None,
+    };
+    if let Some(holder) = holder {
+        report.files_left_to = Some(holder);
+    } else {
+        reap_files(supervisor, &in_scope, &mut report).await?;
+        if tenant.is_none() {
+            reap_orphan_blobs(supervisor, &mut report).await?;
+        }
     }
     if tenant.is_none() && !dry_run {
         // This node's copies of a remote store's attachments: no tenant's alone.
@@ -122,6 +137,35 @@ async fn reap_pass(
         report.bytes_freed += cache.bytes_freed;
     }
     Ok(report)
+}
+
+/// The lease whose holder does the global part of the reaper.
+const REAPER_LEASE: &str = "reaper";
+
+impl Supervisor {
+    /// Takes or renews the reaper's lease for this instance, for three reaper intervals (at
+    /// least five minutes): held while this instance reaps, taken over by another once it
+    /// stops. Returns `None` when this instance holds it, else the instance that does.
+    async fn take_reaper_lease(&self) -> Result<Option<String>> {
+        let interval = self.config().retention.reap_interval;
+        let term = (interval * 3).max(Duration::from_secs(300));
+        let until = catalog::format_time(
+            time::OffsetDateTime::now_utc() + time::Duration::try_from(term).unwrap_or_default(),
+        );
+        let leases = self.catalog().leases();
+        let now = catalog::now();
+        if leases
+            .acquire(REAPER_LEASE, self.instance(), (&now, &until))
+            .await?
+        {
+            return Ok(None);
+        }
+        let holder = leases.holder(REAPER_LEASE).await?;
+        Ok(Some(holder.map_or_else(
+            || "another instance".to_owned(),
+            |(holder, _)| holder,
+        )))
+    }
 }
 
 /// Sweeps the blobs no catalog row names (see `orphans.rs`), after the purge of deleted

@@ -65,6 +65,10 @@ pub struct GcReport {
     /// Blobs no file names (left by a crash) that were swept: their keys, or an unfinished
     /// upload's staging file (`<key>#<n>`). Only a pass over every tenant sweeps.
     pub blobs_swept: Vec<String>,
+    /// Present when another instance sharing the catalog holds the reaper's lease: that
+    /// instance expires, purges and sweeps files, so this pass left them to it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files_left_to: Option<String>,
     /// Bytes freed.
     pub bytes_freed: u64,
 }
@@ -99,6 +103,7 @@ impl From<ReapReport> for GcReport {
             files_expired: report.files_expired.into_iter().map(String::from).collect(),
             files_purged: report.files_purged.into_iter().map(String::from).collect(),
             blobs_swept: report.blobs_swept,
+            files_left_to: report.files_left_to,
             bytes_freed: report.bytes_freed,
         }
     }

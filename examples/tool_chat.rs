@@ -22,21 +22,18 @@
 //! cargo run --example tool_chat
 //! ```
 
+mod common;
+
 use std::collections::VecDeque;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use reqwest::{Client, RequestBuilder, multipart};
+use reqwest::multipart;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-const DEFAULT_URL: &str = "http://127.0.0.1:8080";
-const TOKENS_FILE: &str = "./codebox-data/tokens.toml";
-const USER_ID: &str = "demo-user";
-/// A run may take up to the server's maximum timeout, and the first one also starts the
-/// message's container.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(330);
+use common::{Codebox, generate_csv, markdown_link, redact, text};
+
 const USER_TEXT: &str = "Here are my sales. Can you make me an Excel report by region?";
 
 /// The code the model writes; `{CSV_PATH}` is the path `list_files` showed it.
@@ -62,25 +59,11 @@ print(f"Saved /mnt/data/report.xlsx: {len(rows)} orders in {len(totals)} regions
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    common::exit_code(run().await)
 }
 
 async fn run() -> Result<()> {
-    let base_url = std::env::var("CODEBOX_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned());
-    let codebox = Codebox {
-        base_url: base_url.trim_end_matches('/').to_owned(),
-        token: service_token()?,
-        http: Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .build()
-            .context("build the HTTP client")?,
-    };
+    let codebox = Codebox::from_env()?;
     let chat_id = format!("tool-chat-{}", uuid::Uuid::new_v4().simple());
     let message_id = format!("tool-msg-{}", uuid::Uuid::new_v4().simple());
     println!(
@@ -326,53 +309,6 @@ fn csv_path(content: &str) -> Option<String> {
     })
 }
 
-/// The server, the token, and one connection pool for every request.
-struct Codebox {
-    base_url: String,
-    token: String,
-    http: Client,
-}
-
-impl Codebox {
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base_url)
-    }
-
-    /// Adds the service token and the end user a user-scoped route needs.
-    fn user(&self, request: RequestBuilder) -> RequestBuilder {
-        request
-            .bearer_auth(&self.token)
-            .header("X-User-Id", USER_ID)
-    }
-
-    /// Sends `request` and returns its JSON answer, or codebox's error as a readable line.
-    async fn send(&self, request: RequestBuilder) -> Result<Value> {
-        let (client, request) = request.build_split();
-        let request = request.context("build the request")?;
-        let what = format!("{} {}", request.method(), request.url());
-        let response = client.execute(request).await.map_err(|error| {
-            anyhow!("{what}: {error}; is `codebox serve` running and CODEBOX_URL right?")
-        })?;
-        let status = response.status();
-        let body = response
-            .text()
-            .await
-            .with_context(|| format!("{what}: read the answer"))?;
-        ensure!(
-            status.is_success(),
-            "{what}: HTTP {}: {}",
-            status.as_u16(),
-            body.trim()
-        );
-        serde_json::from_str(&body).with_context(|| format!("{what}: the answer is not JSON"))
-    }
-}
-
-/// A JSON string's text, or "" for anything else.
-fn text(value: &Value) -> &str {
-    value.as_str().unwrap_or_default()
-}
-
 /// `text` on one line, at most `max` characters.
 fn preview(text: &str, max: usize) -> String {
     let line = text.replace('\n', "\\n");
@@ -380,74 +316,4 @@ fn preview(text: &str, max: usize) -> String {
         Some((end, _)) => format!("{}…", &line[..end]),
         None => line,
     }
-}
-
-/// `text` with the value of every `signature=` parameter hidden: a printed signed link
-/// would hand out a working download.
-fn redact(text: &str) -> String {
-    let mut out = String::new();
-    let mut rest = text;
-    while let Some(at) = rest.find("signature=") {
-        out.push_str(&rest[..at + "signature=".len()]);
-        out.push('…');
-        rest = &rest[at + "signature=".len()..];
-        let end = rest.find(['&', ')', ' ']).unwrap_or(rest.len());
-        rest = &rest[end..];
-    }
-    out.push_str(rest);
-    out
-}
-
-/// `CODEBOX_TOKEN`, else the first service token of `./codebox-data/tokens.toml`.
-fn service_token() -> Result<String> {
-    if let Ok(token) = std::env::var("CODEBOX_TOKEN")
-        && !token.trim().is_empty()
-    {
-        return Ok(token.trim().to_owned());
-    }
-    let content = std::fs::read_to_string(TOKENS_FILE)
-        .with_context(|| format!("no CODEBOX_TOKEN set and cannot read {TOKENS_FILE}"))?;
-    let parsed: toml::Table =
-        toml::from_str(&content).with_context(|| format!("{TOKENS_FILE} is not valid TOML"))?;
-    parsed
-        .get("tokens")
-        .and_then(toml::Value::as_array)
-        .into_iter()
-        .flatten()
-        .find(|entry| entry.get("role").and_then(toml::Value::as_str) == Some("service"))
-        .and_then(|entry| entry.get("token").and_then(toml::Value::as_str))
-        .map(str::to_owned)
-        .ok_or_else(|| anyhow!("{TOKENS_FILE} has no service token; set CODEBOX_TOKEN"))
-}
-
-/// A small sales table, the same on every run.
-fn generate_csv(rows: u32) -> Vec<u8> {
-    const REGIONS: [&str; 4] = ["north", "south", "east", "west"];
-    let mut csv = String::from("order,region,units,revenue\n");
-    for order in 1..=rows {
-        let units = (order * 37) % 50 + 1;
-        let revenue = f64::from(units) * (4.5 + f64::from((order * 13) % 7));
-        let region = REGIONS[(order % 4) as usize];
-        csv.push_str(&format!("{order},{region},{units},{revenue:.2}\n"));
-    }
-    csv.into_bytes()
-}
-
-/// The target of the Markdown link `[label](...)` in `text`; it must be an http(s) URL.
-fn markdown_link<'a>(text: &'a str, label: &str) -> Result<&'a str> {
-    let opening = format!("[{label}](");
-    let start = text
-        .find(&opening)
-        .map(|at| at + opening.len())
-        .ok_or_else(|| anyhow!("the rendered text has no [{label}](...) link"))?;
-    let end = text[start..]
-        .find(')')
-        .map(|at| start + at)
-        .ok_or_else(|| anyhow!("the [{label}] link is not closed"))?;
-    let link = &text[start..end];
-    ensure!(
-        link.starts_with("http://") || link.starts_with("https://"),
-        "the link of {label} was not rendered into a URL"
-    );
-    Ok(link)
 }

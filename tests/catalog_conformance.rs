@@ -51,6 +51,7 @@ async fn conformance(url: String) {
     runs(&catalog).await;
     files::records(&catalog).await;
     files::quotas(&catalog).await;
+    files::concurrent_quotas(&catalog).await;
     files::large_sizes(&catalog).await;
     files::workspace_names(&catalog).await;
     files::listing(&catalog).await;

@@ -154,6 +154,51 @@ pub async fn quotas(catalog: &Catalog) {
     );
 }
 
+/// Inserts that race for the room of one file: one gets it, whatever the database.
+pub async fn concurrent_quotas(catalog: &Catalog) {
+    let owner = Owner::new("race-tenant", "alice");
+    for (round, quota) in [
+        StoredQuota {
+            user: Some(10),
+            tenant: None,
+        },
+        StoredQuota {
+            user: None,
+            tenant: Some(30),
+        },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let owner = Owner::new(owner.tenant.as_str(), format!("user-{round}"));
+        let inserts = (0..12).map(|n| {
+            let catalog = catalog.clone();
+            let record = file(
+                &owner,
+                &format!("r{round}-{n}"),
+                10 + 10 * round as i64,
+                &at(2030, n),
+            );
+            tokio::spawn(async move { catalog.files().insert(&record, quota).await })
+        });
+        let mut kept = 0;
+        for insert in futures::future::join_all(inserts).await {
+            match insert.expect("the insert's task") {
+                Ok(()) => kept += 1,
+                Err(CatalogError::QuotaExceeded { .. }) => {}
+                Err(other) => panic!("an insert failed: {other}"),
+            }
+        }
+        assert_eq!(kept, 1, "round {round}: inserts racing for one file's room");
+    }
+    let files = catalog.files();
+    let bytes = files
+        .stored_bytes(&owner.tenant, &owner.user)
+        .await
+        .expect("stored_bytes");
+    assert_eq!(bytes.tenant, 30);
+}
+
 pub async fn large_sizes(catalog: &Catalog) {
     let files = catalog.files();
     let owner = Owner::new("large-tenant", "alice");

@@ -18,14 +18,14 @@ use codebox::catalog::{
 };
 use codebox::ids::{BlobKey, ChatId, FileId, MessageId, RunId, TenantId, WorkspaceId};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn sqlite() {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite://{}/catalog.db?mode=rwc", dir.path().display());
     conformance(url).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn postgres() {
     common::postgres::with_database(conformance).await;
 }

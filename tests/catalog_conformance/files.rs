@@ -157,6 +157,14 @@ pub async fn quotas(catalog: &Catalog) {
 /// Inserts that race for the room of one file: one gets it, whatever the database.
 pub async fn concurrent_quotas(catalog: &Catalog) {
     let owner = Owner::new("race-tenant", "alice");
+    // Connections opened beforehand, so that the inserts start together.
+    let pings = (0..12).map(|_| {
+        let catalog = catalog.clone();
+        tokio::spawn(async move { catalog.ping().await })
+    });
+    for ping in futures::future::join_all(pings).await {
+        ping.expect("the ping's task").expect("ping");
+    }
     for (round, quota) in [
         StoredQuota {
             user: Some(10),

@@ -107,7 +107,7 @@ pub struct FileQuery {
     pub message_id: Option<MessageId>,
     /// Only the files from this source.
     pub source: Option<FileSource>,
-    /// Only the files whose name contains this text, whatever its case.
+    /// Only the files whose name contains this text, whatever the case of its ASCII letters.
     pub name_contains: Option<String>,
     /// Only the files after this `(created_at, id)` in newest-first order.
     pub after: Option<(String, FileId)>,

@@ -571,6 +571,7 @@ pub async fn name_search(catalog: &Catalog) {
         "back\\slash",
         "backxslash",
         "Report.PDF",
+        "Été.csv",
         "it's",
     ];
     for (n, name) in all.iter().enumerate() {
@@ -585,6 +586,9 @@ pub async fn name_search(catalog: &Catalog) {
         ("k\\s", vec!["back\\slash"]),
         ("report.pdf", vec!["Report.PDF"]),
         ("'", vec!["it's"]),
+        // Case is ignored for ASCII letters only, on both databases.
+        ("Été.CSV", vec!["Été.csv"]),
+        ("été", vec![]),
         ("xs", vec!["backxslash"]),
         ("0x", vec!["100x.csv"]),
         ("nothing", vec![]),

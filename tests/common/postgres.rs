@@ -48,10 +48,14 @@ where
     let mut admin = PgConnection::connect(&base)
         .await
         .expect("connect to the test PostgreSQL server");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut admin)
-        .await
-        .expect("create a test database");
+    // The C collation, as the README asks of a catalog database: text compares byte by byte,
+    // as on SQLite, whatever the server's default.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C'"
+    )))
+    .execute(&mut admin)
+    .await
+    .expect("create a test database");
     let url = database_url(&base, &name);
     // A spawned task turns a panic into an error, so that the database is dropped either way.
     let outcome = tokio::spawn(body(url)).await;

@@ -379,6 +379,8 @@ async fn a_user_renames_their_files() {
         serde_json::json!({"name": "ok.csv", "extra": 1}),
         serde_json::json!({"name": ".."}),
         serde_json::json!({"name": "   "}),
+        // No file system names a file so, and PostgreSQL cannot keep it in text.
+        serde_json::json!({"name": "a\u{0}b.csv"}),
     ] {
         let response = rename(&server, ALICE, &file, body.clone()).await;
         common::assert_error(response, 422, "invalid").await;

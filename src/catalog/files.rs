@@ -95,7 +95,7 @@ pub struct FileQuery {
     pub message_id: Option<MessageId>,
     /// Only the files from this source.
     pub source: Option<FileSource>,
-    /// Only the files whose name contains this text, whatever its case.
+    /// Only the files whose name contains this text, whatever the case of its ASCII letters.
     pub name_contains: Option<String>,
     /// Only the files after this `(created_at, id)` in newest-first order.
     pub after: Option<(String, FileId)>,
@@ -143,9 +143,10 @@ impl<'a> Files<'a> {
     /// Records a stored file within `quota`. A file without a chat whose name a live file of
     /// the owner's workspace already has is refused with [`CatalogError::NameTaken`]; one that
     /// would take its owner's or their tenant's live files past the quota, with
-    /// [`CatalogError::QuotaExceeded`]. The sums and the insert are one statement, so that on
-    /// SQLite, which runs one writer at a time, two concurrent inserts cannot both fit in
-    /// the room only one has.
+    /// [`CatalogError::QuotaExceeded`]. The sums and the insert are one statement, and under a
+    /// quota the tenant's row of `quota_locks` is held until it commits, so that two
+    /// concurrent inserts cannot both fit in the room only one has (SQLite runs one writer at
+    /// a time; PostgreSQL would run both statements side by side).
     pub async fn insert(&self, file: &FileRecord, quota: StoredQuota) -> Result<(), CatalogError> {
         // Casts give every database a 64-bit integer to compare (Postgres sums BIGINT into
         // NUMERIC, and an untyped NULL parameter needs a type).
@@ -155,6 +156,18 @@ impl<'a> Files<'a> {
              $18 WHERE (CAST($19 AS BIGINT) IS NULL OR {USER_BYTES} + $9 <= CAST($19 AS BIGINT)) \
              AND (CAST($20 AS BIGINT) IS NULL OR {TENANT_BYTES} + $9 <= CAST($20 AS BIGINT))"
         );
+        let mut transaction = self.pool.begin().await?;
+        if quota != StoredQuota::default() {
+            // An upsert that changes nothing still locks the row (PostgreSQL) or takes the
+            // write lock (SQLite) until the commit.
+            sqlx::query(
+                "INSERT INTO quota_locks (tenant) VALUES ($1) \
+                 ON CONFLICT (tenant) DO UPDATE SET tenant = excluded.tenant",
+            )
+            .bind(&file.tenant)
+            .execute(&mut *transaction)
+            .await?;
+        }
         let result = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(&file.id)
             .bind(&file.tenant)
@@ -176,9 +189,10 @@ impl<'a> Files<'a> {
             .bind(&file.unlinked_at)
             .bind(quota.user.map(clamp))
             .bind(quota.tenant.map(clamp))
-            .execute(self.pool)
+            .execute(&mut *transaction)
             .await
             .map_err(|error| name_taken(error, &file.name))?;
+        transaction.commit().await?;
         if result.rows_affected() > 0 {
             return Ok(());
         }

@@ -157,7 +157,7 @@ impl Catalog {
             })
             .connect_with(options)
             .await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
+        migrate(&pool, is_sqlite).await?;
         Ok(Self { pool })
     }
 
@@ -195,6 +195,33 @@ impl Catalog {
     /// Closes every connection; later calls fail.
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// How many times a process applies the migrations to a SQLite file before it gives up.
+const SQLITE_MIGRATION_ATTEMPTS: u32 = 10;
+
+/// Applies the migrations this binary carries that the database lacks. PostgreSQL's migrator
+/// holds an advisory lock meanwhile, so processes that connect at once take turns. SQLite has no
+/// such lock: of two processes opening a new file at once, both may set out to apply a
+/// migration, and the one that comes second fails (`table ... already exists`) once the first
+/// committed. Each migration is one transaction, so the loser's attempt left nothing behind, and
+/// applying again skips what the other process applied.
+async fn migrate(pool: &AnyPool, is_sqlite: bool) -> Result<(), CatalogError> {
+    let migrator = sqlx::migrate!("./migrations");
+    let mut attempt = 1;
+    loop {
+        match migrator.run(pool).await {
+            Ok(()) => return Ok(()),
+            Err(
+                sqlx::migrate::MigrateError::ExecuteMigration(..)
+                | sqlx::migrate::MigrateError::Execute(_),
+            ) if is_sqlite && attempt < SQLITE_MIGRATION_ATTEMPTS => {
+                tokio::time::sleep(std::time::Duration::from_millis(20 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+            Err(error) => return Err(error.into()),
+        }
     }
 }
 

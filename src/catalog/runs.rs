@@ -105,9 +105,9 @@ pub struct RunRecord {
     pub exit_code: Option<i64>,
     /// Why the runtime stopped it, for `killed` and `timed_out`.
     pub reason: Option<String>,
-    /// Captured standard output (up to the cap).
+    /// Captured standard output (up to the cap). A NUL in it is stored as U+FFFD.
     pub stdout: String,
-    /// Captured standard error (up to the cap).
+    /// Captured standard error (up to the cap). A NUL in it is stored as U+FFFD.
     pub stderr: String,
     /// Whether stdout was cut at the cap.
     pub stdout_truncated: bool,
@@ -256,7 +256,7 @@ impl<'a> Runs<'a> {
              WHERE instance = $1 AND status = 'running'",
         )
         .bind(instance)
-        .bind(reason)
+        .bind(storable(reason))
         .bind(now)
         .execute(self.pool)
         .await?;
@@ -273,9 +273,9 @@ impl<'a> Runs<'a> {
         .bind(&run.id)
         .bind(<&str>::from(run.status))
         .bind(run.exit_code)
-        .bind(&run.reason)
-        .bind(&run.stdout)
-        .bind(&run.stderr)
+        .bind(run.reason.as_deref().map(storable))
+        .bind(storable(&run.stdout))
+        .bind(storable(&run.stderr))
         .bind(i64::from(run.stdout_truncated))
         .bind(i64::from(run.stderr_truncated))
         .bind(truncated_json(&run.truncated))
@@ -315,6 +315,13 @@ impl<'a> Runs<'a> {
             .await?;
         row.map(RunRecord::try_from).transpose()
     }
+}
+
+/// `text` as every database can keep it: PostgreSQL's text cannot hold NUL, which what code
+/// prints may contain, so NUL is kept as U+FFFD (as a terminal shows it) on every database
+/// alike.
+fn storable(text: &str) -> String {
+    text.replace('\0', "\u{FFFD}")
 }
 
 fn truncated_json(truncated: &[Truncation]) -> String {

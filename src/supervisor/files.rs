@@ -141,6 +141,7 @@ impl Supervisor {
         let display = workspace::base_name(name)
             .filter(|display| display.chars().count() <= 1024)
             .ok_or_else(|| Error::invalid("name", "must name a file in at most 1024 characters"))?;
+        super::uploads::check_no_nul(display)?;
         let file = self
             .catalog
             .files()

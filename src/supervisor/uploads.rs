@@ -278,5 +278,26 @@ fn check_name(name: &str) -> Result<()> {
             "must be 1 to 1024 bytes and not blank",
         ));
     }
+    check_no_nul(name)
+}
+
+/// Refuses a name holding NUL: no file system has such names, and PostgreSQL, which may hold
+/// the catalog, cannot store it in text.
+pub(super) fn check_no_nul(name: &str) -> Result<()> {
+    if name.contains('\0') {
+        return Err(Error::invalid("name", "may not contain a NUL character"));
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_may_not_hold_nul() {
+        assert!(check_name("report.csv").is_ok());
+        assert!(check_name("a\0b.csv").is_err());
+        assert!(check_no_nul("a\0").is_err());
+    }
 }

@@ -8,6 +8,7 @@
 
 #![allow(dead_code)] // Each test binary uses its own part of this module.
 
+pub mod postgres;
 pub mod process;
 pub mod web;
 

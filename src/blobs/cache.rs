@@ -9,7 +9,6 @@
 //! is always whole and right. Copies are read-only for everyone but readable, as workspaces'
 //! attachments must be.
 
-use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -75,33 +74,33 @@ impl BlobCache {
     where
         S: futures::Stream<Item = Result<bytes::Bytes, object_store::Error>> + Unpin,
     {
+        use tokio::io::AsyncWriteExt;
         let temporary = self.root.join(format!(
             "{TEMPORARY_PREFIX}{}",
             uuid::Uuid::new_v4().simple()
         ));
-        let mut file = std::fs::File::create(&temporary)?;
+        let mut file = tokio::fs::File::create(&temporary).await?;
         let written = async {
             let mut hasher = Sha256::new();
             while let Some(chunk) = fetch.next().await {
                 let chunk = chunk?;
                 hasher.update(&chunk);
-                // Small writes to a local file: the runtime's blocking is brief.
-                file.write_all(&chunk)?;
+                file.write_all(&chunk).await?;
             }
-            file.sync_all()?;
+            file.sync_all().await?;
             let actual = hex::encode(hasher.finalize());
             if actual != sha256 {
                 return Err(BlobError::Read(std::io::Error::other(format!(
                     "the stored object's sha256 is {actual}, not the {sha256} recorded"
                 ))));
             }
-            std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o444))?;
-            std::fs::rename(&temporary, path)?;
+            tokio::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o444)).await?;
+            tokio::fs::rename(&temporary, path).await?;
             Ok(())
         }
         .await;
         if written.is_err() {
-            let _ = std::fs::remove_file(&temporary);
+            let _ = tokio::fs::remove_file(&temporary).await;
         }
         written
     }

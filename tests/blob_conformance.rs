@@ -7,62 +7,16 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
-use std::sync::OnceLock;
-
 use codebox::blobs::{BlobError, Blobs};
 use codebox::config::BlobsConfig;
 use codebox::ids::{BlobKey, FileId};
+use common::services::test_s3;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
 /// Bytes of a test object: past object_store's 5 MiB multipart part, so that S3 sees a real
 /// multipart upload of several parts.
 const OBJECT_BYTES: usize = 12 * 1024 * 1024 + 7;
-
-/// The S3 server the tests use: `(endpoint, bucket)`. When the environment does not name one,
-/// `scripts/dev-services up` starts it, and its credentials (moto accepts any) are set.
-fn test_s3() -> (String, String) {
-    static S3: OnceLock<(String, String)> = OnceLock::new();
-    S3.get_or_init(|| {
-        if let (Ok(endpoint), Ok(bucket)) = (
-            std::env::var("CODEBOX_TEST_S3_ENDPOINT"),
-            std::env::var("CODEBOX_TEST_S3_BUCKET"),
-        ) {
-            return (endpoint, bucket);
-        }
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/dev-services");
-        let up = Command::new(&script)
-            .arg("up")
-            .status()
-            .expect("run scripts/dev-services up");
-        assert!(up.success(), "scripts/dev-services up failed");
-        let env = Command::new(&script)
-            .arg("env")
-            .output()
-            .expect("run scripts/dev-services env");
-        let text = String::from_utf8_lossy(&env.stdout).into_owned();
-        let value = |key: &str| {
-            text.lines()
-                .find_map(|line| line.strip_prefix(key))
-                .map(str::to_owned)
-                .unwrap_or_else(|| panic!("scripts/dev-services env names {key}"))
-        };
-        for name in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
-            if std::env::var_os(name).is_none() {
-                // SAFETY: every test of this binary that reaches here sets the same values
-                // once, before it opens a store; nothing reads them concurrently to change.
-                unsafe { std::env::set_var(name, value(&format!("{name}="))) };
-            }
-        }
-        (
-            value("CODEBOX_TEST_S3_ENDPOINT="),
-            value("CODEBOX_TEST_S3_BUCKET="),
-        )
-    })
-    .clone()
-}
 
 fn key() -> BlobKey {
     BlobKey::for_file(&FileId::new())

@@ -27,7 +27,7 @@ async fn sqlite() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres() {
-    common::postgres::with_database(conformance).await;
+    common::services::with_database(conformance).await;
 }
 
 /// Every check, on the database at `url`.

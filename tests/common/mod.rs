@@ -8,8 +8,8 @@
 
 #![allow(dead_code)] // Each test binary uses its own part of this module.
 
-pub mod postgres;
 pub mod process;
+pub mod services;
 pub mod web;
 
 use std::path::{Path, PathBuf};

@@ -1,5 +1,6 @@
-//! The PostgreSQL server the tests use, and throwaway databases on it: each test that needs
-//! one gets a fresh database, dropped at its end (also when it panicked).
+//! The servers of a distributed deployment the tests use (`scripts/dev-services`): the
+//! PostgreSQL server and throwaway databases on it (each test that needs one gets a fresh
+//! database, dropped at its end, also when it panicked), and the S3 server.
 
 use std::future::Future;
 use std::path::Path;
@@ -7,15 +8,11 @@ use std::process::Command;
 
 use sqlx::{Connection, PgConnection};
 
-/// The URL of the PostgreSQL server the tests use: `CODEBOX_TEST_POSTGRES_URL` when set, else
-/// the one `scripts/dev-services up` starts on loopback. A server that cannot be had fails the
-/// test: the suite never skips a back end silently.
-pub fn test_postgres() -> String {
-    static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    URL.get_or_init(|| {
-        if let Ok(url) = std::env::var("CODEBOX_TEST_POSTGRES_URL") {
-            return url;
-        }
+/// What `scripts/dev-services env` prints, after `scripts/dev-services up` started the
+/// servers (once per test binary).
+fn dev_services_env() -> String {
+    static ENV: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ENV.get_or_init(|| {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/dev-services");
         let up = Command::new(&script)
             .arg("up")
@@ -27,11 +24,48 @@ pub fn test_postgres() -> String {
             .output()
             .expect("run scripts/dev-services env");
         assert!(env.status.success(), "scripts/dev-services env failed");
-        String::from_utf8_lossy(&env.stdout)
-            .lines()
-            .find_map(|line| line.strip_prefix("CODEBOX_TEST_POSTGRES_URL="))
-            .expect("the PostgreSQL URL in scripts/dev-services env")
-            .to_owned()
+        String::from_utf8_lossy(&env.stdout).into_owned()
+    })
+    .clone()
+}
+
+/// The value of `key` in the environment, else in what `scripts/dev-services env` prints.
+fn setting(key: &str) -> String {
+    if let Ok(value) = std::env::var(key) {
+        return value;
+    }
+    dev_services_env()
+        .lines()
+        .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("scripts/dev-services env names {key}"))
+        .to_owned()
+}
+
+/// The URL of the PostgreSQL server the tests use: `CODEBOX_TEST_POSTGRES_URL` when set, else
+/// the one `scripts/dev-services up` starts on loopback. A server that cannot be had fails the
+/// test: the suite never skips a back end silently.
+pub fn test_postgres() -> String {
+    setting("CODEBOX_TEST_POSTGRES_URL")
+}
+
+/// The S3 server the tests use, `(endpoint, bucket)`: `CODEBOX_TEST_S3_ENDPOINT` and
+/// `CODEBOX_TEST_S3_BUCKET` when set, else the moto `scripts/dev-services up` starts, whose
+/// credentials (it accepts any) are then set for the stores the test opens.
+pub fn test_s3() -> (String, String) {
+    static S3: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+    S3.get_or_init(|| {
+        for name in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+            if std::env::var_os(name).is_none() {
+                let value = setting(name);
+                // SAFETY: set once, before this test binary opens any store, to the same
+                // value whichever test gets here first; nothing changes it afterwards.
+                unsafe { std::env::set_var(name, value) };
+            }
+        }
+        (
+            setting("CODEBOX_TEST_S3_ENDPOINT"),
+            setting("CODEBOX_TEST_S3_BUCKET"),
+        )
     })
     .clone()
 }

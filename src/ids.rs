@@ -199,6 +199,22 @@ impl MessageId {
     }
 }
 
+impl UserId {
+    /// An end user's id a caller sent (`X-User-Id`, or a notebook client's
+    /// `KERNEL_USERNAME`), checked the same way wherever it comes in: 1 to 256 visible ASCII
+    /// characters. `field` names where it came from, for the error.
+    pub fn parse(field: &'static str, value: impl Into<String>) -> Result<Self, InvalidId> {
+        let value = value.into();
+        if value.is_empty() || value.len() > 256 || !value.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(InvalidId::new(
+                field,
+                "must be 1 to 256 visible ASCII characters",
+            ));
+        }
+        Ok(Self(value))
+    }
+}
+
 impl ChatId {
     /// A chat id a caller sent, checked (the error names the `chat_id` field).
     pub fn parse(value: impl Into<String>) -> Result<Self, InvalidId> {

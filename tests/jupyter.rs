@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{ALICE, TENANT_A_TOKEN, TENANT_B_TOKEN, TestServer, json_of};
+use common::{ALICE, Caller, TENANT_A_TOKEN, TENANT_B_TOKEN, TestServer, assert_error, json_of};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -269,4 +269,35 @@ async fn a_restarted_jupyter_kernel_starts_fresh() {
     let result = of_type(&messages, "execute_result");
     assert_eq!(result[0]["content"]["data"]["text/plain"], "False");
     assert_eq!(result[0]["content"]["execution_count"], 1);
+}
+
+#[tokio::test]
+async fn a_kernels_user_is_checked_as_the_user_header_is() {
+    // KERNEL_USERNAME names the user as X-User-Id does, so it meets the same rule: no NUL,
+    // no control or space characters, at most 256 characters.
+    let server = TestServer::new().await;
+    for bad in ["al\u{0}ice", "al ice", "al\nice", "é", &"a".repeat(257)] {
+        let response = server
+            .client
+            .post(server.url("/jupyter/api/kernels"))
+            .header("authorization", format!("token {TENANT_A_TOKEN}"))
+            .json(&json!({"name": "python3", "env": {"KERNEL_USERNAME": bad}}))
+            .send()
+            .await
+            .expect("start a kernel");
+        let message = assert_error(response, 422, "invalid").await;
+        assert!(message.contains("KERNEL_USERNAME"), "{message}");
+    }
+    let response = server
+        .get(
+            Caller {
+                token: TENANT_A_TOKEN,
+                user: "al ice",
+            },
+            "/v1/files",
+        )
+        .send()
+        .await
+        .expect("list");
+    assert_error(response, 422, "invalid").await;
 }

@@ -131,12 +131,7 @@ pub fn user_of(headers: &HeaderMap) -> Result<UserId, ApiError> {
     let user = value
         .to_str()
         .map_err(|_| ApiError::invalid("X-User-Id must be visible ASCII"))?;
-    if user.is_empty() || user.len() > 256 || !user.chars().all(|c| c.is_ascii_graphic()) {
-        return Err(ApiError::invalid(
-            "X-User-Id must be 1 to 256 visible ASCII characters",
-        ));
-    }
-    Ok(UserId::from_stored(user))
+    Ok(UserId::parse("X-User-Id", user)?)
 }
 
 /// The caller of a request, refused with 403 unless its token has `role`.

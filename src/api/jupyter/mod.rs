@@ -312,9 +312,9 @@ async fn start(
             .map(str::to_owned)
     };
     // The notebook client names its user in the kernel's environment; it is trusted as the
-    // `X-User-Id` header is.
+    // `X-User-Id` header is, and checked by the same rule.
     let user = match text("KERNEL_USERNAME") {
-        Some(user) => UserId::from_stored(user),
+        Some(user) => UserId::parse("KERNEL_USERNAME", user)?,
         None => match headers.get("x-user-id") {
             Some(_) => super::auth::user_of(&headers)?,
             None => UserId::from_stored(DEFAULT_USER),

@@ -117,22 +117,24 @@ impl Supervisor {
             return Ok(());
         }
         let messages = self.catalog.messages().of_tenant(&message.tenant).await?;
+        // Measured once for both quotas; what the user's pass removes is gone for the tenant's.
+        let mut tenant_held = self.held(messages.iter().collect()).await?;
         for (user_only, limit) in limits {
             let Some(limit) = limit.map(|limit| limit.as_u64()) else {
                 continue;
             };
-            let scope: Vec<&MessageRecord> = messages
+            let held: Vec<&Held> = tenant_held
                 .iter()
-                .filter(|other| !user_only || other.user_id == message.user_id)
+                .filter(|held| !user_only || held.message.user_id == message.user_id)
                 .collect();
-            let held = self.held(scope).await?;
             let own: u64 = held
                 .iter()
                 .filter(|held| held.message.workspace_id == message.workspace_id)
                 .map(|held| held.bytes)
                 .sum();
             let mut others: u64 = held.iter().map(|held| held.bytes).sum::<u64>() - own;
-            for held in &held {
+            let mut removed = Vec::new();
+            for held in held {
                 if others + own < limit {
                     break;
                 }
@@ -146,7 +148,9 @@ impl Supervisor {
                 tracing::info!(workspace = %held.workspace.id, bytes = held.bytes,
                     "removed an idle workspace to make room under a workspace quota");
                 others = others.saturating_sub(held.bytes);
+                removed.push(held.workspace.id.clone());
             }
+            tenant_held.retain(|held| !removed.contains(&held.workspace.id));
             if others >= limit {
                 let whose = if user_only {
                     "your other workspaces"

@@ -83,14 +83,35 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
             "listening on {address}: signed links will name 127.0.0.1; set server.public_url to the name clients use"
         );
     }
+    let advertised = advertise_url(&config, address);
     let state = prepare(config).await?;
+    // The first heartbeat before the first request: other instances forward this one's
+    // messages to it only once it is in `nodes`.
+    let started_at = crate::catalog::now();
+    state
+        .supervisor
+        .heartbeat(&advertised, &started_at)
+        .await
+        .context("record this instance in the catalog's nodes")?;
     eprintln!("codebox: listening on http://{address}");
     let reaper = tokio::spawn(reap_forever(state.supervisor.clone()));
     let pool = tokio::spawn(state.supervisor.clone().keep_pool_warm());
+    let heart = tokio::spawn(beat_forever(
+        state.supervisor.clone(),
+        advertised,
+        started_at,
+    ));
     let served = api::serve(listener, state.clone(), shutdown_signal()).await;
     reaper.abort();
     pool.abort();
+    heart.abort();
     let _ = pool.await;
+    let _ = heart.await;
+    // Every request has been answered: this instance's messages may go to another now,
+    // without waiting for the heartbeat to lapse.
+    if let Err(error) = state.supervisor.leave_cluster().await {
+        tracing::error!(%error, "could not remove this instance from the catalog's nodes");
+    }
     if let Err(error) = state.supervisor.clear_pool().await {
         tracing::error!(%error, "could not remove the warm sandboxes");
     }
@@ -104,6 +125,40 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     }
     served?;
     Ok(())
+}
+
+/// The URL the other instances reach this one at: `cluster.advertise_url`, else the address it
+/// listens on, which names this host's name where it listens on every interface.
+fn advertise_url(config: &Config, address: std::net::SocketAddr) -> String {
+    if let Some(url) = &config.cluster.advertise_url {
+        return url.trim_end_matches('/').to_owned();
+    }
+    if !address.ip().is_unspecified() {
+        return format!("http://{address}");
+    }
+    let host = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    tracing::warn!(
+        "listening on {address}: other instances will reach this one at http://{host}:{}; set cluster.advertise_url if they cannot",
+        address.port()
+    );
+    format!("http://{host}:{}", address.port())
+}
+
+/// Renews this instance's heartbeat every `cluster.heartbeat_interval`. A failed beat is
+/// logged and tried again at the next tick: the instance keeps serving, and only once beats
+/// fail for `cluster.node_timeout` do others take its messages over.
+async fn beat_forever(supervisor: Arc<Supervisor>, url: String, started_at: String) {
+    let mut ticks = tokio::time::interval(supervisor.config().cluster.heartbeat_interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if let Err(error) = supervisor.heartbeat(&url, &started_at).await {
+            tracing::warn!(%error, "could not renew this instance's heartbeat");
+        }
+    }
 }
 
 /// One reaper pass every `reap_interval`, logging what it removed.

@@ -5,6 +5,8 @@
 //! the checks share one database without seeing each other's rows.
 
 mod common;
+#[path = "catalog_conformance/cluster.rs"]
+mod cluster;
 #[path = "catalog_conformance/files.rs"]
 mod files;
 #[path = "catalog_conformance/lifecycle.rs"]
@@ -60,6 +62,8 @@ async fn conformance(url: String) {
     lifecycle::retention(&catalog).await;
     lifecycle::attachments(&catalog).await;
     lifecycle::leases(&catalog).await;
+    cluster::nodes(&catalog).await;
+    cluster::message_takeover(&catalog).await;
 
     catalog.close().await;
     assert!(catalog.ping().await.is_err(), "a closed catalog answers");
@@ -149,6 +153,7 @@ fn claim<'a>(
         message_id,
         new_workspace_id,
         now,
+        node: "node-a",
     }
 }
 
@@ -336,6 +341,7 @@ fn run(owner: &Owner, message_id: &str, created_at: &str) -> RunRecord {
         finished_at: None,
         outputs: Vec::new(),
         kernel: None,
+        workspace_restored: false,
     }
 }
 

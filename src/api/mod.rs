@@ -13,6 +13,9 @@
 //! | `service.rs` | `/healthz`, `/readyz`, `/metrics`, `/openapi.json` |
 //! | `jupyter/` | `/jupyter/api/...`: the Jupyter Server kernels API and its WebSocket |
 //!
+//! Beside them, `forward.rs` passes a message's requests on to the instance that holds the
+//! message, when several share one catalog.
+//!
 //! Under the routes, `connections.rs` accepts connections and holds the timeouts and the
 //! connection cap that protect the server from hostile clients.
 
@@ -24,6 +27,7 @@ pub mod download;
 pub mod dto;
 pub mod error;
 mod files;
+pub mod forward;
 pub mod jupyter;
 mod limiter;
 mod messages;
@@ -229,7 +233,7 @@ pub fn router(state: AppState) -> Router {
     let document: Arc<str> = openapi.to_json().unwrap_or_default().into();
     // The Jupyter routes follow Jupyter's contract, not this API's, and are not in its
     // document; their JSON bodies are small.
-    let jupyter = jupyter::routes()
+    let jupyter = jupyter::routes(state.clone())
         .layer(DefaultBodyLimit::max(body_limit(max_body)))
         .layer(middleware::from_fn_with_state(
             max_body,
@@ -241,6 +245,10 @@ pub fn router(state: AppState) -> Router {
             axum::routing::get(move || service::openapi(document.clone())),
         )
         .fallback(service::not_found)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            forward::to_holder,
+        ))
         .layer(middleware::from_fn(rejections_as_api_errors))
         .layer(middleware::from_fn(count_requests))
         .layer(middleware::from_fn_with_state(

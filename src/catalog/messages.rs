@@ -23,6 +23,9 @@ pub struct MessageRecord {
     pub created_at: String,
     /// When a run last used the message.
     pub last_used_at: String,
+    /// The instance (node) that holds its workspace; `None` for a message recorded before
+    /// codebox ran on several nodes, which the next instance to run it takes.
+    pub node: Option<String>,
 }
 
 impl MessageRecord {
@@ -46,6 +49,8 @@ pub struct Claim<'a> {
     pub new_workspace_id: &'a WorkspaceId,
     /// The time to record.
     pub now: &'a str,
+    /// The instance claiming it, which holds its workspace if it is new.
+    pub node: &'a str,
 }
 
 /// Accessor for the `messages` table.
@@ -54,7 +59,7 @@ pub struct Messages<'a> {
 }
 
 const COLUMNS: &str =
-    "tenant, message_id, user_id, chat_id, workspace_id, created_at, last_used_at";
+    "tenant, message_id, user_id, chat_id, workspace_id, created_at, last_used_at, node";
 
 impl<'a> Messages<'a> {
     pub(super) fn new(pool: &'a AnyPool) -> Self {
@@ -71,10 +76,11 @@ impl<'a> Messages<'a> {
             message_id,
             new_workspace_id,
             now,
+            node,
         } = *claim;
         sqlx::query(
-            "INSERT INTO messages (tenant, message_id, user_id, chat_id, workspace_id, created_at, last_used_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $6)
+            "INSERT INTO messages (tenant, message_id, user_id, chat_id, workspace_id, created_at, last_used_at, node)
+             VALUES ($1, $2, $3, $4, $5, $6, $6, $7)
              ON CONFLICT (tenant, message_id) DO NOTHING",
         )
         .bind(&owner.tenant)
@@ -83,6 +89,7 @@ impl<'a> Messages<'a> {
         .bind(chat_id)
         .bind(new_workspace_id)
         .bind(now)
+        .bind(node)
         .execute(self.pool)
         .await?;
         self.get(&owner.tenant, message_id)
@@ -122,6 +129,41 @@ impl<'a> Messages<'a> {
             .execute(self.pool)
             .await?;
         Ok(())
+    }
+
+    /// Moves message `message_id` of `tenant` to node `to` if it is still held by `from`
+    /// (`None`: by no node), and returns whether it moved. One conditional statement, so that
+    /// of two nodes taking over one message at once, one wins and the other learns it lost.
+    pub async fn take_over(
+        &self,
+        tenant: &TenantId,
+        message_id: &MessageId,
+        (from, to): (Option<&str>, &str),
+    ) -> Result<bool, CatalogError> {
+        let moved = match from {
+            Some(from) => {
+                sqlx::query(
+                    "UPDATE messages SET node = $3 WHERE tenant = $1 AND message_id = $2 AND node = $4",
+                )
+                .bind(tenant)
+                .bind(message_id)
+                .bind(to)
+                .bind(from)
+                .execute(self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(
+                    "UPDATE messages SET node = $3 WHERE tenant = $1 AND message_id = $2 AND node IS NULL",
+                )
+                .bind(tenant)
+                .bind(message_id)
+                .bind(to)
+                .execute(self.pool)
+                .await?
+            }
+        };
+        Ok(moved.rows_affected() > 0)
     }
 
     /// Every message, least recently used first.

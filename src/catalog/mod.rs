@@ -1,7 +1,7 @@
 //! The catalog: what codebox remembers between processes, in SQL (sqlx).
 //!
 //! One accessor per table: [`Catalog::messages`], [`Catalog::runs`], [`Catalog::files`],
-//! [`Catalog::attachments`], [`Catalog::leases`]. The queries are portable SQL behind sqlx's
+//! [`Catalog::attachments`], [`Catalog::leases`], [`Catalog::nodes`]. The queries are portable SQL behind sqlx's
 //! `Any` driver, so the default SQLite file and a shared PostgreSQL server run the same code;
 //! migrations are embedded in the binary and applied on connect.
 
@@ -9,6 +9,7 @@ mod attachments;
 mod files;
 mod leases;
 mod messages;
+mod nodes;
 mod runs;
 mod usage;
 
@@ -26,6 +27,7 @@ pub use attachments::{AttachmentRecord, Attachments};
 pub use files::{FileQuery, FileRecord, FileSource, Files};
 pub use leases::Leases;
 pub use messages::{Claim, MessageRecord, Messages};
+pub use nodes::{NodeRecord, Nodes};
 pub use runs::{KernelState, RunOutput, RunRecord, RunStatus, Runs, Truncation};
 pub use usage::{FileUsage, QuotaScope, StoredBytes, StoredQuota};
 
@@ -184,6 +186,11 @@ impl Catalog {
     /// The `leases` table: which instance holds a duty that must not run twice at once.
     pub fn leases(&self) -> Leases<'_> {
         Leases::new(&self.pool)
+    }
+
+    /// The `nodes` table: the instances sharing this catalog, their URLs and heartbeats.
+    pub fn nodes(&self) -> Nodes<'_> {
+        Nodes::new(&self.pool)
     }
 
     /// Checks that the database answers, for readiness probes.

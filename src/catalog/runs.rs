@@ -126,6 +126,9 @@ pub struct RunRecord {
     /// The interpreter it ran in; `None` until it ran (and for runs recorded before codebox
     /// kept interpreters).
     pub kernel: Option<KernelState>,
+    /// Whether the run found the message's workspace gone (its node lost, or the folder
+    /// reaped) and rebuilt it from the catalog before it ran.
+    pub workspace_restored: bool,
 }
 
 #[derive(sqlx::FromRow)]
@@ -149,6 +152,7 @@ struct RunRow {
     finished_at: Option<String>,
     outputs: Option<String>,
     kernel: Option<String>,
+    workspace_restored: i64,
 }
 
 impl TryFrom<RunRow> for RunRecord {
@@ -183,6 +187,7 @@ impl TryFrom<RunRow> for RunRecord {
             kernel,
             status,
             truncated,
+            workspace_restored: row.workspace_restored != 0,
             stdout_truncated: row.stdout_truncated != 0,
             stderr_truncated: row.stderr_truncated != 0,
             id: row.id,
@@ -209,7 +214,7 @@ pub struct Runs<'a> {
 
 const COLUMNS: &str = "id, tenant, user_id, chat_id, message_id, language, status, exit_code, \
     reason, stdout, stderr, stdout_truncated, stderr_truncated, truncated, duration_ms, \
-    created_at, finished_at, outputs, kernel";
+    created_at, finished_at, outputs, kernel, workspace_restored";
 
 impl<'a> Runs<'a> {
     pub(super) fn new(pool: &'a AnyPool) -> Self {
@@ -227,8 +232,8 @@ impl<'a> Runs<'a> {
         sqlx::query(
             "INSERT INTO runs (id, tenant, user_id, chat_id, message_id, language, status, \
              stdout, stderr, stdout_truncated, stderr_truncated, truncated, duration_ms, \
-             created_at, instance) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'running', '', '', 0, 0, '[]', 0, $7, $8)",
+             created_at, instance, workspace_restored) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'running', '', '', 0, 0, '[]', 0, $7, $8, $9)",
         )
         .bind(&run.id)
         .bind(&run.tenant)
@@ -238,6 +243,7 @@ impl<'a> Runs<'a> {
         .bind(&run.language)
         .bind(&run.created_at)
         .bind(instance)
+        .bind(i64::from(run.workspace_restored))
         .execute(self.pool)
         .await?;
         Ok(())

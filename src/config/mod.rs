@@ -7,7 +7,7 @@
 //! This file holds the whole `Config` and what it resolves from `data_dir`. Each section of
 //! the file has a module of its own with its types and defaults (`runtime`, `storage`,
 //! `sandbox`, `limits`, `outputs`, `uploads`, `server`, `retention`, `quotas` with the
-//! per-tenant overrides); `load` reads the layers,
+//! per-tenant overrides, `cluster`); `load` reads the layers,
 //! `validate` checks what serde cannot, and `user` parses the sandbox user. Everything is
 //! re-exported here, so callers name `crate::config::X` whatever file `X` is in.
 
@@ -16,6 +16,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+mod cluster;
 mod limits;
 mod load;
 mod outputs;
@@ -29,6 +30,7 @@ mod uploads;
 mod user;
 mod validate;
 
+pub use cluster::ClusterConfig;
 pub use limits::Limits;
 pub use load::{ConfigError, ENV_PREFIX};
 pub use outputs::OutputsConfig;
@@ -71,6 +73,8 @@ pub struct Config {
     pub quotas: QuotaConfig,
     /// Per tenant, retention times and quotas in place of the defaults.
     pub tenants: BTreeMap<String, TenantConfig>,
+    /// Taking part in a deployment of several instances on one catalog.
+    pub cluster: ClusterConfig,
 }
 
 impl Default for Config {
@@ -88,6 +92,7 @@ impl Default for Config {
             runtime: RuntimeConfig::default(),
             quotas: QuotaConfig::default(),
             tenants: BTreeMap::new(),
+            cluster: ClusterConfig::default(),
         }
     }
 }

@@ -2,7 +2,7 @@
 //! limits above zero, tokens that can be used, a gateway runtime that names its gateway, a
 //! sandbox user that is not root, preloaded names that are Python modules, an upload allowlist
 //! that admits something, tenant overrides that name a tenant, an orphan blob grace that can
-//! be subtracted from now. `Config::load`
+//! be subtracted from now, a node timeout that outlasts a heartbeat. `Config::load`
 //! runs them; a caller that builds a `Config` in code runs them itself.
 
 use bytesize::ByteSize;
@@ -44,6 +44,18 @@ impl Config {
         // The sweep compares blobs' times with now minus the grace, which must be a time.
         if self.retention.orphan_blob_grace > MAX_ORPHAN_BLOB_GRACE {
             return bad("retention.orphan_blob_grace must be at most 100 years");
+        }
+        if self.cluster.heartbeat_interval.is_zero() {
+            return bad("cluster.heartbeat_interval must be above zero");
+        }
+        if self.cluster.node_timeout < self.cluster.heartbeat_interval * 2 {
+            return bad("cluster.node_timeout must be at least two cluster.heartbeat_interval");
+        }
+        if let Some(url) = &self.cluster.advertise_url
+            && !url.starts_with("http://")
+        {
+            // Instances forward to one another in plain HTTP, on the deployment's own network.
+            return bad("cluster.advertise_url must be an http:// URL");
         }
         if self.server.max_runs_in_flight == 0 {
             return bad("server.max_runs_in_flight must be at least 1");

@@ -14,7 +14,9 @@ impl Supervisor {
         chat_id: &ChatId,
         message_id: &MessageId,
     ) -> Result<MessageRecord> {
-        self.claim(owner, chat_id, message_id).await
+        let message = self.claim(owner, chat_id, message_id).await?;
+        self.hold(&message).await?;
+        Ok(message)
     }
 
     /// Interrupts the cell running in `owner`'s message `message_id`, if one is: it gets

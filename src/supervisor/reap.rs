@@ -199,7 +199,9 @@ async fn reap_containers(
             continue;
         }
         let idle = match by_workspace.get(sandbox.workspace_id.as_str()) {
-            Some(message) => message.last_used_at < idle_before,
+            Some(message) => {
+                message.last_used_at < idle_before || held_elsewhere(supervisor, message)
+            }
             // A pass over every tenant knows every message, so this container has no owner;
             // a scoped pass does not know whose it is and leaves it alone.
             None if orphans_too => true,
@@ -250,7 +252,7 @@ async fn reap_workspaces(
         let cutoff = idle_before
             .entry(&message.tenant)
             .or_insert_with(|| ago(config.retention_for(message.tenant.as_str()).workspace_idle));
-        let expired = message.last_used_at < *cutoff;
+        let expired = message.last_used_at < *cutoff || held_elsewhere(supervisor, message);
         let over_quota = limit.is_some_and(|limit| total > limit);
         if !expired && !over_quota {
             kept.push(workspace);
@@ -268,6 +270,16 @@ async fn reap_workspaces(
         reap_below_watermark(supervisor, kept, running, report).await?;
     }
     Ok(())
+}
+
+/// Whether another instance holds `message`: a copy of its workspace here is stale (this
+/// instance held it before it was taken over) and goes at once, so that it is never mistaken
+/// for the message's workspace should the message come back here.
+fn held_elsewhere(supervisor: &Supervisor, message: &MessageRecord) -> bool {
+    message
+        .node
+        .as_deref()
+        .is_some_and(|node| node != supervisor.instance())
 }
 
 /// Removes a workspace the pass holds the lock of (or, dry, only reports it).

@@ -9,6 +9,7 @@
 //! attachments), `register.rs` (storing outputs) and `figures.rs` (the interpreter's rich
 //! outputs).
 
+use super::disk_watch::{disk_filled, disk_usage};
 use super::register::Registering;
 use super::*;
 
@@ -36,6 +37,7 @@ impl Supervisor {
         let message = self
             .claim(owner, &request.chat_id, &request.message_id)
             .await?;
+        self.hold(&message).await?;
         self.make_workspace_room(&message).await?;
         Ok(AcceptedRun {
             owner: owner.clone(),
@@ -62,14 +64,23 @@ impl Supervisor {
         let owner = &owner;
         let _lock = lock(&self.workspaces.get(message.workspace_id.as_str())?).await?;
         // Prepared under the lock: the reaper may have removed the folder while we waited.
+        // A message that ran before and has no folder here lost it (its instance is gone, or
+        // the reaper took it): it is rebuilt from the catalog.
+        let rebuilding = !self.workspaces.get(message.workspace_id.as_str())?.exists()
+            && self.ran_before(&message).await?;
         let workspace = self.workspaces.prepare(message.workspace_id.as_str())?;
         self.cap_workspace(&workspace).await?;
         let inputs = self.attach(&message, &workspace, &attachments).await?;
+        if rebuilding {
+            self.restore_outputs(&message, &workspace).await?;
+        }
         let kernel = self
             .prepare_sandbox(&message, &workspace, request.restart)
             .await?;
         let before = self.snapshot(&workspace).await?;
-        let mut run = self.record_start(owner, &message, &request).await?;
+        let mut run = self
+            .record_start(owner, &message, &request, rebuilding)
+            .await?;
         // From here on the run is in the catalog: whatever fails marks it failed there too.
         let finished = async {
             let outcome = self
@@ -195,6 +206,7 @@ impl Supervisor {
                 message_id,
                 new_workspace_id: &workspace_id,
                 now: &catalog::now(),
+                node: &self.instance,
             })
             .await;
         if let Some(slot) = slot {
@@ -279,6 +291,7 @@ impl Supervisor {
         owner: &Owner,
         message: &MessageRecord,
         request: &RunRequest,
+        workspace_restored: bool,
     ) -> Result<RunRecord> {
         let now = catalog::now();
         self.catalog
@@ -305,6 +318,7 @@ impl Supervisor {
             finished_at: None,
             outputs: Vec::new(),
             kernel: None,
+            workspace_restored,
         };
         self.catalog
             .runs()
@@ -546,34 +560,4 @@ struct Answer {
     kernel: KernelState,
     /// The run's wall-clock limit, named in a timed-out run's reason.
     timeout: Duration,
-}
-
-/// Resolves, with a sentence saying which cap, once the run fills the workspace's `data/`
-/// up to its cap (it is full, and holds more than `before`); never, if it does not.
-async fn disk_filled(
-    workspace: Workspace,
-    before: Option<crate::workspace::disk::Usage>,
-) -> String {
-    let (Some(interval), Some(before)) = (workspace.disk_check_interval(), before) else {
-        return std::future::pending().await;
-    };
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        if let Some(now) = disk_usage(&workspace).await
-            && let Some(reason) = now.filled_since(&before)
-        {
-            return reason.to_owned();
-        }
-    }
-}
-
-/// [`Workspace::disk_usage`] on a blocking thread: in watchdog mode it walks the folder.
-async fn disk_usage(workspace: &Workspace) -> Option<crate::workspace::disk::Usage> {
-    let checked = workspace.clone();
-    tokio::task::spawn_blocking(move || checked.disk_usage())
-        .await
-        .ok()
-        .flatten()
 }

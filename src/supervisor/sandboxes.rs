@@ -98,6 +98,7 @@ impl Supervisor {
     /// registered files stay. A later run of the message starts from an empty workspace.
     pub async fn delete_workspace(&self, owner: &Owner, message_id: &MessageId) -> Result<()> {
         let message = self.message(owner, message_id).await?;
+        self.hold(&message).await?;
         let workspace = self.workspaces.get(message.workspace_id.as_str())?;
         let _lock = lock(&workspace).await?;
         self.remove_workspace_locked(&workspace).await

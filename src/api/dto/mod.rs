@@ -150,6 +150,11 @@ pub struct Run {
     pub outputs: Vec<Output>,
     /// The interpreter the run ran in; `null` for runs that did not reach it.
     pub kernel: Option<Kernel>,
+    /// Whether the run found the message's workspace gone (the instance holding it was lost,
+    /// or the folder was removed) and rebuilt it first: attachments and the files earlier
+    /// runs registered are back in /mnt/data; unregistered files and the interpreter's
+    /// variables are not.
+    pub workspace_restored: bool,
 }
 
 /// A rich output of a run: the last expression's value, a figure, or an exception.
@@ -266,6 +271,7 @@ impl Run {
                 .filter_map(|output| Output::new(output, &report.files, &url_for))
                 .collect(),
             kernel: run.kernel.as_ref().map(Kernel::from),
+            workspace_restored: run.workspace_restored,
         }
     }
 }

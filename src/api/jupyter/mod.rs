@@ -12,15 +12,17 @@
 //! `?token=<t>`, checked against codebox's service tokens; anything else is 403, as Jupyter
 //! answers. The kernels themselves live in this process's memory ([`Kernels`]): a restarted
 //! codebox forgets them, as a restarted Jupyter server does, while their messages, workspaces
-//! and files stay.
+//! and files stay. When several instances share one catalog, a kernel lives on the instance
+//! that holds its message, and the others pass its requests on (`remote.rs`).
 
 mod channels;
+mod remote;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use axum::extract::{Path, Query, State, WebSocketUpgrade};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -30,9 +32,10 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
+use super::forward::{FORWARDED_BY, Hop, forward};
 use crate::config::Role;
 use crate::ids::{ChatId, MessageId, TenantId, UserId};
-use crate::supervisor::{self, Owner};
+use crate::supervisor::{self, Owner, Placement};
 
 /// The only kernel spec: Python in a codebox sandbox.
 pub const KERNEL_NAME: &str = "python3";
@@ -40,12 +43,10 @@ pub const KERNEL_NAME: &str = "python3";
 /// The user of kernels whose client names none.
 const DEFAULT_USER: &str = "jupyter";
 
-/// The Jupyter routes, to be merged into the API's router.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/jupyter/api", get(version))
-        .route("/jupyter/api/kernelspecs", get(kernelspecs))
-        .route("/jupyter/api/kernels", get(list).post(start))
+/// The Jupyter routes, to be merged into the API's router. The routes of one kernel pass a
+/// kernel another instance holds on to it (`remote.rs`).
+pub fn routes(state: AppState) -> Router<AppState> {
+    let one_kernel = Router::new()
         .route(
             "/jupyter/api/kernels/{kernel_id}",
             get(show).delete(shut_down),
@@ -56,6 +57,15 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/jupyter/api/kernels/{kernel_id}/restart", post(restart))
         .route("/jupyter/api/kernels/{kernel_id}/channels", get(channels))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state,
+            remote::to_kernel_holder,
+        ));
+    Router::new()
+        .route("/jupyter/api", get(version))
+        .route("/jupyter/api/kernelspecs", get(kernelspecs))
+        .route("/jupyter/api/kernels", get(list).post(start))
+        .merge(one_kernel)
 }
 
 /// One kernel: which message's interpreter it is, and what Jupyter shows of it.
@@ -107,6 +117,13 @@ impl Kernels {
             .get(id)
             .filter(|kernel| kernel.owner.tenant == *tenant)
             .cloned()
+    }
+
+    /// Whether this process serves the kernel `id`, whoever's it is.
+    pub fn knows(&self, id: &str) -> bool {
+        self.kernels
+            .lock()
+            .is_ok_and(|kernels| kernels.contains_key(id))
     }
 
     /// Changes the kernel `id`, if it still exists.
@@ -280,6 +297,7 @@ struct StartKernel {
 async fn start(
     State(state): State<AppState>,
     headers: HeaderMap,
+    uri: Uri,
     Query(query): Query<TokenQuery>,
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
@@ -324,10 +342,24 @@ async fn start(
         tenant: caller.tenant,
         user,
     };
-    let id = uuid::Uuid::new_v4().to_string();
+    let id = remote::mint_kernel_id(state.supervisor.instance());
     let chat_id = ChatId::parse(text("KERNEL_CHAT_ID").unwrap_or_else(|| "jupyter".to_owned()))?;
     let message_id =
         MessageId::parse(text("KERNEL_MESSAGE_ID").unwrap_or_else(|| format!("jupyter-{id}")))?;
+    // A message another instance holds gets its kernel there, where its workspace is.
+    if !headers.contains_key(FORWARDED_BY)
+        && let Placement::Elsewhere { node, url } = state
+            .supervisor
+            .placement(&owner.tenant, Some(&owner.user), &message_id)
+            .await?
+    {
+        let hop = Hop {
+            method: &Method::POST,
+            uri: &uri,
+            headers: &headers,
+        };
+        return forward(&state, hop, body.into(), (&node, &url)).await;
+    }
     state
         .supervisor
         .open_message(&owner, &chat_id, &message_id)

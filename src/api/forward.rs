@@ -239,7 +239,10 @@ pub fn unreachable(
         .max(1);
     tracing::warn!(node, url, %error, "could not forward a request to the instance holding its message");
     ApiError::busy(
-        format!("the instance holding this message ({node}) cannot be reached; retry later"),
+        format!(
+            "the instance holding this message ({node}) did not answer; retry later, and once \
+             its heartbeat lapses another instance takes the message over"
+        ),
         retry,
     )
 }

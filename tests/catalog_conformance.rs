@@ -4,9 +4,9 @@
 //! one table with the behaviours their callers rely on; each uses tenants of its own, so that
 //! the checks share one database without seeing each other's rows.
 
-mod common;
 #[path = "catalog_conformance/cluster.rs"]
 mod cluster;
+mod common;
 #[path = "catalog_conformance/files.rs"]
 mod files;
 #[path = "catalog_conformance/lifecycle.rs"]

@@ -4,6 +4,7 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
+use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -11,8 +12,9 @@ use super::AppState;
 use super::auth::UserCaller;
 use super::dto::File;
 use super::error::{ApiError, ApiResult, ErrorBody};
+use super::forward;
 use crate::ids::{ChatId, FileId};
-use crate::supervisor::{ChatDeleted, ChatDeletion};
+use crate::supervisor::{ChatDeleted, ChatDeletion, Placement};
 
 /// `GET /v1/chats/{chat_id}`.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -121,6 +123,7 @@ pub async fn delete_chat(
     State(state): State<AppState>,
     UserCaller(owner): UserCaller,
     Path(chat_id): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Json<ChatDeleteReport>> {
     let chat_id = ChatId::parse(chat_id)?;
@@ -135,9 +138,23 @@ pub async fn delete_chat(
         delete_file_ids: request.delete_file_ids,
         keep_generated: request.keep_generated,
     };
-    let deleted = state
+    // Workspaces other instances hold go there first: only the holder can remove them.
+    let mut removed_elsewhere = 0;
+    for (message_id, placement) in state
+        .supervisor
+        .chat_held_elsewhere(&owner, &chat_id, &deletion)
+        .await?
+    {
+        if let Placement::Elsewhere { node, url } = placement
+            && forward::delete_workspace_at(&state, &headers, &message_id, (&node, &url)).await
+        {
+            removed_elsewhere += 1;
+        }
+    }
+    let mut deleted = state
         .supervisor
         .delete_chat(&owner, &chat_id, deletion)
         .await?;
+    deleted.workspaces_removed += removed_elsewhere;
     Ok(Json(deleted.into()))
 }

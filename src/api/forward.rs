@@ -222,6 +222,39 @@ pub async fn forward(
         .map_err(|error| ApiError::internal(&error))
 }
 
+/// Asks the instance `node` at `url` to remove the workspace of `message_id` as the caller
+/// whose `headers` these are (a chat being deleted here); returns whether it did. A holder
+/// that cannot do it now is logged: its reaper removes the folder once the chat's messages
+/// are gone from the catalog.
+pub async fn delete_workspace_at(
+    state: &AppState,
+    headers: &HeaderMap,
+    message_id: &MessageId,
+    (node, url): (&str, &str),
+) -> bool {
+    let encoded = percent_encoding::utf8_percent_encode(
+        message_id.as_str(),
+        percent_encoding::NON_ALPHANUMERIC,
+    );
+    let Ok(uri) = format!("/v1/messages/{encoded}/workspace").parse::<Uri>() else {
+        return false;
+    };
+    let hop = Hop {
+        method: &Method::DELETE,
+        uri: &uri,
+        headers,
+    };
+    match forward(state, hop, Body::empty(), (node, url)).await {
+        Ok(response) if response.status().is_success() => true,
+        Ok(response) => {
+            tracing::warn!(node, message = %message_id, status = %response.status(),
+                "the instance holding a deleted chat's message did not remove its workspace");
+            false
+        }
+        Err(_) => false,
+    }
+}
+
 /// The answer when the holder cannot be reached: 503, to be retried once its heartbeat lapsed
 /// (then the message is taken over) or it answers again.
 pub fn unreachable(

@@ -126,8 +126,8 @@ pub struct RunRecord {
     /// The interpreter it ran in; `None` until it ran (and for runs recorded before codebox
     /// kept interpreters).
     pub kernel: Option<KernelState>,
-    /// Whether the run found the message's workspace gone (its node lost, or the folder
-    /// reaped) and rebuilt it from the catalog before it ran.
+    /// Whether the run found the message's workspace lost with the instance that held it,
+    /// and rebuilt it from the catalog before it ran.
     pub workspace_restored: bool,
 }
 
@@ -307,6 +307,24 @@ impl<'a> Runs<'a> {
                 .fetch_one(self.pool)
                 .await?;
         Ok(count)
+    }
+
+    /// The instance that ran the latest run of the message `message_id` of `tenant`: `None`
+    /// when the message never ran (or its latest run predates instances being recorded).
+    pub async fn last_instance_of_message(
+        &self,
+        tenant: &TenantId,
+        message_id: &MessageId,
+    ) -> Result<Option<String>, CatalogError> {
+        let row: Option<(Option<String>,)> = sqlx::query_as(
+            "SELECT instance FROM runs WHERE tenant = $1 AND message_id = $2 \
+             ORDER BY created_at DESC, id DESC LIMIT 1",
+        )
+        .bind(tenant)
+        .bind(message_id)
+        .fetch_optional(self.pool)
+        .await?;
+        Ok(row.and_then(|(instance,)| instance))
     }
 
     /// The run `id` if `owner` owns it.

@@ -17,23 +17,43 @@ impl Supervisor {
         files: &[FileRecord],
     ) -> Result<Inputs> {
         let attachments = self.catalog.attachments();
-        let attached: BTreeSet<FileId> = attachments
+        let all = attachments
             .of_message(&message.tenant, &message.message_id)
-            .await?
-            .into_iter()
-            .map(|attachment| attachment.file_id)
-            .collect();
+            .await?;
+        let attached: BTreeSet<&FileId> =
+            all.iter().map(|attachment| &attachment.file_id).collect();
         for file in files.iter().filter(|file| !attached.contains(&file.id)) {
             self.reserve_name(message, workspace, file).await?;
         }
-        let mut inputs = Inputs::new();
-        for attachment in attachments
+        let live = attachments
             .live_of_message(&message.tenant, &message.message_id)
-            .await?
+            .await?;
+        // A file deleted through another instance is still here: it goes before any code runs.
+        let live_names: BTreeSet<&str> = live
+            .iter()
+            .map(|attachment| attachment.name.as_str())
+            .collect();
+        for gone in all
+            .iter()
+            .filter(|attachment| !live_names.contains(attachment.name.as_str()))
         {
+            if workspace.input_inode(&gone.name).is_some() {
+                workspace.remove_input(&gone.name)?;
+            }
+        }
+        let mut inputs = Inputs::new();
+        for attachment in live {
             if workspace.input_inode(&attachment.name).is_some() {
-                inputs.insert(attachment.name, attachment.file_id);
-                continue;
+                if workspace.placed_file(&attachment.name).as_deref()
+                    == Some(attachment.file_id.as_str())
+                {
+                    inputs.insert(attachment.name, attachment.file_id);
+                    continue;
+                }
+                // Another file's input under this name (deleted through another instance,
+                // its name given to this file since), or one placed before inputs were
+                // marked: placed again, so that the code reads this file and only this one.
+                workspace.remove_input(&attachment.name)?;
             }
             let Some(file) = self
                 .catalog
@@ -46,6 +66,7 @@ impl Supervisor {
             };
             let name = self.free_placement(message, workspace, &attachment).await?;
             self.place_input(workspace, &name, &file).await?;
+            workspace.mark_placed(&name, file.id.as_str())?;
             workspace.link_input(&name)?;
             // A delete does not wait for this lock: if the file was deleted while it was being
             // placed, the delete may have looked before it was here, so it goes again now.

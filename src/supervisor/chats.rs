@@ -65,17 +65,7 @@ impl Supervisor {
         deletion: ChatDeletion,
     ) -> Result<ChatDeleted> {
         let overview = self.chat(owner, chat_id).await?;
-        let linked: BTreeSet<&FileId> = overview.linked_files.iter().map(|file| &file.id).collect();
-        if let Some(stranger) = deletion
-            .delete_file_ids
-            .iter()
-            .find(|id| !linked.contains(id))
-        {
-            return Err(Error::invalid(
-                "delete_file_ids",
-                format!("{stranger} is not an upload linked to chat {chat_id}"),
-            ));
-        }
+        check_deletion(&overview, chat_id, &deletion)?;
         let mut deleted = ChatDeleted::default();
         for message in &overview.messages {
             if self.remove_message_workspace(message).await? {
@@ -115,6 +105,30 @@ impl Supervisor {
         Ok(deleted)
     }
 
+    /// The messages of chat `chat_id` that other live instances hold, with where they are:
+    /// their workspaces are removed there (the API asks each holder) before the chat is
+    /// deleted here. Checks `deletion` as [`Supervisor::delete_chat`] does, so that nothing is
+    /// removed anywhere for a deletion that will be refused.
+    pub async fn chat_held_elsewhere(
+        &self,
+        owner: &Owner,
+        chat_id: &ChatId,
+        deletion: &ChatDeletion,
+    ) -> Result<Vec<(MessageId, Placement)>> {
+        let overview = self.chat(owner, chat_id).await?;
+        check_deletion(&overview, chat_id, deletion)?;
+        let mut elsewhere = Vec::new();
+        for message in overview.messages {
+            let placement = self
+                .placement(&owner.tenant, Some(&owner.user), &message.message_id)
+                .await?;
+            if placement != Placement::Here {
+                elsewhere.push((message.message_id, placement));
+            }
+        }
+        Ok(elsewhere)
+    }
+
     /// Removes the sandbox and workspace folder of one message of a chat being deleted,
     /// under its lock; returns whether there was a folder to remove.
     async fn remove_message_workspace(&self, message: &MessageRecord) -> Result<bool> {
@@ -123,5 +137,25 @@ impl Supervisor {
         let existed = workspace.exists();
         self.remove_workspace_locked(&workspace).await?;
         Ok(existed)
+    }
+}
+
+/// Refuses a deletion that names an upload the chat does not link.
+fn check_deletion(
+    overview: &ChatOverview,
+    chat_id: &ChatId,
+    deletion: &ChatDeletion,
+) -> Result<()> {
+    let linked: BTreeSet<&FileId> = overview.linked_files.iter().map(|file| &file.id).collect();
+    match deletion
+        .delete_file_ids
+        .iter()
+        .find(|id| !linked.contains(id))
+    {
+        Some(stranger) => Err(Error::invalid(
+            "delete_file_ids",
+            format!("{stranger} is not an upload linked to chat {chat_id}"),
+        )),
+        None => Ok(()),
     }
 }

@@ -7,7 +7,9 @@
 //! 2. workspaces: a message's folder goes after `workspace_idle` without a run, then the least
 //!    recently used ones go until all of them fit in `max_workspace_bytes`, then, while the
 //!    disk has less free space than `min_free_disk` (the watermark), the least recently used
-//!    idle ones go early;
+//!    idle ones go early; a folder of a message another instance holds goes at once (it is
+//!    a stale copy), and so does, in a pass over every tenant, a folder no message names (its
+//!    chat was deleted through another instance);
 //! 3. files: files older than `file_ttl` are deleted, and the bytes of files deleted more than
 //!    `deleted_file_grace` ago are purged with their rows (the bytes first: a purge a crash
 //!    cut off after them completes on the next pass);
@@ -107,6 +109,9 @@ async fn reap_pass(
         .filter(|message| in_scope(&message.tenant))
         .collect();
     let running = reap_containers(supervisor, &messages, tenant.is_none(), &mut report).await?;
+    if tenant.is_none() {
+        reap_orphan_workspaces(supervisor, &messages, &running, &mut report).await?;
+    }
     reap_workspaces(
         supervisor,
         &messages,
@@ -268,6 +273,45 @@ async fn reap_workspaces(
     }
     if quota_too {
         reap_below_watermark(supervisor, kept, running, report).await?;
+    }
+    Ok(())
+}
+
+/// Removes the workspace folders on this disk that no message names: a chat deleted through
+/// another instance forgot its messages there, and only this instance can remove their
+/// folders. Warm slots have no message yet and stay, as does a folder whose lock is held (a
+/// run that is about to name it).
+async fn reap_orphan_workspaces(
+    supervisor: &Supervisor,
+    messages: &[MessageRecord],
+    running: &HashSet<String>,
+    report: &mut ReapReport,
+) -> Result<()> {
+    let named: HashSet<&str> = messages
+        .iter()
+        .map(|message| message.workspace_id.as_str())
+        .collect();
+    for id in supervisor.workspaces().ids()? {
+        if named.contains(id.as_str()) || supervisor.workspaces().is_pool_slot(&id) {
+            continue;
+        }
+        let workspace = supervisor.workspaces().get(&id)?;
+        let Some(_lock) = workspace.try_lock()? else {
+            continue;
+        };
+        // A message may have named it since the list was read: look again under the lock.
+        if supervisor
+            .catalog()
+            .messages()
+            .by_workspace(&crate::ids::WorkspaceId::from_stored(id.as_str()))
+            .await?
+            .is_some()
+        {
+            continue;
+        }
+        let bytes = workspace.bytes();
+        remove_workspace(supervisor, &workspace, running, report).await?;
+        report.bytes_freed += bytes;
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Step 2a'': a message's workspace rebuilt from the catalog. A workspace is a folder on one
-//! instance's disk; when that instance is gone (another took the message over) or the reaper
-//! removed the folder, the message's next run finds no folder. Its attachments come back as
-//! on any run (`attach.rs`); this brings back what its earlier runs registered, the newest
+//! instance's disk; when that instance is gone, another takes the message over
+//! (`placement.rs`), and the message's next run there finds no folder. Its attachments come
+//! back as on any run (`attach.rs`); this brings back what its earlier runs registered, the newest
 //! file at each path, under the path the code wrote it at. What was never registered (scratch
 //! files, formats outside the registered list) is lost, and the run says the workspace was
 //! restored (`workspace_restored`), so that a chat backend can tell the model.
@@ -14,15 +14,17 @@ use crate::catalog::{FileSource, MessageRecord};
 use crate::safe_fs;
 
 impl Supervisor {
-    /// Whether `message` ran before: a message with no folder that never ran is new, not
-    /// lost.
-    pub(super) async fn ran_before(&self, message: &MessageRecord) -> Result<bool> {
-        let runs = self
+    /// Whether `message`'s latest run was on another instance: a message without a folder
+    /// here then lost its workspace with that instance, and is rebuilt. One that never ran is
+    /// new; one whose latest run was here had its folder removed here (deleted on request,
+    /// or reaped when idle), and starts afresh as it always has.
+    pub(super) async fn ran_elsewhere(&self, message: &MessageRecord) -> Result<bool> {
+        let last = self
             .catalog
             .runs()
-            .count_of_message(&message.tenant, &message.message_id)
+            .last_instance_of_message(&message.tenant, &message.message_id)
             .await?;
-        Ok(runs > 0)
+        Ok(last.is_some_and(|instance| instance != self.instance))
     }
 
     /// Writes back into `workspace`'s `data/` the newest live file the message's runs

@@ -64,10 +64,10 @@ impl Supervisor {
         let owner = &owner;
         let _lock = lock(&self.workspaces.get(message.workspace_id.as_str())?).await?;
         // Prepared under the lock: the reaper may have removed the folder while we waited.
-        // A message that ran before and has no folder here lost it (its instance is gone, or
-        // the reaper took it): it is rebuilt from the catalog.
+        // A message last run on another instance, with no folder here, lost its workspace
+        // with that instance: it is rebuilt from the catalog.
         let rebuilding = !self.workspaces.get(message.workspace_id.as_str())?.exists()
-            && self.ran_before(&message).await?;
+            && self.ran_elsewhere(&message).await?;
         let workspace = self.workspaces.prepare(message.workspace_id.as_str())?;
         self.cap_workspace(&workspace).await?;
         let inputs = self.attach(&message, &workspace, &attachments).await?;

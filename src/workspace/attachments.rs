@@ -10,6 +10,9 @@ use std::path::{Component, Path, PathBuf};
 
 use super::names::{numbered_name, sanitize_name};
 use super::{DATA, INPUTS, Workspace};
+
+/// The folder beside `data/` and `inputs/` that records which file each input holds.
+const PLACED: &str = "placed";
 use crate::error::{IoContext, IoError};
 
 impl Workspace {
@@ -43,6 +46,39 @@ impl Workspace {
             }
         }
         Ok(false)
+    }
+
+    /// Records that the input `name` holds the file `file_id`, in `placed/` (beside `data/` and
+    /// `inputs/`, where the sandbox sees neither): a run checks it before it trusts an input
+    /// already there, since a file deleted through another instance leaves its input here,
+    /// and its name may be given to another file since.
+    pub fn mark_placed(&self, name: &str, file_id: &str) -> Result<(), IoError> {
+        let marks = self.root.join(PLACED);
+        match fs::create_dir(&marks) {
+            Err(error) if error.kind() != io::ErrorKind::AlreadyExists => {
+                return Err(error).with_path("create", &marks);
+            }
+            _ => {}
+        }
+        let mark = self.placed_mark(name)?;
+        fs::write(&mark, file_id).with_path("write", &mark)
+    }
+
+    /// The file the input `name` holds, as [`Workspace::mark_placed`] recorded it.
+    pub fn placed_file(&self, name: &str) -> Option<String> {
+        fs::read_to_string(self.placed_mark(name).ok()?).ok()
+    }
+
+    /// The mark of the input `name`.
+    fn placed_mark(&self, name: &str) -> Result<PathBuf, IoError> {
+        if !is_single_name(name) {
+            return Err(IoError {
+                action: "mark input",
+                path: PathBuf::from(name),
+                source: io::Error::new(io::ErrorKind::InvalidInput, "not a plain file name"),
+            });
+        }
+        Ok(self.root.join(PLACED).join(name))
     }
 
     /// Where an attachment named `name` lives on the host.
@@ -98,6 +134,17 @@ impl Workspace {
             Err(rustix::io::Errno::NOENT) => return Ok(()),
             Err(error) => return Err(io::Error::from(error)).with_path("open", &self.root),
         };
+        match openat(&root, PLACED, flags, Mode::empty()) {
+            Ok(marks) => match unlinkat(&marks, name, AtFlags::empty()) {
+                Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+                Err(error) => {
+                    return Err(io::Error::from(error))
+                        .with_path("remove", &self.root.join(PLACED));
+                }
+            },
+            Err(rustix::io::Errno::NOENT) => {}
+            Err(error) => return Err(io::Error::from(error)).with_path("open", &self.root),
+        }
         match openat(&root, INPUTS, flags, Mode::empty()) {
             Ok(inputs) => match unlinkat(&inputs, name, AtFlags::empty()) {
                 Ok(()) | Err(rustix::io::Errno::NOENT) => {}

@@ -125,6 +125,24 @@ impl Workspaces {
         })
     }
 
+    /// The ids of the workspace folders on this disk: every folder below the root but the
+    /// hidden ones codebox keeps its marks and locks in.
+    pub fn ids(&self) -> Result<Vec<String>, IoError> {
+        let mut ids = Vec::new();
+        for entry in fs::read_dir(&self.root).with_path("list", &self.root)? {
+            let entry = entry.with_path("list", &self.root)?;
+            let is_folder = entry.file_type().is_ok_and(|kind| kind.is_dir());
+            if let Some(name) = entry.file_name().to_str()
+                && is_folder
+                && !name.starts_with('.')
+            {
+                ids.push(name.to_owned());
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
     /// Creates the workspace's folders if they are missing and gives `data/` to the sandbox
     /// user. Calling it again on a prepared workspace changes nothing.
     pub fn prepare(&self, id: &str) -> Result<Workspace, IoError> {

@@ -28,7 +28,11 @@ pub async fn nodes(catalog: &Catalog) {
     let mut again = node("inst_a", "http://10.0.0.9:8080", &at(2026, 20));
     again.started_at = at(2026, 15);
     nodes.beat(&again).await.expect("beat again");
-    let a = nodes.get("inst_a").await.expect("get").expect("a has a row");
+    let a = nodes
+        .get("inst_a")
+        .await
+        .expect("get")
+        .expect("a has a row");
     assert_eq!(a.url, "http://10.0.0.9:8080");
     assert_eq!(a.heartbeat_at, at(2026, 20));
     assert_eq!(a.started_at, at(2026, 0), "the start is the first beat's");
@@ -41,7 +45,10 @@ pub async fn nodes(catalog: &Catalog) {
         .collect();
     assert_eq!(all, ["inst_a", "inst_b"]);
     nodes.remove("inst_a").await.expect("remove");
-    nodes.remove("inst_a").await.expect("removing again is harmless");
+    nodes
+        .remove("inst_a")
+        .await
+        .expect("removing again is harmless");
     assert_eq!(nodes.get("inst_a").await.expect("get"), None);
     nodes.remove("inst_b").await.expect("remove b");
 }
@@ -57,7 +64,11 @@ pub async fn message_takeover(catalog: &Catalog) {
         .claim(&claim(&owner, &chat_id, &m, &workspace, &now))
         .await
         .expect("claim");
-    assert_eq!(claimed.node.as_deref(), Some("node-a"), "the claimer holds it");
+    assert_eq!(
+        claimed.node.as_deref(),
+        Some("node-a"),
+        "the claimer holds it"
+    );
     // Only from the holder it has: a stale belief moves nothing.
     assert!(
         !messages

@@ -150,10 +150,10 @@ pub struct Run {
     pub outputs: Vec<Output>,
     /// The interpreter the run ran in; `null` for runs that did not reach it.
     pub kernel: Option<Kernel>,
-    /// Whether the run found the message's workspace gone (the instance holding it was lost,
-    /// or the folder was removed) and rebuilt it first: attachments and the files earlier
-    /// runs registered are back in /mnt/data; unregistered files and the interpreter's
-    /// variables are not.
+    /// Whether the run found the message's workspace lost with the instance that held it
+    /// (another instance took the message over) and rebuilt it first: attachments and the
+    /// files earlier runs registered are back in /mnt/data; unregistered files and the
+    /// interpreter's variables are not.
     pub workspace_restored: bool,
 }
 

@@ -2,7 +2,11 @@
 //! processes side by side, one on the zero-setup default (a SQLite file and a local blob
 //! folder) and one on PostgreSQL and S3 (the servers `scripts/dev-services up` starts on
 //! loopback: PostgreSQL from Debian's packages, moto as the S3 server). The default is the
-//! baseline; the table shows both and their ratio.
+//! baseline; the table shows both and their ratio. A third column runs two nodes on the same
+//! PostgreSQL and S3 and sends every request to the node that does not hold the message: each
+//! run is forwarded to the holder and streamed back, and uploads and downloads are served by
+//! the node that gets them. Its ratio is against one node on PostgreSQL and S3: what
+//! forwarding costs.
 //!
 //! The cases, each after two warm-up requests, each a median over `--runs` (upload and
 //! download over `--transfers`):
@@ -40,6 +44,8 @@ use serde_json::{Value, json};
 
 /// The service token both servers accept.
 const TOKEN: &str = "bench-backends-service-token";
+/// The link-signing secret every server shares, as the nodes of one deployment must.
+const SIGNING_SECRET: &str = "bench-backends-signing-secret-0123456789";
 
 #[derive(Debug, Parser)]
 #[command(about = "Compare codebox on SQLite + a local folder with PostgreSQL + S3")]
@@ -87,33 +93,45 @@ async fn bench(args: Args) -> Result<()> {
     );
     let services = dev_services()?;
     let scratch = tempfile::tempdir().context("create the scratch folder")?;
+    let shared = json!({
+        "catalog": { "url": setting(&services, "CODEBOX_TEST_POSTGRES_URL")? },
+        "blobs": {
+            "kind": "s3",
+            "bucket": setting(&services, "CODEBOX_TEST_S3_BUCKET")?,
+            "endpoint": setting(&services, "CODEBOX_TEST_S3_ENDPOINT")?,
+            "allow_http": true,
+        },
+    });
     let mut results = Vec::new();
-    for (name, backend) in [
-        ("sqlite+local", json!({})),
-        (
-            "postgres+s3",
-            json!({
-                "catalog": { "url": setting(&services, "CODEBOX_TEST_POSTGRES_URL")? },
-                "blobs": {
-                    "kind": "s3",
-                    "bucket": setting(&services, "CODEBOX_TEST_S3_BUCKET")?,
-                    "endpoint": setting(&services, "CODEBOX_TEST_S3_ENDPOINT")?,
-                    "allow_http": true,
-                },
-            }),
-        ),
-    ] {
+    for (name, backend) in [("sqlite+local", json!({})), ("postgres+s3", shared.clone())] {
         println!("{name}: starting codebox serve");
         let folder = scratch.path().join(name);
         let mut server = Server::start(&args, &folder, backend, &services)?;
         let measured = async {
             let codebox = server.client().await?;
-            measure(&codebox, &args, name).await
+            measure((&codebox, &codebox), &args, name).await
         }
         .await;
         server.stop();
         results.push((name, measured?));
     }
+    let name = "2 nodes, forwarded";
+    println!("{name}: starting two codebox serve on one catalog and bucket");
+    let mut holder = Server::start(
+        &args,
+        &scratch.path().join("node-a"),
+        shared.clone(),
+        &services,
+    )?;
+    let mut entry = Server::start(&args, &scratch.path().join("node-b"), shared, &services)?;
+    let measured = async {
+        let (holder, entry) = (holder.client().await?, entry.client().await?);
+        measure((&holder, &entry), &args, name).await
+    }
+    .await;
+    holder.stop();
+    entry.stop();
+    results.push((name, measured?));
     report(&args, &results);
     Ok(())
 }
@@ -159,6 +177,7 @@ impl Server {
                 "listen": format!("127.0.0.1:{port}"),
                 "public_url": base_url,
                 "shutdown_grace": "5s",
+                "signing_secret": SIGNING_SECRET,
                 "tokens": [{ "token": TOKEN, "tenant": "bench", "role": "service" }],
             },
         });
@@ -239,10 +258,23 @@ impl Server {
     }
 }
 
-/// The four cases against one server.
-async fn measure(codebox: &Codebox, args: &Args, name: &str) -> Result<Measured> {
+/// The four cases: the message is made on `holder` by a first run, and every counted
+/// request goes to `codebox` (the same server, or another node on the same catalog).
+async fn measure(
+    (holder, codebox): (&Codebox, &Codebox),
+    args: &Args,
+    name: &str,
+) -> Result<Measured> {
     let chat = format!("bench-{}", uuid::Uuid::new_v4().simple());
     let message = format!("{chat}-m");
+    let claim = json!({"chat_id": chat, "message_id": message, "code": "pass"});
+    holder
+        .send(
+            holder
+                .user(holder.http.post(holder.url("/v1/runs")))
+                .json(&claim),
+        )
+        .await?;
     let run = |code: String| {
         let body = json!({"chat_id": chat, "message_id": message, "language": "python",
                           "code": code});
@@ -348,32 +380,40 @@ fn median(mut samples: Vec<f64>) -> f64 {
 }
 
 fn report(args: &Args, results: &[(&str, Measured)]) {
-    let [(base_name, base), (other_name, other)] = results else {
+    let [(base_name, base), (store_name, store), (nodes_name, nodes)] = results else {
         return;
     };
     println!();
     println!(
-        "{:<22} {:>14} {:>14} {:>8}",
-        "case (median)", base_name, other_name, "ratio"
+        "{:<22} {:>13} {:>13} {:>7} {:>19} {:>7}",
+        "case (median)", base_name, store_name, "ratio", nodes_name, "ratio"
     );
     let rows = [
-        ("run print(1), ms", base.run_ms, other.run_ms),
-        ("run + 1 MiB csv, ms", base.register_ms, other.register_ms),
+        ("run print(1), ms", base.run_ms, store.run_ms, nodes.run_ms),
+        (
+            "run + 1 MiB csv, ms",
+            base.register_ms,
+            store.register_ms,
+            nodes.register_ms,
+        ),
         (
             &*format!("upload {} MiB, MiB/s", args.mib),
             base.upload_mib_s,
-            other.upload_mib_s,
+            store.upload_mib_s,
+            nodes.upload_mib_s,
         ),
         (
             &*format!("download {} MiB, MiB/s", args.mib),
             base.download_mib_s,
-            other.download_mib_s,
+            store.download_mib_s,
+            nodes.download_mib_s,
         ),
     ];
-    for (case, base, other) in rows {
+    for (case, base, store, nodes) in rows {
         println!(
-            "{case:<22} {base:>14.1} {other:>14.1} {:>7.2}x",
-            other / base
+            "{case:<22} {base:>13.1} {store:>13.1} {:>6.2}x {nodes:>19.1} {:>6.2}x",
+            store / base,
+            nodes / store
         );
     }
     let json = json!({

@@ -66,11 +66,23 @@ fn users_of(crate_name: &str, allowed: &[&str]) -> Vec<String> {
 
 #[test]
 fn only_the_runtime_talks_to_engines_and_gateways() {
-    for engine in ["bollard", "tokio_tungstenite", "reqwest"] {
+    assert_eq!(
+        users_of("bollard", &["src/runtime/"]),
+        Vec::<String>::new(),
+        "bollard outside src/runtime/"
+    );
+    // HTTP and WebSocket clients: the runtime's, to a gateway, and the API's forwarding, to
+    // the other codebox instances that share the catalog (and to nothing else).
+    let forwarding = [
+        "src/runtime/",
+        "src/api/forward.rs",
+        "src/api/jupyter/remote.rs",
+    ];
+    for client in ["tokio_tungstenite", "reqwest"] {
         assert_eq!(
-            users_of(engine, &["src/runtime/"]),
+            users_of(client, &forwarding),
             Vec::<String>::new(),
-            "{engine} outside src/runtime/"
+            "{client} outside src/runtime/ and the API's forwarding"
         );
     }
 }

@@ -3,8 +3,8 @@
 //! types its callers use. One file per verb:
 //!
 //! - `run.rs`: the run pipeline, [`Supervisor::run`] and its steps, top to bottom
-//!   (`check -> claim -> attach -> prepare -> snapshot -> execute -> snapshot -> register ->
-//!   answer`), with the steps that take more than a screen beside it: `attach.rs` (placing
+//!   (`check -> claim -> hold -> attach -> restore -> prepare -> snapshot -> execute ->
+//!   snapshot -> register -> answer`), with the steps that take more than a screen beside it: `attach.rs` (placing
 //!   attachments), `register.rs` (storing outputs), `figures.rs` (the interpreter's rich
 //!   outputs);
 //! - `uploads.rs`: a user's file stored and recorded, in two halves;

@@ -2,12 +2,14 @@
 //! function in the order `shared/DESIGN.md` gives them. Read it top to bottom.
 //!
 //! ```text
-//! check -> claim -> attach -> prepare -> snapshot -> execute -> snapshot -> register -> answer
+//! check -> claim -> hold -> attach -> restore -> prepare -> snapshot -> execute -> snapshot
+//!       -> register -> answer
 //! ```
 //!
-//! Steps that take more than a screen have files of their own: `attach.rs` (placing
-//! attachments), `register.rs` (storing outputs) and `figures.rs` (the interpreter's rich
-//! outputs).
+//! Steps that take more than a screen have files of their own: `placement.rs` (holding the
+//! message when several instances share the catalog), `attach.rs` (placing attachments),
+//! `restore.rs` (a workspace lost with its instance, rebuilt), `register.rs` (storing
+//! outputs) and `figures.rs` (the interpreter's rich outputs).
 
 use super::disk_watch::{disk_filled, disk_usage};
 use super::register::Registering;

@@ -120,11 +120,18 @@ async fn relay(
             request.headers_mut().insert(name, value.clone());
         }
     }
-    let upstream = match tokio_tungstenite::connect_async(request).await {
-        Ok((upstream, _)) => upstream,
+    let (upstream, handshake) = match tokio_tungstenite::connect_async(request).await {
+        Ok(connected) => connected,
         Err(error) => return forward::unreachable(state, &node, &url, &error).into_response(),
     };
-    upgrade.on_upgrade(move |client| pump(client, upstream))
+    let mut response = upgrade.on_upgrade(move |client| pump(client, upstream));
+    // The answer names the holder, which serves the kernel, as a forwarded answer does.
+    if let Some(served_by) = handshake.headers().get(forward::SERVED_BY) {
+        response
+            .headers_mut()
+            .insert(forward::SERVED_BY, served_by.clone());
+    }
+    response
 }
 
 /// Relays messages between the client's socket and the holder's until one side ends.

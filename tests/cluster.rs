@@ -806,3 +806,151 @@ async fn server_sent_events_and_tool_calls_are_forwarded() {
     })
     .await;
 }
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Sends an `execute_request` over a kernel's channels and gathers every message about it
+/// until its `status: idle`.
+async fn execute(socket: &mut Socket, code: &str) -> Vec<Value> {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let msg_id = uuid::Uuid::new_v4().to_string();
+    let request = json!({
+        "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": USER,
+                   "session": "s1", "date": "", "version": "5.3"},
+        "parent_header": {}, "metadata": {}, "channel": "shell",
+        "content": {"code": code, "silent": false, "store_history": true,
+                    "user_expressions": {}, "allow_stdin": false, "stop_on_error": true},
+    });
+    within(
+        "sending an execute_request",
+        socket.send(Message::Text(request.to_string().into())),
+    )
+    .await
+    .expect("send");
+    let mut messages = Vec::new();
+    loop {
+        let next = within("a message of the kernel", socket.next())
+            .await
+            .expect("the socket is open")
+            .expect("a message");
+        let Message::Text(text) = next else { continue };
+        let message: Value = serde_json::from_str(&text).expect("JSON");
+        if message["parent_header"]["msg_id"] != msg_id.as_str() {
+            continue;
+        }
+        let is_status =
+            message["msg_type"] == "status" || message["header"]["msg_type"] == "status";
+        let idle = is_status && message["content"]["execution_state"] == "idle";
+        messages.push(message);
+        if idle {
+            return messages;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jupyter_kernel_started_through_the_other_node_is_the_owners_interpreter() {
+    with_database(|catalog| async move {
+        let cluster = Cluster::start(&catalog, NODE_TIMEOUT).await;
+        let (a, b) = (&cluster.a, &cluster.b);
+        let message = "m-jupyter";
+        let (node, _) = a.run(message, "x = 41", &[]).await;
+        assert_eq!(node, a.instance);
+
+        // The kernel of A's message, started through B, is A's.
+        let started = b
+            .send(
+                "a kernel start",
+                b.client
+                    .post(format!("{}/jupyter/api/kernels", b.url))
+                    .header("authorization", format!("token {TOKEN}"))
+                    .json(&json!({"name": "python3", "env": {
+                        "KERNEL_USERNAME": USER,
+                        "KERNEL_CHAT_ID": CHAT,
+                        "KERNEL_MESSAGE_ID": message,
+                    }})),
+            )
+            .await;
+        assert_eq!(
+            node_of(&started),
+            a.instance,
+            "the owner started the kernel"
+        );
+        let kernel = common::json_of(started, 201).await;
+        let kernel_id = text(&kernel["id"]).to_owned();
+        let shown = b
+            .send(
+                "a kernel's model",
+                b.client.get(format!(
+                    "{}/jupyter/api/kernels/{kernel_id}?token={TOKEN}",
+                    b.url
+                )),
+            )
+            .await;
+        assert_eq!(node_of(&shown), a.instance);
+        assert_eq!(common::json_of(shown, 200).await["id"], kernel_id.as_str());
+
+        // Its channels, opened through B, reach the message's interpreter on A.
+        let url = format!(
+            "{}/jupyter/api/kernels/{kernel_id}/channels?token={TOKEN}",
+            b.url.replace("http://", "ws://")
+        );
+        let (mut socket, upgrade) = within("the channels", tokio_tungstenite::connect_async(url))
+            .await
+            .expect("open the channels through B");
+        let upgraded_by = upgrade
+            .headers()
+            .get("x-codebox-node")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        assert_eq!(upgraded_by.as_deref(), Some(a.instance.as_str()));
+        let messages = execute(&mut socket, "y = x + 1\nprint(y)").await;
+        let stdout: String = messages
+            .iter()
+            .filter(|message| {
+                message["header"]["msg_type"] == "stream" && message["content"]["name"] == "stdout"
+            })
+            .filter_map(|message| message["content"]["text"].as_str())
+            .collect();
+        assert_eq!(stdout, "42\n", "{messages:#?}");
+        let reply: Vec<&Value> = messages
+            .iter()
+            .filter(|message| message["header"]["msg_type"] == "execute_reply")
+            .collect();
+        assert_eq!(reply.len(), 1, "{messages:#?}");
+        assert_eq!(reply[0]["content"]["status"], "ok", "{messages:#?}");
+        drop(socket);
+
+        // What the kernel did is the message's: a run through A sees it.
+        let (node, run) = a.run(message, "print(y)", &[]).await;
+        assert_eq!(node, a.instance);
+        assert_eq!(run["stdout"], "42\n", "{run:#}");
+
+        // Shut down through B, the kernel is gone on every node.
+        let deleted = b
+            .send(
+                "a kernel shutdown",
+                b.client
+                    .delete(format!("{}/jupyter/api/kernels/{kernel_id}", b.url))
+                    .header("authorization", format!("token {TOKEN}")),
+            )
+            .await;
+        assert_eq!(node_of(&deleted), a.instance);
+        assert_eq!(deleted.status(), 204);
+        for node in [a, b] {
+            let gone = node
+                .send(
+                    "a kernel's model",
+                    node.client.get(format!(
+                        "{}/jupyter/api/kernels/{kernel_id}?token={TOKEN}",
+                        node.url
+                    )),
+                )
+                .await;
+            assert_eq!(gone.status(), 404, "through node {}", node.name);
+        }
+    })
+    .await;
+}

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use common::process::{self, LogLines};
 use common::services::{test_s3, with_database};
-use common::web::{bytes_of, mask_links, parse_sse};
+use common::web::{mask_links, parse_sse};
 use futures::StreamExt;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -113,8 +113,7 @@ impl Node {
         let response = self
             .send("a run", self.run_request(message_id, code, file_ids))
             .await;
-        let node = node_of(&response);
-        let run = common::json_of(response, 200).await;
+        let (node, run) = json_answer(response, 200).await;
         assert_eq!(
             run["status"], "succeeded",
             "through node {}: {run:#}",
@@ -143,23 +142,20 @@ impl Node {
     /// and the JSON.
     async fn get_json(&self, path: &str) -> (String, Value) {
         let response = self.send(path, self.request(Method::GET, path)).await;
-        let node = node_of(&response);
-        (node, common::json_of(response, 200).await)
+        json_answer(response, 200).await
     }
 
     /// `GET path` through this node, which must answer 200: the node that answered and the
     /// bytes.
     async fn get_bytes(&self, path: &str) -> (String, Vec<u8>) {
         let response = self.send(path, self.request(Method::GET, path)).await;
-        let node = node_of(&response);
-        (node, bytes_of(response, 200).await)
+        bytes_answer(response, 200).await
     }
 
     /// A signed link, fetched without a token: the node that answered and the bytes.
     async fn get_link(&self, link: &str) -> (String, Vec<u8>) {
         let response = self.send(link, self.client.get(link)).await;
-        let node = node_of(&response);
-        (node, bytes_of(response, 200).await)
+        bytes_answer(response, 200).await
     }
 
     /// Uploads `bytes` as `name`, attached to `message_id` of the test's chat when given; the
@@ -178,8 +174,7 @@ impl Node {
                 self.request(Method::POST, "/v1/files").multipart(form),
             )
             .await;
-        let node = node_of(&response);
-        (node, common::json_of(response, 201).await)
+        json_answer(response, 201).await
     }
 
     /// Kills the process with SIGKILL, as a crash would: it cleans nothing up and its row in
@@ -256,13 +251,54 @@ impl Cluster {
 
 /// The node an answer names in `X-Codebox-Node`, which every answer carries.
 fn node_of(response: &reqwest::Response) -> String {
-    response
-        .headers()
-        .get("x-codebox-node")
-        .unwrap_or_else(|| panic!("{}: no X-Codebox-Node header", response.url()))
-        .to_str()
-        .expect("X-Codebox-Node is visible ASCII")
-        .to_owned()
+    node_header(response).unwrap_or_else(|| {
+        panic!(
+            "{} ({}): no X-Codebox-Node header",
+            response.url(),
+            response.status()
+        )
+    })
+}
+
+fn node_header(response: &reqwest::Response) -> Option<String> {
+    response.headers().get("x-codebox-node").map(|value| {
+        value
+            .to_str()
+            .expect("X-Codebox-Node is visible ASCII")
+            .to_owned()
+    })
+}
+
+/// The node an answer names and its JSON body; the answer must have `status` (checked
+/// first, so that a wrong answer shows its body).
+async fn json_answer(response: reqwest::Response, status: u16) -> (String, Value) {
+    let node = node_header(&response);
+    let url = response.url().clone();
+    let body = common::json_of(response, status).await;
+    let node = node.unwrap_or_else(|| panic!("{url}: no X-Codebox-Node header: {body}"));
+    (node, body)
+}
+
+/// `response` when it is a 200 event stream; otherwise the test fails with its body.
+async fn ok_stream(response: reqwest::Response) -> reqwest::Response {
+    if response.status() == 200 {
+        return response;
+    }
+    let url = response.url().clone();
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    panic!("{url}: {status}: {body}");
+}
+
+/// The node an answer names and its bytes; the answer must have `status`.
+async fn bytes_answer(response: reqwest::Response, status: u16) -> (String, Vec<u8>) {
+    let node = node_header(&response);
+    let url = response.url().clone();
+    let actual = response.status().as_u16();
+    let body = response.bytes().await.expect("read the body").to_vec();
+    assert_eq!(actual, status, "{url}: {}", String::from_utf8_lossy(&body));
+    let node = node.unwrap_or_else(|| panic!("{url}: no X-Codebox-Node header"));
+    (node, body)
 }
 
 /// Waits for `future` for at most two minutes: a hang fails the test with `what`.
@@ -470,8 +506,8 @@ async fn a_file_registered_through_one_node_downloads_through_the_other() {
                     .json(&json!({"text": "See sandbox:/mnt/data/report.csv for the numbers."})),
             )
             .await;
-        assert_eq!(node_of(&rendered), b.instance);
-        let rendered = common::json_of(rendered, 200).await;
+        let (node, rendered) = json_answer(rendered, 200).await;
+        assert_eq!(node, b.instance);
         let (masked, links) = mask_links(text(&rendered["text"]), &b.url);
         assert_eq!(
             masked,
@@ -535,7 +571,7 @@ async fn killing_the_owner_mid_run_leaves_the_other_node_serving_and_restores_th
                     .header("Accept", "text/event-stream"),
             )
             .await;
-        assert_eq!(response.status(), 200);
+        let response = ok_stream(response).await;
         let mut stream = response.bytes_stream();
         let mut seen = String::new();
         within("the long run to start", async {
@@ -716,7 +752,7 @@ async fn server_sent_events_and_tool_calls_are_forwarded() {
                 .header("Accept", "text/event-stream"),
             )
             .await;
-        assert_eq!(response.status(), 200);
+        let response = ok_stream(response).await;
         assert_eq!(node_of(&response), a.instance, "the owner streamed it");
         let content_type = response
             .headers()
@@ -778,8 +814,8 @@ async fn server_sent_events_and_tool_calls_are_forwarded() {
                 })),
             )
             .await;
-        assert_eq!(node_of(&call), a.instance, "the owner ran the tool");
-        let answer = common::json_of(call, 200).await;
+        let (node, answer) = json_answer(call, 200).await;
+        assert_eq!(node, a.instance, "the owner ran the tool");
         let content = text(&answer["content"]);
         assert!(content.starts_with("status: succeeded"), "{content}");
         assert!(content.contains("x is 42"), "{content}");
@@ -793,8 +829,9 @@ async fn server_sent_events_and_tool_calls_are_forwarded() {
                 b.request(Method::DELETE, &format!("/v1/messages/{message}/workspace")),
             )
             .await;
-        assert_eq!(node_of(&deleted), a.instance, "the owner deleted it");
-        assert_eq!(bytes_of(deleted, 204).await, b"");
+        let (node, body) = bytes_answer(deleted, 204).await;
+        assert_eq!(node, a.instance, "the owner deleted it");
+        assert_eq!(body, b"");
         let (_, fresh) = b
             .run(
                 message,
@@ -873,12 +910,8 @@ async fn a_jupyter_kernel_started_through_the_other_node_is_the_owners_interpret
                     }})),
             )
             .await;
-        assert_eq!(
-            node_of(&started),
-            a.instance,
-            "the owner started the kernel"
-        );
-        let kernel = common::json_of(started, 201).await;
+        let (node, kernel) = json_answer(started, 201).await;
+        assert_eq!(node, a.instance, "the owner started the kernel");
         let kernel_id = text(&kernel["id"]).to_owned();
         let shown = b
             .send(
@@ -889,8 +922,9 @@ async fn a_jupyter_kernel_started_through_the_other_node_is_the_owners_interpret
                 )),
             )
             .await;
-        assert_eq!(node_of(&shown), a.instance);
-        assert_eq!(common::json_of(shown, 200).await["id"], kernel_id.as_str());
+        let (node, shown) = json_answer(shown, 200).await;
+        assert_eq!(node, a.instance);
+        assert_eq!(shown["id"], kernel_id.as_str());
 
         // Its channels, opened through B, reach the message's interpreter on A.
         let url = format!(
@@ -937,8 +971,8 @@ async fn a_jupyter_kernel_started_through_the_other_node_is_the_owners_interpret
                     .header("authorization", format!("token {TOKEN}")),
             )
             .await;
-        assert_eq!(node_of(&deleted), a.instance);
-        assert_eq!(deleted.status(), 204);
+        let (node, _) = bytes_answer(deleted, 204).await;
+        assert_eq!(node, a.instance);
         for node in [a, b] {
             let gone = node
                 .send(

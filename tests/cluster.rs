@@ -46,7 +46,8 @@ struct Node {
     data_dir: PathBuf,
     instance: String,
     url: String,
-    child: Option<Child>,
+    /// In a mutex only so that a `&Node` may be held across an await in a spawned task.
+    child: std::sync::Mutex<Option<Child>>,
     log: LogLines,
     client: reqwest::Client,
 }
@@ -80,7 +81,7 @@ impl Node {
             data_dir,
             instance: String::new(),
             url,
-            child: Some(child),
+            child: std::sync::Mutex::new(Some(child)),
             log,
             client: reqwest::Client::new(),
         };
@@ -180,18 +181,26 @@ impl Node {
     /// Kills the process with SIGKILL, as a crash would: it cleans nothing up and its row in
     /// the catalog stays until its heartbeat lapses.
     async fn kill(&mut self) {
-        process::kill(self.child.take().expect("the node is running")).await;
+        process::kill(self.take_child()).await;
     }
 
     /// Stops the process with SIGTERM and waits for its clean exit.
     async fn stop(&mut self) {
-        process::stop(self.child.take().expect("the node is running")).await;
+        process::stop(self.take_child()).await;
+    }
+
+    fn take_child(&mut self) -> Child {
+        self.child
+            .get_mut()
+            .expect("the child's lock")
+            .take()
+            .expect("the node is running")
     }
 }
 
 impl Drop for Node {
     fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
+        if let Ok(Some(child)) = self.child.get_mut() {
             let _ = child.start_kill();
             for _ in 0..200 {
                 if !matches!(child.try_wait(), Ok(None)) {
@@ -691,7 +700,7 @@ async fn a_graceful_stop_hands_the_message_over_at_once() {
             .run(
                 message,
                 "open('/mnt/data/totals.csv', 'w').write('units\\n8\\n')\nx = 1",
-                &[&upload_id],
+                &[upload_id.as_str()],
             )
             .await;
         assert_eq!(node, cluster.a.instance);

@@ -948,7 +948,6 @@ async fn a_jupyter_kernel_started_through_the_other_node_is_the_owners_interpret
             .get("x-codebox-node")
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned);
-        assert_eq!(upgraded_by.as_deref(), Some(a.instance.as_str()));
         let messages = execute(&mut socket, "y = x + 1\nprint(y)").await;
         let stdout: String = messages
             .iter()
@@ -994,6 +993,15 @@ async fn a_jupyter_kernel_started_through_the_other_node_is_the_owners_interpret
                 .await;
             assert_eq!(gone.status(), 404, "through node {}", node.name);
         }
+        // The relayed WebSocket's handshake names the owner, as every forwarded answer does
+        // (checked last, so that a failure here says the relay itself works).
+        assert_eq!(
+            upgraded_by.as_deref(),
+            Some(a.instance.as_str()),
+            "the 101 of channels relayed through B names the holder A ({}), not B ({})",
+            a.instance,
+            b.instance
+        );
     })
     .await;
 }

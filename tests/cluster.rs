@@ -317,6 +317,21 @@ async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> 
         .unwrap_or_else(|_| panic!("gave up waiting for {what}"))
 }
 
+/// The runs of message `message_id` in the catalog at `catalog`: `(status, reason)`.
+async fn runs_of(catalog: &str, message_id: &str) -> Vec<(String, Option<String>)> {
+    use sqlx::Connection;
+    let mut connection = sqlx::PgConnection::connect(catalog)
+        .await
+        .expect("connect to the catalog");
+    let runs = sqlx::query_as("SELECT status, reason FROM runs WHERE message_id = $1")
+        .bind(message_id)
+        .fetch_all(&mut connection)
+        .await
+        .expect("read the catalog's runs");
+    connection.close().await.ok();
+    runs
+}
+
 /// The text of a JSON string.
 fn text(value: &Value) -> &str {
     value
@@ -664,6 +679,22 @@ async fn killing_the_owner_mid_run_leaves_the_other_node_serving_and_restores_th
             restored["files"],
             json!([]),
             "files put back are not registered again: {restored:#}"
+        );
+        // The run A was killed in is no longer `running`: the takeover failed it.
+        let runs = runs_of(&catalog, message).await;
+        assert_eq!(
+            runs.iter().filter(|(status, _)| status == "running").count(),
+            0,
+            "{runs:?}"
+        );
+        let interrupted: Vec<_> = runs
+            .iter()
+            .filter(|(status, _)| status == "failed")
+            .collect();
+        assert_eq!(interrupted.len(), 1, "{runs:?}");
+        assert!(
+            interrupted[0].1.as_deref().is_some_and(|reason| reason.contains("stopped")),
+            "{runs:?}"
         );
         let (_, after) = b
             .get_json(&format!("/v1/messages/{message}/files?source=all"))

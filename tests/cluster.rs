@@ -1036,3 +1036,73 @@ async fn a_jupyter_kernel_started_through_the_other_node_is_the_owners_interpret
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_owner_whose_heartbeat_is_still_fresh_keeps_its_message() {
+    with_database(|catalog| async move {
+        // A heartbeat that does not lapse within the test: the killed owner is still alive as
+        // far as the catalog knows, and B must not take its message.
+        let mut cluster = Cluster::start(&catalog, "10m").await;
+        let message = "m-fresh";
+        let (node, written) = cluster
+            .a
+            .run(
+                message,
+                "open('/mnt/data/kept.csv', 'w').write('a\\n1\\n')",
+                &[],
+            )
+            .await;
+        assert_eq!(node, cluster.a.instance);
+        let kept_id = text(&file_named(&written["files"], "kept.csv")["id"]).to_owned();
+        cluster.a.kill().await;
+
+        let b = &cluster.b;
+        // What would touch the workspace is refused, to be retried: a run, a tool call, a
+        // workspace deletion.
+        let refusals = [
+            b.run_request(message, "print('two holders')", &[]),
+            b.request(Method::POST, "/v1/tools/run_code").json(&json!({
+                "chat_id": CHAT,
+                "message_id": message,
+                "arguments": {"code": "print('two holders')"},
+            })),
+            b.request(Method::DELETE, &format!("/v1/messages/{message}/workspace")),
+        ];
+        for request in refusals {
+            let refused = b.send("a request for A's message", request).await;
+            let url = refused.url().clone();
+            assert_eq!(node_of(&refused), b.instance, "{url}");
+            assert!(
+                refused.headers().contains_key("retry-after"),
+                "{url}: {:?}",
+                refused.headers()
+            );
+            common::assert_error(refused, 503, "busy").await;
+        }
+        // What needs no holder is served.
+        let (node, listing) = b.get_json(&format!("/v1/messages/{message}/files")).await;
+        assert_eq!(node, b.instance);
+        assert_eq!(names_of(&listing["files"]), ["kept.csv"], "{listing:#}");
+        let (_, bytes) = b.get_bytes(&format!("/v1/files/{kept_id}/content")).await;
+        assert_eq!(bytes, b"a\n1\n");
+
+        // The message is still A's, and nothing ran for it on B.
+        let runs = runs_of(&catalog, message).await;
+        assert_eq!(runs, [("succeeded".to_owned(), None)], "{runs:?}");
+        let holder: Option<String> = {
+            use sqlx::Connection;
+            let mut connection = sqlx::PgConnection::connect(&catalog)
+                .await
+                .expect("connect to the catalog");
+            let holder = sqlx::query_scalar("SELECT node FROM messages WHERE message_id = $1")
+                .bind(message)
+                .fetch_one(&mut connection)
+                .await
+                .expect("read the catalog's message");
+            connection.close().await.ok();
+            holder
+        };
+        assert_eq!(holder.as_deref(), Some(cluster.a.instance.as_str()));
+    })
+    .await;
+}

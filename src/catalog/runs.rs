@@ -309,19 +309,23 @@ impl<'a> Runs<'a> {
         Ok(count)
     }
 
-    /// The instance that ran the latest run of the message `message_id` of `tenant`: `None`
-    /// when the message never ran (or its latest run predates instances being recorded).
+    /// The instance that ran the latest run of the message `message_id` of `tenant` since
+    /// `since` (when the message was named: an id used again after its chat was deleted is
+    /// a new message, whose runs start then): `None` when it has not run since (or its latest
+    /// run predates instances being recorded).
     pub async fn last_instance_of_message(
         &self,
         tenant: &TenantId,
         message_id: &MessageId,
+        since: &str,
     ) -> Result<Option<String>, CatalogError> {
         let row: Option<(Option<String>,)> = sqlx::query_as(
-            "SELECT instance FROM runs WHERE tenant = $1 AND message_id = $2 \
+            "SELECT instance FROM runs WHERE tenant = $1 AND message_id = $2 AND created_at >= $3 \
              ORDER BY created_at DESC, id DESC LIMIT 1",
         )
         .bind(tenant)
         .bind(message_id)
+        .bind(since)
         .fetch_optional(self.pool)
         .await?;
         Ok(row.and_then(|(instance,)| instance))

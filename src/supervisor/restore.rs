@@ -22,7 +22,7 @@ impl Supervisor {
         let last = self
             .catalog
             .runs()
-            .last_instance_of_message(&message.tenant, &message.message_id)
+            .last_instance_of_message(&message.tenant, &message.message_id, &message.created_at)
             .await?;
         Ok(last.is_some_and(|instance| instance != self.instance))
     }
@@ -48,7 +48,11 @@ impl Supervisor {
             .of_message(&owner, &message.message_id, false)
             .await?
             .into_iter()
-            .filter(|file| file.source == FileSource::CodeExecution)
+            // Files of an earlier message with the same id (its chat deleted, its generated
+            // files kept) are not this message's.
+            .filter(|file| {
+                file.source == FileSource::CodeExecution && file.created_at >= message.created_at
+            })
         {
             // Oldest first: a later file at the same path replaces an earlier one.
             newest.insert(file.path.clone(), file);

@@ -36,6 +36,7 @@ use tokio::process::Child;
 
 const TOKEN: &str = "svc-cluster-test-0123456789abcdef";
 const TENANT: &str = "t-cluster";
+const ADMIN_TOKEN: &str = "adm-cluster-test-0123456789abcdef";
 const USER: &str = "alice";
 const SIGNING_SECRET: &str = "cluster-test-signing-secret-0123456789abcdef";
 const CHAT: &str = "chat-cluster";
@@ -79,6 +80,7 @@ impl Node {
                  [sandbox]\nimage = {image:?}\nmemory = \"256 MiB\"\nwarm_pool = 0\n\
                  [server]\nlisten = \"127.0.0.1:0\"\nsigning_secret = {SIGNING_SECRET:?}\n\
                  [[server.tokens]]\ntoken = {TOKEN:?}\ntenant = {TENANT:?}\nrole = \"service\"\n\
+                 [[server.tokens]]\ntoken = {ADMIN_TOKEN:?}\ntenant = {TENANT:?}\nrole = \"admin\"\n\
                  [cluster]\nheartbeat_interval = {HEARTBEAT:?}\nnode_timeout = {node_timeout:?}\n",
                 image = common::test_image(),
             ),
@@ -108,6 +110,27 @@ impl Node {
             .request(method, format!("{}{path}", self.url))
             .bearer_auth(TOKEN)
             .header("X-User-Id", USER)
+    }
+
+    /// The instances this node lists in `GET /v1/admin/nodes`: `(id, alive, this)`.
+    async fn nodes(&self) -> Vec<(String, bool, bool)> {
+        let request = self
+            .client
+            .get(format!("{}/v1/admin/nodes", self.url))
+            .bearer_auth(ADMIN_TOKEN);
+        let (_, listed) = json_answer(self.send("the nodes", request).await, 200).await;
+        listed["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .map(|node| {
+                (
+                    text(&node["id"]).to_owned(),
+                    node["alive"] == true,
+                    node["this"] == true,
+                )
+            })
+            .collect()
     }
 
     /// Sends `request`; a hang is a failure, not a stuck test.

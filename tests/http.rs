@@ -541,6 +541,7 @@ async fn service_routes_answer() {
         ("/v1/admin/workspaces", &["get"]),
         ("/v1/admin/gc", &["post"]),
         ("/v1/admin/retention", &["get"]),
+        ("/v1/admin/nodes", &["get"]),
         ("/healthz", &["get"]),
         ("/readyz", &["get"]),
         ("/metrics", &["get"]),

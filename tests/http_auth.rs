@@ -242,6 +242,7 @@ async fn every_user_route_hides_other_owners_and_checks_credentials() {
             Some(json!({ "dry_run": true })),
         ),
         Call::new(Method::GET, "/v1/admin/retention", None),
+        Call::new(Method::GET, "/v1/admin/nodes", None),
     ];
     for call in &admin_calls {
         let context = format!("{} {}", call.method, call.path);

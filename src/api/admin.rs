@@ -1,4 +1,5 @@
-//! Operators' routes (admin tokens): the workspaces on this instance, a reaper pass on demand,
+//! Operators' routes (admin tokens): the workspaces on this instance, the instances sharing its
+//! catalog, a reaper pass on demand,
 //! and the retention policy and quotas in force. An admin token acts within its own tenant: it lists and
 //! reaps that tenant's workspaces and files alone. Only a token of tenant `*` is global.
 
@@ -8,7 +9,9 @@ use axum::extract::rejection::JsonRejection;
 
 use super::AppState;
 use super::auth::AdminCaller;
-use super::dto::{FileUsageList, GcReport, GcRequest, RetentionPolicy, WorkspaceList};
+use super::dto::{
+    FileUsageList, GcReport, GcRequest, NodeInfo, NodeList, RetentionPolicy, WorkspaceList,
+};
 use super::error::{ApiResult, ErrorBody};
 use super::runs::json_rejection;
 
@@ -33,6 +36,40 @@ pub async fn workspaces(
         .workspace_overview(admin.tenant_scope())
         .await?;
     Ok(Json(overview.into()))
+}
+
+/// The instances sharing this catalog, with their URLs and heartbeats: a deployment's nodes.
+/// Any admin token may read it (it names no tenant's data).
+#[utoipa::path(
+    get,
+    path = "/v1/admin/nodes",
+    tag = "admin",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = NodeList),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    )
+)]
+pub async fn nodes(
+    State(state): State<AppState>,
+    AdminCaller(_admin): AdminCaller,
+) -> ApiResult<Json<NodeList>> {
+    let this = state.supervisor.instance();
+    let nodes = state
+        .supervisor
+        .nodes()
+        .await?
+        .into_iter()
+        .map(|(node, alive)| NodeInfo {
+            this: node.id == this,
+            id: node.id,
+            url: node.url,
+            started_at: node.started_at,
+            heartbeat_at: node.heartbeat_at,
+            alive,
+        })
+        .collect();
+    Ok(Json(NodeList { nodes }))
 }
 
 #[utoipa::path(

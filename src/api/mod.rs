@@ -202,6 +202,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(tools::call_tool))
         .routes(routes!(admin::workspaces))
         .routes(routes!(admin::gc))
+        .routes(routes!(admin::nodes))
         .routes(routes!(admin::files))
         .routes(routes!(admin::retention))
         .routes(routes!(service::healthz))

@@ -185,8 +185,21 @@ async fn a_graceful_stop_hands_the_message_over_at_once() {
             .await;
         assert_eq!(node, cluster.a.instance);
         file_named(&written["files"], "totals.csv");
+        let (a, b) = (cluster.a.instance.clone(), cluster.b.instance.clone());
+        let mut both = vec![(a.clone(), true, false), (b.clone(), true, true)];
+        both.sort();
+        assert_eq!(
+            cluster.b.nodes().await,
+            both,
+            "both nodes live, listed by either"
+        );
 
         cluster.a.stop().await;
+        assert_eq!(
+            cluster.b.nodes().await,
+            [(b, true, true)],
+            "a stopped node takes its row with it"
+        );
 
         let b = &cluster.b;
         let (node, restored) = b

@@ -5,8 +5,8 @@
 mod operators;
 
 pub use operators::{
-    FileUsageInfo, FileUsageList, GcReport, GcRequest, Quotas, RetentionPolicy, TenantPolicy,
-    UsageReport, WorkspaceInfo, WorkspaceList,
+    FileUsageInfo, FileUsageList, GcReport, GcRequest, NodeInfo, NodeList, Quotas, RetentionPolicy,
+    TenantPolicy, UsageReport, WorkspaceInfo, WorkspaceList,
 };
 
 use std::collections::BTreeMap;

@@ -31,6 +31,9 @@ pub struct WorkspaceInfo {
     /// `running`, `stopped` or `none`.
     #[schema(value_type = String)]
     pub container: &'static str,
+    /// The instance that holds the message (`GET /v1/admin/nodes`); `bytes`, `exists` and
+    /// `container` are what the instance that answered sees on its own disk and engine.
+    pub node: Option<String>,
 }
 
 /// `GET /v1/admin/workspaces`.
@@ -38,6 +41,31 @@ pub struct WorkspaceInfo {
 pub struct WorkspaceList {
     /// Every workspace, least recently used first.
     pub workspaces: Vec<WorkspaceInfo>,
+}
+
+/// One instance in `GET /v1/admin/nodes`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct NodeInfo {
+    /// Its instance id.
+    pub id: String,
+    /// The URL the other instances reach it at.
+    pub url: String,
+    /// When it started.
+    pub started_at: String,
+    /// Its last heartbeat.
+    pub heartbeat_at: String,
+    /// Whether the heartbeat is fresh (within `cluster.node_timeout`); the messages of an
+    /// instance that is not are taken over by the next instance asked for them.
+    pub alive: bool,
+    /// Whether it is the instance that answered.
+    pub this: bool,
+}
+
+/// `GET /v1/admin/nodes`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct NodeList {
+    /// Every instance with a row in the catalog, by id.
+    pub nodes: Vec<NodeInfo>,
 }
 
 /// `POST /v1/admin/gc`.
@@ -88,6 +116,7 @@ impl From<Vec<WorkspaceOverview>> for WorkspaceList {
                     exists: workspace.exists,
                     last_used_at: workspace.message.last_used_at,
                     container: workspace.container.into(),
+                    node: workspace.message.node,
                 })
                 .collect(),
         }

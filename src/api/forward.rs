@@ -211,8 +211,13 @@ pub async fn forward(
         .await;
     let answer = match sent {
         Ok(answer) => answer,
-        Err(error) => return Err(unreachable(state, node, url, &error)),
+        Err(error) => {
+            metrics::counter!("codebox_forwarded_requests_total", "outcome" => "unreachable")
+                .increment(1);
+            return Err(unreachable(state, node, url, &error));
+        }
     };
+    metrics::counter!("codebox_forwarded_requests_total", "outcome" => "forwarded").increment(1);
     let mut response = Response::builder().status(answer.status());
     if let Some(headers) = response.headers_mut() {
         *headers = passed_on(answer.headers());

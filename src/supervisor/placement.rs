@@ -122,6 +122,7 @@ impl Supervisor {
         {
             if let Some(lost) = holder {
                 tracing::warn!(message = %message.message_id, lost, "took over a message whose instance is gone");
+                metrics::counter!("codebox_messages_taken_over_total").increment(1);
                 self.catalog
                     .runs()
                     .fail_interrupted(lost, LOST_INSTANCE, &catalog::now())

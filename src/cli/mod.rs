@@ -99,6 +99,15 @@ async fn ensure_image(config: &Config) -> anyhow::Result<bool> {
     if engine.inspect(image).await?.is_some() {
         return Ok(false);
     }
+    // Another process may be building it right now (several servers started together): wait
+    // for it, then look again.
+    let _builds = image::lock_builds(|| {
+        eprintln!("codebox: another process is building a sandbox image; waiting for it");
+    })
+    .await?;
+    if engine.inspect(image).await?.is_some() {
+        return Ok(false);
+    }
     eprintln!(
         "codebox: the sandbox image {image} is missing; building it now (first use only, a few minutes)"
     );
@@ -483,6 +492,10 @@ pub async fn image_build(args: ImageBuildArgs) -> anyhow::Result<ExitCode> {
         },
         tag: args.tag,
     };
+    let _builds = image::lock_builds(|| {
+        eprintln!("codebox: another process is building a sandbox image; waiting for it");
+    })
+    .await?;
     if args.if_changed {
         let reference = options.reference()?;
         match image::image_state(&engine, &options).await? {

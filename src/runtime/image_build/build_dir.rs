@@ -274,3 +274,42 @@ mod tests {
         );
     }
 }
+
+/// The host-wide lock that serializes image builds: two processes that find an image missing
+/// at once (two `codebox serve` started together) must not build it twice, nor share the
+/// debootstrap package cache while one of them fills it. Whoever takes the lock second looks
+/// at the engine again before building.
+const IMAGE_BUILDS_LOCK: &str = "codebox-image-builds.lock";
+
+/// The lock on image builds on this host, held until dropped.
+#[derive(Debug)]
+pub struct BuildsLock {
+    _file: File,
+}
+
+/// Takes the lock on image builds on this host, waiting for another process's build to end;
+/// `waiting` is called once if it has to wait.
+pub async fn lock_builds(waiting: impl FnOnce()) -> Result<BuildsLock, ImageError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = std::env::temp_dir().join(IMAGE_BUILDS_LOCK);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        // Any user's build may need it: the file is everyone's, the lock on it the holder's.
+        .mode(0o666)
+        .open(&path)
+        .map_err(|e| ImageError::io("open", &path, e))?;
+    if flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
+        waiting();
+        let (file, locked) = tokio::task::spawn_blocking(move || {
+            let locked = flock(&file, FlockOperation::LockExclusive);
+            (file, locked)
+        })
+        .await
+        .map_err(|e| ImageError::io("lock", &path, std::io::Error::other(e)))?;
+        locked.map_err(|e| ImageError::io("lock", &path, e.into()))?;
+        return Ok(BuildsLock { _file: file });
+    }
+    Ok(BuildsLock { _file: file })
+}

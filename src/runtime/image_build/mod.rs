@@ -55,7 +55,7 @@ mod settings;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::runtime::image::ImageEngine;
-pub use build_dir::BUILD_DIR_PREFIX;
+pub use build_dir::{BUILD_DIR_PREFIX, BuildsLock, lock_builds};
 pub use error::ImageError;
 pub use inputs::{ImageState, image_state, inputs_digest};
 pub use options::{BuildMethod, IMAGE_REPOSITORY, ImageBuildOptions, ImageVariant};

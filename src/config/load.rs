@@ -162,4 +162,31 @@ mod tests {
             Ok(())
         });
     }
+
+    #[test]
+    fn cluster_settings_are_checked() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("CODEBOX_CLUSTER__ADVERTISE_URL", "http://10.0.0.5:8080");
+            jail.set_env("CODEBOX_CLUSTER__NODE_TIMEOUT", "2s");
+            jail.set_env("CODEBOX_CLUSTER__HEARTBEAT_INTERVAL", "500ms");
+            let config = Config::load(None, serde_json::json!({})).map_err(|e| e.to_string())?;
+            assert_eq!(
+                config.cluster.advertise_url.as_deref(),
+                Some("http://10.0.0.5:8080")
+            );
+            assert_eq!(
+                config.cluster.node_timeout,
+                std::time::Duration::from_secs(2)
+            );
+            // A timeout a slow beat could outlast, and an address the others cannot use.
+            jail.set_env("CODEBOX_CLUSTER__NODE_TIMEOUT", "600ms");
+            let error = Config::load(None, serde_json::json!({})).expect_err("too short");
+            assert!(error.to_string().contains("node_timeout"), "{error}");
+            jail.set_env("CODEBOX_CLUSTER__NODE_TIMEOUT", "30s");
+            jail.set_env("CODEBOX_CLUSTER__ADVERTISE_URL", "10.0.0.5:8080");
+            let error = Config::load(None, serde_json::json!({})).expect_err("not a URL");
+            assert!(error.to_string().contains("advertise_url"), "{error}");
+            Ok(())
+        });
+    }
 }

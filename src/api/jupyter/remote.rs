@@ -180,3 +180,17 @@ async fn pump(
         () = down => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kernel_id_is_a_uuid_that_names_its_instance() {
+        let id = mint_kernel_id("inst_01a22a4dd05976af8f8c4c2c0efac2dc");
+        assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
+        assert!(id.starts_with(&tag_of("inst_01a22a4dd05976af8f8c4c2c0efac2dc")));
+        assert_ne!(id, mint_kernel_id("inst_01a22a4dd05976af8f8c4c2c0efac2dc"));
+        assert_ne!(tag_of("inst_a"), tag_of("inst_b"));
+    }
+}

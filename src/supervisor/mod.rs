@@ -3,7 +3,7 @@
 //! types its callers use. One file per verb:
 //!
 //! - `run.rs`: the run pipeline, [`Supervisor::run`] and its steps, top to bottom
-//!   (`check -> claim -> hold -> attach -> restore -> prepare -> snapshot -> execute ->
+//!   (`check -> claim -> hold -> restore -> attach -> prepare -> snapshot -> execute ->
 //!   snapshot -> register -> answer`), with the steps that take more than a screen beside it: `attach.rs` (placing
 //!   attachments), `register.rs` (storing outputs), `figures.rs` (the interpreter's rich
 //!   outputs);

@@ -1,10 +1,11 @@
 //! Step 2a'': a message's workspace rebuilt from the catalog. A workspace is a folder on one
 //! instance's disk; when that instance is gone, another takes the message over
-//! (`placement.rs`), and the message's next run there finds no folder. Its attachments come
-//! back as on any run (`attach.rs`); this brings back what its earlier runs registered, the newest
-//! file at each path, under the path the code wrote it at. What was never registered (scratch
-//! files, formats outside the registered list) is lost, and the run says the workspace was
-//! restored (`workspace_restored`), so that a chat backend can tell the model.
+//! (`placement.rs`), and the message's next run there finds no folder. This brings back what
+//! its earlier runs registered, the newest file at each path, under the path the code wrote
+//! it at; its attachments then come back as on any run (`attach.rs`). What was never
+//! registered (scratch files, formats outside the registered list) is lost, and the run says
+//! the workspace was restored (`workspace_restored`), so that a chat backend can tell the
+//! model.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -28,10 +29,11 @@ impl Supervisor {
     }
 
     /// Writes back into `workspace`'s `data/` the newest live file the message's runs
-    /// registered at each path. A path taken already (an attachment of the same name) keeps
-    /// what is there; a file that cannot be written back (the disk cap, a failing blob store)
-    /// is left out with a warning rather than failing the run, which can still use the rest.
-    /// Returns how many files came back.
+    /// registered at each path. It runs before the attachments are placed, so that a file the
+    /// code wrote over an attachment comes back at its path, and the attachment is placed
+    /// under a free name, as when the code writes over one. A file that cannot be written back
+    /// (the disk cap, a failing blob store) is left out with a warning rather than failing
+    /// the run, which can still use the rest. Returns how many files came back.
     pub(super) async fn restore_outputs(
         &self,
         message: &MessageRecord,

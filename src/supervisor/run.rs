@@ -2,7 +2,7 @@
 //! function in the order `shared/DESIGN.md` gives them. Read it top to bottom.
 //!
 //! ```text
-//! check -> claim -> hold -> attach -> restore -> prepare -> snapshot -> execute -> snapshot
+//! check -> claim -> hold -> restore -> attach -> prepare -> snapshot -> execute -> snapshot
 //!       -> register -> answer
 //! ```
 //!
@@ -72,10 +72,10 @@ impl Supervisor {
             && self.ran_elsewhere(&message).await?;
         let workspace = self.workspaces.prepare(message.workspace_id.as_str())?;
         self.cap_workspace(&workspace).await?;
-        let inputs = self.attach(&message, &workspace, &attachments).await?;
         if rebuilding {
             self.restore_outputs(&message, &workspace).await?;
         }
+        let inputs = self.attach(&message, &workspace, &attachments).await?;
         let kernel = self
             .prepare_sandbox(&message, &workspace, request.restart)
             .await?;

@@ -118,6 +118,8 @@ async fn a_rebuilt_workspace_has_its_files_under_their_folders_and_its_newest_ve
     with_database(|catalog| async move {
         let mut cluster = Cluster::start(&catalog, NODE_TIMEOUT).await;
         let message = "m-folders";
+        cluster.a.upload("in.csv", CSV, Some(message)).await;
+        // The code writes over its attachment too: its own version is what comes back there.
         cluster
             .a
             .run(
@@ -125,7 +127,9 @@ async fn a_rebuilt_workspace_has_its_files_under_their_folders_and_its_newest_ve
                 "import os\n\
                  os.makedirs('/mnt/data/out/2026', exist_ok=True)\n\
                  open('/mnt/data/out/2026/q1.csv', 'w').write('q,1\\n')\n\
-                 open('/mnt/data/top.csv', 'w').write('v,1\\n')",
+                 open('/mnt/data/top.csv', 'w').write('v,1\\n')\n\
+                 os.remove('/mnt/data/in.csv')\n\
+                 open('/mnt/data/in.csv', 'w').write('mine\\n')",
                 &[],
             )
             .await;
@@ -147,6 +151,8 @@ async fn a_rebuilt_workspace_has_its_files_under_their_folders_and_its_newest_ve
                 "import os\n\
                  print(open('/mnt/data/out/2026/q1.csv').read(), end='')\n\
                  print(open('/mnt/data/top.csv').read(), end='')\n\
+                 print(open('/mnt/data/in.csv').read(), end='')\n\
+                 print(open('/mnt/data/in (1).csv').read() == open('/mnt/inputs/in (1).csv').read())\n\
                  st = os.stat('/mnt/data/top.csv')\n\
                  open('/mnt/data/top.csv', 'a').write('v,3\\n')\n\
                  print(os.getuid() == st.st_uid)",
@@ -155,7 +161,10 @@ async fn a_rebuilt_workspace_has_its_files_under_their_folders_and_its_newest_ve
             .await;
         assert_eq!(node, cluster.b.instance);
         assert_eq!(rebuilt["workspace_restored"], true, "{rebuilt:#}");
-        assert_eq!(rebuilt["stdout"], "q,1\nv,2\nTrue\n", "{rebuilt:#}");
+        assert_eq!(
+            rebuilt["stdout"], "q,1\nv,2\nmine\nTrue\nTrue\n",
+            "{rebuilt:#}"
+        );
         // The code may change what came back, as its own: the change is registered.
         assert_eq!(names_of(&rebuilt["files"]), ["top.csv"], "{rebuilt:#}");
     })

@@ -53,17 +53,13 @@ async fn idle_containers_and_workspaces_go_files_stay() {
     let data = env.data_dir_of("m-idle").await;
     assert!(container_exists(&workspace).await);
 
-    // Removing the folder frees the code's file, the attachment's link and the mark of which
-    // file the attachment holds; the attachment itself is a hard link of the stored blob,
-    // which stays.
+    // Removing the folder frees the code's file and the attachment's link; the attachment
+    // itself is a hard link of the stored blob, which stays.
     let allocated = |path: std::path::PathBuf| {
         std::os::unix::fs::MetadataExt::blocks(&std::fs::symlink_metadata(&path).expect("lstat"))
             * 512
     };
-    let root = data.parent().expect("the workspace folder");
-    let freed = allocated(data.join("out.csv"))
-        + allocated(data.join("in.csv"))
-        + allocated(root.join("placed").join("in.csv"));
+    let freed = allocated(data.join("out.csv")) + allocated(data.join("in.csv"));
 
     let dry = env.supervisor.reap(true).await.expect("dry run");
     assert!(dry.dry_run);

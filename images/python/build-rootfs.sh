@@ -217,9 +217,15 @@ debootstrap_failed() {
 # every file it unpacks between them: on most disks that fsync dominates the
 # second stage. Durability is not needed because the tree is thrown away
 # whenever anything fails, and the setting is removed again afterwards.
+# Builds running at once (two servers that found the image missing together) share the
+# package cache: one at a time downloads into it and prunes it, or one would read a .deb the
+# other is still writing or has just pruned.
+exec {cache_lock}>"$cache_dir/.lock" || die "cannot open $cache_dir/.lock"
+flock "$cache_lock" || die "cannot lock the package cache $cache_dir"
 step "debootstrap --variant=minbase $SUITE into $root (first stage: download and unpack)"
 "$debootstrap_bin" --foreign --variant=minbase --include="$include" --cache-dir="$cache_dir" \
     --keyring="$keyring" "$SUITE" "$root" "$mirror" 2>&1 || debootstrap_failed "first stage"
+flock --unlock "$cache_lock"
 unsafe_io_cfg=$root/etc/dpkg/dpkg.cfg.d/codebox-unsafe-io
 printf 'force-unsafe-io\n' >"$unsafe_io_cfg"
 step "debootstrap second stage: installing packages"
@@ -233,6 +239,7 @@ step "debootstrap finished after $((SECONDS - started))s"
 # this build did not install are left alone because other package lists
 # (full and test image) share the cache.
 step "pruning superseded .debs from the package cache"
+flock "$cache_lock" || die "cannot lock the package cache $cache_dir"
 # The ${...} below are dpkg-query fields, not shell variables.
 # shellcheck disable=SC2016
 deb_name_format='${Package} ${Package}_${Version}_${Architecture}.deb\n'
@@ -248,6 +255,7 @@ for cached in "$cache_dir"/*.deb; do
         rm -f -- "$cached"
     fi
 done
+exec {cache_lock}>&-
 
 step "adding user $SANDBOX_USER ($SANDBOX_ID:$SANDBOX_ID) with home /home/$SANDBOX_USER"
 chroot "$root" groupadd --gid "$SANDBOX_ID" "$SANDBOX_USER"

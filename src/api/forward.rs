@@ -100,11 +100,19 @@ async fn forward_if_held_elsewhere(
     let Ok(owner) = owner_of(&parts.headers, &state.tokens) else {
         return Ok(next.run(Request::from_parts(parts, body)).await);
     };
+    let limit = usize::try_from(state.supervisor.config().server.max_body_bytes.as_u64())
+        .unwrap_or(usize::MAX);
+    let declared = parts
+        .headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|length| length.to_str().ok()?.parse::<u64>().ok());
+    // A body announced over the limit is the route's to refuse, before a byte of it is read.
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Ok(next.run(Request::from_parts(parts, body)).await);
+    }
     let (message, body) = if parts.method == Method::DELETE {
         (message_in_path(&parts), body)
     } else {
-        let limit = usize::try_from(state.supervisor.config().server.max_body_bytes.as_u64())
-            .unwrap_or(usize::MAX);
         let bytes = axum::body::to_bytes(body, limit)
             .await
             .map_err(|error| ApiError::from_body_error("JSON body", &error))?;

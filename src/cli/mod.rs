@@ -492,10 +492,6 @@ pub async fn image_build(args: ImageBuildArgs) -> anyhow::Result<ExitCode> {
         },
         tag: args.tag,
     };
-    let _builds = image::lock_builds(|| {
-        eprintln!("codebox: another process is building a sandbox image; waiting for it");
-    })
-    .await?;
     if args.if_changed {
         let reference = options.reference()?;
         match image::image_state(&engine, &options).await? {

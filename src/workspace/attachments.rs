@@ -51,7 +51,8 @@ impl Workspace {
     /// Records that the input `name` holds the file `file_id`, in `placed/` (beside `data/` and
     /// `inputs/`, where the sandbox sees neither): a run checks it before it trusts an input
     /// already there, since a file deleted through another instance leaves its input here,
-    /// and its name may be given to another file since.
+    /// and its name may be given to another file since. The mark is a symlink whose target
+    /// is the id, never followed: short enough to live in its inode, it takes no disk block.
     pub fn mark_placed(&self, name: &str, file_id: &str) -> Result<(), IoError> {
         let marks = self.root.join(PLACED);
         match fs::create_dir(&marks) {
@@ -61,12 +62,19 @@ impl Workspace {
             _ => {}
         }
         let mark = self.placed_mark(name)?;
-        fs::write(&mark, file_id).with_path("write", &mark)
+        match fs::remove_file(&mark) {
+            Err(error) if error.kind() != io::ErrorKind::NotFound => {
+                return Err(error).with_path("remove", &mark);
+            }
+            _ => {}
+        }
+        std::os::unix::fs::symlink(file_id, &mark).with_path("symlink", &mark)
     }
 
     /// The file the input `name` holds, as [`Workspace::mark_placed`] recorded it.
     pub fn placed_file(&self, name: &str) -> Option<String> {
-        fs::read_to_string(self.placed_mark(name).ok()?).ok()
+        let target = fs::read_link(self.placed_mark(name).ok()?).ok()?;
+        target.to_str().map(str::to_owned)
     }
 
     /// The mark of the input `name`.

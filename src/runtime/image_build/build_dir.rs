@@ -275,11 +275,11 @@ mod tests {
     }
 }
 
-/// The host-wide lock that serializes image builds: two processes that find an image missing
-/// at once (two `codebox serve` started together) must not build it twice, nor share the
-/// debootstrap package cache while one of them fills it. Whoever takes the lock second looks
-/// at the engine again before building.
-const IMAGE_BUILDS_LOCK: &str = "codebox-image-builds.lock";
+/// The host-wide lock that serializes the builds of a missing image at start-up: two
+/// `codebox serve` started together must not build it twice. Whoever takes the lock second
+/// looks at the engine again before building. (Builds asked for explicitly may run side by
+/// side; the build script serializes their use of the package cache itself.)
+const IMAGE_BUILDS_LOCK: &str = "codebox/image-builds.lock";
 
 /// The lock on image builds on this host, held until dropped.
 #[derive(Debug)]
@@ -291,7 +291,15 @@ pub struct BuildsLock {
 /// `waiting` is called once if it has to wait.
 pub async fn lock_builds(waiting: impl FnOnce()) -> Result<BuildsLock, ImageError> {
     use std::os::unix::fs::OpenOptionsExt;
-    let path = std::env::temp_dir().join(IMAGE_BUILDS_LOCK);
+    // Beside the package cache, where every build on the host looks, whatever its `$TMPDIR`.
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .filter(|base| base.is_absolute())
+        .unwrap_or_else(|| PathBuf::from("/var/cache"));
+    let path = base.join(IMAGE_BUILDS_LOCK);
+    if let Some(folder) = path.parent() {
+        std::fs::create_dir_all(folder).map_err(|e| ImageError::io("create", folder, e))?;
+    }
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)

@@ -5,7 +5,7 @@
 
 use std::fs::File;
 use std::io;
-use std::path::{Component, Path};
+use std::path::Path;
 
 use rustix::fs::{Gid, Mode, OFlags, Uid};
 
@@ -15,21 +15,7 @@ use rustix::fs::{Gid, Mode, OFlags, Uid};
 /// on the way are: a link in their place fails the call.
 pub fn create_beneath(root: &Path, relative: &Path, owner: Option<(u32, u32)>) -> io::Result<File> {
     let directory_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let mut parts = Vec::new();
-    for component in relative.components() {
-        match component {
-            Component::Normal(part) => parts.push(part),
-            _ => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("path {relative:?} is not a plain relative path"),
-                ));
-            }
-        }
-    }
-    let Some((name, folders)) = parts.split_last() else {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty path"));
-    };
+    let (name, folders) = super::open::plain_parts(relative)?;
     let give = |fd: &rustix::fd::OwnedFd| -> io::Result<()> {
         if let Some((uid, gid)) = owner {
             rustix::fs::fchown(fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))?;
@@ -38,15 +24,14 @@ pub fn create_beneath(root: &Path, relative: &Path, owner: Option<(u32, u32)>) -
     };
     let mut directory = rustix::fs::open(root, directory_flags, Mode::empty())?;
     for folder in folders {
-        match rustix::fs::mkdirat(&directory, *folder, Mode::from_raw_mode(0o755)) {
+        match rustix::fs::mkdirat(&directory, folder, Mode::from_raw_mode(0o755)) {
             Ok(()) => {
-                let made = rustix::fs::openat(&directory, *folder, directory_flags, Mode::empty())?;
+                let made = rustix::fs::openat(&directory, folder, directory_flags, Mode::empty())?;
                 give(&made)?;
                 directory = made;
             }
             Err(rustix::io::Errno::EXIST) => {
-                directory =
-                    rustix::fs::openat(&directory, *folder, directory_flags, Mode::empty())?;
+                directory = rustix::fs::openat(&directory, folder, directory_flags, Mode::empty())?;
             }
             Err(error) => return Err(error.into()),
         }
@@ -57,7 +42,7 @@ pub fn create_beneath(root: &Path, relative: &Path, owner: Option<(u32, u32)>) -
         | OFlags::NOFOLLOW
         | OFlags::CLOEXEC
         | OFlags::NOCTTY;
-    let fd = rustix::fs::openat(&directory, *name, flags, Mode::from_raw_mode(0o644))?;
+    let fd = rustix::fs::openat(&directory, name, flags, Mode::from_raw_mode(0o644))?;
     give(&fd)?;
     Ok(File::from(fd))
 }

@@ -2,6 +2,7 @@
 //! step is an `openat` relative to the folder before it, with `O_NOFOLLOW`. Separate because
 //! it is the one way an output is read (see ARCHITECTURE.md's first invariant).
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
 use std::path::{Component, Path};
@@ -15,7 +16,29 @@ use std::path::{Component, Path};
 pub fn open_beneath(root: &Path, relative: &Path) -> io::Result<(File, u64)> {
     use rustix::fs::{FileType, Mode, OFlags, openat};
     let directory_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let mut parts: Vec<&std::ffi::OsStr> = Vec::new();
+    let (name, folders) = plain_parts(relative)?;
+    let mut directory = rustix::fs::open(root, directory_flags, Mode::empty())?;
+    for folder in folders {
+        directory = openat(&directory, folder, directory_flags, Mode::empty())?;
+    }
+    let flags =
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
+    let fd = openat(&directory, name, flags, Mode::empty())?;
+    let stat = rustix::fs::fstat(&fd)?;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let size = u64::try_from(stat.st_size).unwrap_or(0);
+    Ok((File::from(fd), size))
+}
+
+/// The last part of `relative` and the folders before it: every part a plain name, never
+/// `..`, `.`, a root or a prefix.
+pub(super) fn plain_parts(relative: &Path) -> io::Result<(&OsStr, Vec<&OsStr>)> {
+    let mut parts = Vec::new();
     for component in relative.components() {
         match component {
             Component::Normal(part) => parts.push(part),
@@ -27,25 +50,10 @@ pub fn open_beneath(root: &Path, relative: &Path) -> io::Result<(File, u64)> {
             }
         }
     }
-    let Some((name, folders)) = parts.split_last() else {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty path"));
-    };
-    let mut directory = rustix::fs::open(root, directory_flags, Mode::empty())?;
-    for folder in folders {
-        directory = openat(&directory, *folder, directory_flags, Mode::empty())?;
-    }
-    let flags =
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
-    let fd = openat(&directory, *name, flags, Mode::empty())?;
-    let stat = rustix::fs::fstat(&fd)?;
-    if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ));
-    }
-    let size = u64::try_from(stat.st_size).unwrap_or(0);
-    Ok((File::from(fd), size))
+    let name = parts
+        .pop()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty path"))?;
+    Ok((name, parts))
 }
 
 #[cfg(test)]

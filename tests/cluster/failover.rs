@@ -112,9 +112,7 @@ async fn killing_the_owner_mid_run_leaves_the_other_node_serving_and_restores_th
                 &[],
             )
             .await;
-        assert_eq!(node, b.instance, "B took the message over: {restored:#}");
-        assert_eq!(restored["workspace_restored"], true, "{restored:#}");
-        assert_eq!(restored["kernel"]["restarted"], true, "{restored:#}");
+        assert_taken_over(&node, b, &restored);
         assert_eq!(
             restored["stdout"],
             format!(
@@ -211,9 +209,7 @@ async fn a_graceful_stop_hands_the_message_over_at_once() {
                 &[],
             )
             .await;
-        assert_eq!(node, b.instance, "B took the message over: {restored:#}");
-        assert_eq!(restored["workspace_restored"], true, "{restored:#}");
-        assert_eq!(restored["kernel"]["restarted"], true, "{restored:#}");
+        assert_taken_over(&node, b, &restored);
         assert_eq!(
             restored["stdout"],
             format!("{}units\n8\nFalse\n", String::from_utf8_lossy(CSV)),
@@ -292,4 +288,16 @@ async fn a_killed_owner_whose_heartbeat_is_still_fresh_keeps_its_message() {
         assert_eq!(holder.as_deref(), Some(cluster.a.instance.as_str()));
     })
     .await;
+}
+
+/// `run`, served by `node`, is the first on `by` after it took the message over: the
+/// workspace rebuilt, in a fresh interpreter.
+fn assert_taken_over(node: &str, by: &Node, run: &Value) {
+    assert_eq!(
+        node, by.instance,
+        "{} took the message over: {run:#}",
+        by.name
+    );
+    assert_eq!(run["workspace_restored"], true, "{run:#}");
+    assert_eq!(run["kernel"]["restarted"], true, "{run:#}");
 }

@@ -22,17 +22,7 @@ async fn a_file_deleted_through_the_other_node_is_gone_from_the_holders_workspac
         );
 
         // Deleted through B, which does not hold the message: A's copy goes at the next run.
-        let id = text(&upload["id"]);
-        let response = cluster
-            .b
-            .send(
-                "a deletion",
-                cluster
-                    .b
-                    .request(Method::DELETE, &format!("/v1/files/{id}?confirm=true")),
-            )
-            .await;
-        assert_eq!(response.status().as_u16(), 204);
+        delete_file(&cluster.b, text(&upload["id"])).await;
         let (node, after) = cluster.b.run(message, read, &[]).await;
         assert_eq!(node, cluster.a.instance, "the run is the holder's");
         assert_eq!(after["stdout"], "gone\n", "{after:#}");
@@ -48,17 +38,7 @@ async fn a_file_deleted_through_the_other_node_is_gone_from_the_holders_workspac
             String::from_utf8_lossy(other).into_owned() + "\n"
         );
         // And deleted again, through A this time, it is gone at once.
-        let id = text(&second["id"]);
-        let response = cluster
-            .a
-            .send(
-                "a deletion",
-                cluster
-                    .a
-                    .request(Method::DELETE, &format!("/v1/files/{id}?confirm=true")),
-            )
-            .await;
-        assert_eq!(response.status().as_u16(), 204);
+        delete_file(&cluster.a, text(&second["id"])).await;
         let (_, last) = cluster.b.run(message, read, &[]).await;
         assert_eq!(last["stdout"], "gone\n", "{last:#}");
     })
@@ -169,6 +149,13 @@ async fn a_rebuilt_workspace_has_its_files_under_their_folders_and_its_newest_ve
         assert_eq!(names_of(&rebuilt["files"]), ["top.csv"], "{rebuilt:#}");
     })
     .await;
+}
+
+/// Deletes the file `id` through `node`, confirmed (it is attached to a message of a chat).
+async fn delete_file(node: &Node, id: &str) {
+    let request = node.request(Method::DELETE, &format!("/v1/files/{id}?confirm=true"));
+    let response = node.send("a deletion", request).await;
+    assert_eq!(response.status().as_u16(), 204);
 }
 
 /// The workspace folders on `node`'s disk.

@@ -1,5 +1,6 @@
 //! The request log: one line per request that reached the router, with its request id, tenant,
-//! method, route, status and duration, for operators (`codebox --log-format json serve` makes
+//! method, route, the node that served it (this one, or the holder of its message it was
+//! forwarded to, which logs it under the same request id), status and duration, for operators (`codebox --log-format json serve` makes
 //! each line a JSON object a log pipeline can index).
 //!
 //! What a line never holds: a token (the tenant is looked up from it, the token itself is
@@ -23,11 +24,16 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// Logs the request after it is answered, and names its request id in the response.
 pub(super) async fn log_request(
     State(state): State<AppState>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let started = Instant::now();
     let request_id = request_id_of(request.headers());
+    // Set on the request too, so that a request forwarded to the node holding its message is
+    // logged there under the same id.
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        request.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -39,12 +45,20 @@ pub(super) async fn log_request(
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
+    // The node that did the work: this one, or the holder the request was forwarded to.
+    let node = response
+        .headers()
+        .get(super::forward::SERVED_BY)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("-")
+        .to_owned();
     tracing::info!(
         target: "codebox::request",
         request_id,
         tenant,
         method,
         route,
+        node,
         status = response.status().as_u16(),
         duration_ms = started.elapsed().as_secs_f64() * 1000.0,
         "request"

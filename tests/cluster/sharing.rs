@@ -100,6 +100,35 @@ async fn runs_of_one_message_sent_alternately_land_in_one_workspace() {
                 assert_eq!(record["stdout"], run["stdout"], "{record:#}");
             }
         }
+
+        // A forwarded request is logged by both nodes under one request id, the relaying
+        // node's line naming the holder that did the work.
+        let traced = b
+            .run_request(message, "print(1)", &[])
+            .header("x-request-id", "trace-7");
+        let (node, _) = json_answer(b.send("a traced run", traced).await, 200).await;
+        assert_eq!(node, a.instance);
+        // Log lines are read from the processes' stderr as they come: wait for them.
+        let line_of = |node: &Node| {
+            let log = node.log.clone();
+            within("the request's log line", async move {
+                loop {
+                    let found = log
+                        .lock()
+                        .expect("log lines")
+                        .iter()
+                        .find(|line| line.contains("trace-7") && line.contains("/v1/runs"))
+                        .cloned();
+                    match found {
+                        Some(line) => return line,
+                        None => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                }
+            })
+        };
+        let (relayed, served) = (line_of(b).await, line_of(a).await);
+        assert!(relayed.contains(&a.instance), "{relayed}");
+        assert!(served.contains(&a.instance), "{served}");
     })
     .await;
 }

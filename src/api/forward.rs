@@ -235,6 +235,36 @@ pub async fn forward(
         .map_err(|error| ApiError::internal(&error))
 }
 
+/// How long another instance may take to answer its part of an answer put together from
+/// every instance's (a list of kernels): one that does not answer in time is left out.
+const PART_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Asks the instance `node` at `url` the same `GET` as `hop`, marked forwarded so that it
+/// answers with its own part alone, and reads its JSON answer: for an answer put together
+/// from every instance's part. `None`, logged, when it does not answer 200 with JSON in time.
+pub async fn json_from(
+    state: &AppState,
+    hop: Hop<'_>,
+    (node, url): (&str, &str),
+) -> Option<serde_json::Value> {
+    let asked = client()
+        .get(format!("{url}{}", hop.path()))
+        .headers(hop.headers_for_holder(state))
+        .timeout(PART_TIMEOUT)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status);
+    let answer = match asked {
+        Ok(answer) => answer.json::<serde_json::Value>().await,
+        Err(error) => Err(error),
+    };
+    answer
+        .inspect_err(|error| {
+            tracing::warn!(node, url, %error, "another instance did not answer its part");
+        })
+        .ok()
+}
+
 /// Asks the instance `node` at `url` to remove the workspace of `message_id` as the caller
 /// whose `headers` these are (a chat being deleted here); returns whether it did. A holder
 /// that cannot do it now is logged: its reaper removes the folder once the chat's messages

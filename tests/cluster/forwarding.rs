@@ -206,6 +206,24 @@ async fn a_jupyter_kernel_started_through_the_other_node_is_the_owners_interpret
         let (node, shown) = json_answer(shown, 200).await;
         assert_eq!(node, a.instance);
         assert_eq!(shown["id"], kernel_id.as_str());
+        // Listed through either node: each puts every live node's kernels together, once.
+        for node in [a, b] {
+            let listed = node
+                .send(
+                    "the kernels",
+                    node.client
+                        .get(format!("{}/jupyter/api/kernels?token={TOKEN}", node.url)),
+                )
+                .await;
+            let (_, listed) = json_answer(listed, 200).await;
+            let ids: Vec<&str> = listed
+                .as_array()
+                .expect("a list")
+                .iter()
+                .map(|kernel| text(&kernel["id"]))
+                .collect();
+            assert_eq!(ids, [kernel_id.as_str()], "through node {}", node.name);
+        }
 
         // Its channels, opened through B, reach the message's interpreter on A.
         let url = format!(

@@ -266,23 +266,33 @@ async fn kernelspecs(
     .into_response()
 }
 
+/// Every kernel of the caller's tenant: this instance's, and, unless the request was
+/// forwarded here, every other live instance's.
 async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
+    uri: Uri,
     Query(query): Query<TokenQuery>,
 ) -> Response {
-    match caller(&headers, &query, &state) {
-        Some(caller) => {
-            let kernels: Vec<Value> = state
-                .jupyter
-                .of_tenant(&caller.tenant)
-                .iter()
-                .map(Kernel::model)
-                .collect();
-            Json(kernels).into_response()
-        }
-        None => forbidden(),
+    let Some(caller) = caller(&headers, &query, &state) else {
+        return forbidden();
+    };
+    let mut kernels: Vec<Value> = state
+        .jupyter
+        .of_tenant(&caller.tenant)
+        .iter()
+        .map(Kernel::model)
+        .collect();
+    if !headers.contains_key(FORWARDED_BY) {
+        let hop = Hop {
+            method: &Method::GET,
+            uri: &uri,
+            headers: &headers,
+        };
+        kernels.extend(remote::kernels_elsewhere(&state, hop).await);
+        kernels.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
     }
+    Json(kernels).into_response()
 }
 
 /// `POST /jupyter/api/kernels`: `{"name", "env"}`.

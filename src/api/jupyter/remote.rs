@@ -6,7 +6,7 @@
 //! (`api/forward.rs`), and the WebSocket is relayed message by message, both ways.
 //!
 //! Starting a kernel for a message another instance holds is forwarded too (see `start` in
-//! `mod.rs`); listing kernels shows this instance's only.
+//! `mod.rs`), and listing kernels puts every live instance's list together.
 
 use axum::extract::ws::{Message, WebSocket};
 use axum::extract::{FromRequestParts, Request, State, WebSocketUpgrade};
@@ -77,6 +77,36 @@ pub(super) async fn to_kernel_holder(
         Ok(response) => response,
         Err(error) => error.into_response(),
     }
+}
+
+/// The kernels the other live instances serve for the caller, as their own lists show them,
+/// so that a client listing its kernels through a load balancer sees every one of them,
+/// wherever each lives. An instance that does not answer in time is left out.
+pub(super) async fn kernels_elsewhere(state: &AppState, hop: Hop<'_>) -> Vec<serde_json::Value> {
+    let nodes = match state.supervisor.nodes().await {
+        Ok(nodes) => nodes,
+        Err(error) => {
+            tracing::warn!(%error, "could not list the other instances' kernels");
+            return Vec::new();
+        }
+    };
+    let this = state.supervisor.instance();
+    let asked = nodes
+        .into_iter()
+        .filter(|(node, alive)| *alive && node.id != this)
+        .map(
+            |(node, _)| async move { forward::json_from(state, hop, (&node.id, &node.url)).await },
+        );
+    futures::future::join_all(asked)
+        .await
+        .into_iter()
+        .flatten()
+        .filter_map(|part| match part {
+            serde_json::Value::Array(kernels) => Some(kernels),
+            _ => None,
+        })
+        .flatten()
+        .collect()
 }
 
 /// The live instance other than this one whose tag starts `kernel_id`: `(id, url)`.

@@ -3,13 +3,11 @@
 
 mod common;
 
+use common::web::{Socket, execute};
 use common::{ALICE, Caller, TENANT_A_TOKEN, TENANT_B_TOKEN, TestServer, assert_error, json_of};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn start_kernel(server: &TestServer, env: Value) -> String {
     let response = server
@@ -35,41 +33,6 @@ async fn connect(server: &TestServer, kernel_id: &str) -> Socket {
         .await
         .expect("open the channels");
     socket
-}
-
-/// Sends an `execute_request` and gathers every message about it until `status: idle`.
-async fn execute(socket: &mut Socket, code: &str) -> Vec<Value> {
-    let msg_id = uuid::Uuid::new_v4().to_string();
-    let request = json!({
-        "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "test",
-                   "session": "s1", "date": "", "version": "5.3"},
-        "parent_header": {}, "metadata": {}, "channel": "shell",
-        "content": {"code": code, "silent": false, "store_history": true,
-                    "user_expressions": {}, "allow_stdin": false, "stop_on_error": true},
-    });
-    socket
-        .send(Message::Text(request.to_string().into()))
-        .await
-        .expect("send");
-    let mut messages = Vec::new();
-    loop {
-        let next = tokio::time::timeout(std::time::Duration::from_secs(60), socket.next())
-            .await
-            .expect("a reply in time")
-            .expect("the socket is open")
-            .expect("a message");
-        let Message::Text(text) = next else { continue };
-        let message: Value = serde_json::from_str(&text).expect("JSON");
-        if message["parent_header"]["msg_id"] != msg_id.as_str() {
-            continue;
-        }
-        let idle =
-            message["msg_type"] == "status" && message["content"]["execution_state"] == "idle";
-        messages.push(message);
-        if idle {
-            return messages;
-        }
-    }
 }
 
 fn of_type<'a>(messages: &'a [Value], msg_type: &str) -> Vec<&'a Value> {

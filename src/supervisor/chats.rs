@@ -119,9 +119,7 @@ impl Supervisor {
         check_deletion(&overview, chat_id, deletion)?;
         let mut elsewhere = Vec::new();
         for message in overview.messages {
-            let placement = self
-                .placement(&owner.tenant, Some(&owner.user), &message.message_id)
-                .await?;
+            let placement = self.place(&message).await?;
             if placement != Placement::Here {
                 elsewhere.push((message.message_id, placement));
             }

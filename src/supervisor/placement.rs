@@ -103,7 +103,7 @@ impl Supervisor {
     }
 
     /// [`Supervisor::placement`] of a message already read.
-    async fn place(&self, message: &MessageRecord) -> Result<Placement> {
+    pub(super) async fn place(&self, message: &MessageRecord) -> Result<Placement> {
         let holder = message.node.as_deref();
         if holder == Some(self.instance.as_str()) {
             return Ok(Placement::Here);

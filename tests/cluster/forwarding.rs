@@ -2,6 +2,7 @@
 //! and a Jupyter kernel with its WebSocket relayed.
 
 use super::*;
+use common::web::execute;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_sent_events_and_tool_calls_are_forwarded() {
@@ -123,49 +124,6 @@ async fn server_sent_events_and_tool_calls_are_forwarded() {
         assert_eq!(fresh["stdout"], "False\nFalse\n", "{fresh:#}");
     })
     .await;
-}
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// Sends an `execute_request` over a kernel's channels and gathers every message about it
-/// until its `status: idle`.
-async fn execute(socket: &mut Socket, code: &str) -> Vec<Value> {
-    use futures::SinkExt;
-    use tokio_tungstenite::tungstenite::Message;
-    let msg_id = uuid::Uuid::new_v4().to_string();
-    let request = json!({
-        "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": USER,
-                   "session": "s1", "date": "", "version": "5.3"},
-        "parent_header": {}, "metadata": {}, "channel": "shell",
-        "content": {"code": code, "silent": false, "store_history": true,
-                    "user_expressions": {}, "allow_stdin": false, "stop_on_error": true},
-    });
-    within(
-        "sending an execute_request",
-        socket.send(Message::Text(request.to_string().into())),
-    )
-    .await
-    .expect("send");
-    let mut messages = Vec::new();
-    loop {
-        let next = within("a message of the kernel", socket.next())
-            .await
-            .expect("the socket is open")
-            .expect("a message");
-        let Message::Text(text) = next else { continue };
-        let message: Value = serde_json::from_str(&text).expect("JSON");
-        if message["parent_header"]["msg_id"] != msg_id.as_str() {
-            continue;
-        }
-        let is_status =
-            message["msg_type"] == "status" || message["header"]["msg_type"] == "status";
-        let idle = is_status && message["content"]["execution_state"] == "idle";
-        messages.push(message);
-        if idle {
-            return messages;
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -281,3 +281,46 @@ pub fn parse_sse(body: &str) -> Vec<SseEvent> {
     }
     events
 }
+
+/// A kernel's channels WebSocket, as a Jupyter client opens it.
+pub type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Sends an `execute_request` over a kernel's channels and gathers every message about it
+/// until its `status: idle` (a minute at most).
+pub async fn execute(socket: &mut Socket, code: &str) -> Vec<Value> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let msg_id = uuid::Uuid::new_v4().to_string();
+    let request = serde_json::json!({
+        "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "test",
+                   "session": "s1", "date": "", "version": "5.3"},
+        "parent_header": {}, "metadata": {}, "channel": "shell",
+        "content": {"code": code, "silent": false, "store_history": true,
+                    "user_expressions": {}, "allow_stdin": false, "stop_on_error": true},
+    });
+    socket
+        .send(Message::Text(request.to_string().into()))
+        .await
+        .expect("send");
+    let mut messages = Vec::new();
+    loop {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(60), socket.next())
+            .await
+            .expect("a reply in time")
+            .expect("the socket is open")
+            .expect("a message");
+        let Message::Text(text) = next else { continue };
+        let message: Value = serde_json::from_str(&text).expect("JSON");
+        if message["parent_header"]["msg_id"] != msg_id.as_str() {
+            continue;
+        }
+        let is_status =
+            message["msg_type"] == "status" || message["header"]["msg_type"] == "status";
+        let idle = is_status && message["content"]["execution_state"] == "idle";
+        messages.push(message);
+        if idle {
+            return messages;
+        }
+    }
+}
